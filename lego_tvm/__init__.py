@@ -1,0 +1,1 @@
+"""lego-tvm: compile LegoNet models with Apache TVM."""

@@ -1,0 +1,104 @@
+"""The fused Lego convolution: compute the ``o*m`` Lego feature maps once, then gather-sum.
+
+``y[b, j] = epilogue(bias[j] + sum_i coef[i, j] * L[b, i, index[i, j]])`` with
+``L[b, i, k] = conv2d(x[b, i*split_channels : (i+1)*split_channels], bank[k])``.
+The epilogue optionally adds a residual tensor and applies ReLU, in that order (ResNet's
+``relu(bn(conv) + shortcut)``).
+
+The compute is versioned: tuning records are keyed by the TIR it produces, and
+``COMPUTE_VERSION`` names it in tuning-log manifests. Bump it whenever the TIR changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+from tvm import te, tirx, topi
+
+COMPUTE_VERSION = 1
+SCHEDULE_RULE = "lego_tvm.fused_lego_conv2d"
+# Block names the schedules look up.
+PAD_BLOCK, LEGO_BLOCK, GATHER_BLOCK = "lego_pad", "lego_feature", "lego_gather_sum"
+
+
+@dataclass(frozen=True)
+class LegoConvSpec:
+    """Static description of one fused Lego convolution (all shapes NCHW)."""
+    batch: int
+    in_channels: int          # c, channels of the input tensor (may exceed splits * split_channels)
+    height: int
+    width: int
+    out_channels: int         # n
+    splits: int               # o
+    lego_filters: int         # m
+    split_channels: int       # b = c // o
+    kernel: tuple[int, int]   # (kh, kw)
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]   # top, left, bottom, right
+    has_residual: bool = False
+    relu: bool = False
+    dtype: str = "float32"
+
+    @property
+    def out_height(self) -> int:
+        return (self.height + self.padding[0] + self.padding[2] - self.kernel[0]) // self.stride[0] + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width + self.padding[1] + self.padding[3] - self.kernel[1]) // self.stride[1] + 1
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def lego_conv2d_compute(spec: LegoConvSpec):
+    """TE tensors ``(x, bank, index, coef, bias[, residual], out)`` of the fused operator."""
+    s = spec
+    x = te.placeholder((s.batch, s.in_channels, s.height, s.width), s.dtype, name="x")
+    bank = te.placeholder((s.lego_filters, s.split_channels) + s.kernel, s.dtype, name="bank")
+    index = te.placeholder((s.splits, s.out_channels), "int32", name="index")
+    coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
+    bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
+    residual = (te.placeholder((s.batch, s.out_channels, s.out_height, s.out_width), s.dtype,
+                               name="residual") if s.has_residual else None)
+
+    pt, pl, pb, pr = s.padding
+    padded = (topi.nn.pad(x, [0, 0, pt, pl], [0, 0, pb, pr], name=PAD_BLOCK)
+              if any(s.padding) else x)
+    rc = te.reduce_axis((0, s.split_channels), name="rc")
+    ry = te.reduce_axis((0, s.kernel[0]), name="ry")
+    rx = te.reduce_axis((0, s.kernel[1]), name="rx")
+    sh, sw = s.stride
+    # Stage 1, compute once: every split convolved with the one shared bank.
+    lego = te.compute(
+        (s.batch, s.splits, s.lego_filters, s.out_height, s.out_width),
+        lambda nb, i, k, h, w: te.sum(
+            padded[nb, i * s.split_channels + rc, h * sh + ry, w * sw + rx] * bank[k, rc, ry, rx],
+            axis=[rc, ry, rx]),
+        name=LEGO_BLOCK)
+
+    # Stage 2, gather-sum with the fused epilogue.
+    def gather_sum(nb, j, h, w):
+        acc = bias[j]
+        for i in range(s.splits):
+            acc = acc + coef[i, j] * lego[nb, i, index[i, j], h, w]
+        if residual is not None:
+            acc = acc + residual[nb, j, h, w]
+        if s.relu:
+            acc = te.max(acc, tirx.const(0, s.dtype))
+        return acc
+
+    out = te.compute((s.batch, s.out_channels, s.out_height, s.out_width), gather_sum,
+                     name=GATHER_BLOCK, attrs={"schedule_rule": SCHEDULE_RULE})
+    args = [x, bank, index, coef, bias] + ([residual] if residual is not None else []) + [out]
+    return args
+
+
+def lego_conv2d_prim_func(spec: LegoConvSpec) -> tirx.PrimFunc:
+    """The fused operator as a PrimFunc; opaque to FuseOps so it keeps its own schedule."""
+    # int64 indices: int32 ones break FuseTIR when fused with int64 neighbours.
+    func = te.create_prim_func(lego_conv2d_compute(spec), index_dtype_override="int64")
+    return func.with_attrs({
+        "global_symbol": "fused_lego_conv2d",
+        "op_pattern": 8,   # kOpaque: FuseOps must not merge neighbours into it
+        "lego_tvm.compute_version": COMPUTE_VERSION,
+    })
