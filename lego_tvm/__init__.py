@@ -1,1 +1,26 @@
-"""lego-tvm: compile LegoNet models with Apache TVM."""
+"""lego-tvm: compile LegoNet models with Apache TVM.
+
+``lego_tvm.compile(model, example_inputs, target=None)`` is the one call to learn;
+``lego_tvm.load(path)`` loads an exported model with the TVM runtime alone.
+Attributes are imported lazily so that ``load`` never pulls in PyTorch.
+"""
+from importlib import import_module
+
+_LAZY = {
+    "compile": "compiler",
+    "load": "runtime",
+    "Model": "runtime",
+    "LegoConv2d": "lego_conv",
+    "lego_vgg16": "zoo",
+    "lego_resnet50": "zoo",
+    "fold_lego_to_dense": "zoo",
+    "FuseLegoConv2d": "fuse_pass",
+}
+__all__ = sorted(_LAZY)
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lego_tvm' has no attribute {name!r}")

@@ -10,6 +10,7 @@ The compute is versioned: tuning records are keyed by the TIR it produces, and
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, asdict
 
 from tvm import te, tirx, topi
@@ -97,8 +98,20 @@ def lego_conv2d_prim_func(spec: LegoConvSpec) -> tirx.PrimFunc:
     """The fused operator as a PrimFunc; opaque to FuseOps so it keeps its own schedule."""
     # int64 indices: int32 ones break FuseTIR when fused with int64 neighbours.
     func = te.create_prim_func(lego_conv2d_compute(spec), index_dtype_override="int64")
-    return func.with_attrs({
-        "global_symbol": "fused_lego_conv2d",
+    # No global_symbol: the pipeline names each copy after its GlobalVar.
+    return func.without_attr("global_symbol").with_attrs({
         "op_pattern": 8,   # kOpaque: FuseOps must not merge neighbours into it
         "lego_tvm.compute_version": COMPUTE_VERSION,
+        "lego_tvm.spec": json.dumps(spec.as_dict()),
     })
+
+
+def spec_of(func: tirx.PrimFunc) -> LegoConvSpec | None:
+    """The spec a fused Lego PrimFunc was made from, or None for any other PrimFunc."""
+    text = func.attrs.get("lego_tvm.spec") if func.attrs is not None else None
+    if text is None:
+        return None
+    fields = json.loads(str(text))
+    for key in ("kernel", "stride", "padding"):
+        fields[key] = tuple(fields[key])
+    return LegoConvSpec(**fields)

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import s_tir
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
 
-from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK
+from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, spec_of
+from .tiling import largest_divisor_at_most, num_cores, vector_block, vector_lanes
 
 # A Lego tile this size stays in a Zen 3 / Skylake L2 (512 KiB / 1 MiB) next to the padded input.
 LEGO_TILE_BYTES = 128 * 1024
@@ -34,27 +37,16 @@ class LegoX86Config:
     vector_lanes: int = 8
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in _divisors(n) if d <= max(1, limit))
-
-
 def default_config(batch: int, splits: int, lego_filters: int, out_height: int, out_width: int,
                    num_cores: int, vector_lanes: int = 8) -> LegoX86Config:
     row_bytes = splits * lego_filters * out_width * 4
-    tile_rows = _largest_divisor_at_most(out_height, LEGO_TILE_BYTES // row_bytes)
+    tile_rows = largest_divisor_at_most(out_height, LEGO_TILE_BYTES // row_bytes)
     # Keep at least two tasks per core so the threads stay balanced.
     while tile_rows > 1 and batch * (out_height // tile_rows) < 2 * num_cores:
-        tile_rows = _largest_divisor_at_most(out_height, tile_rows - 1)
-    if out_width % vector_lanes == 0:
-        col_block = vector_lanes * _largest_divisor_at_most(out_width // vector_lanes, 2)
-    else:
-        col_block = _largest_divisor_at_most(out_width, 2 * vector_lanes)
+        tile_rows = largest_divisor_at_most(out_height, tile_rows - 1)
+    col_block = vector_block(out_width, vector_lanes)
     vectors = -(-col_block // vector_lanes)
-    filter_block = _largest_divisor_at_most(lego_filters, ACCUMULATOR_REGISTERS // vectors)
+    filter_block = largest_divisor_at_most(lego_filters, ACCUMULATOR_REGISTERS // vectors)
     return LegoX86Config(tile_rows, filter_block, col_block, vector_lanes)
 
 
@@ -98,3 +90,19 @@ def _has_block(sch: s_tir.Schedule, name: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - TVM raises a generic ScheduleError
         return False
+
+
+class FusedLegoRule(ScheduleRule):
+    """dlight rule: the default schedule of the fused Lego operator on CPUs."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        spec = spec_of(func)
+        if spec is None:
+            return None
+        sch = s_tir.Schedule(func)
+        apply_lego_schedule(sch, default_config(
+            spec.batch, spec.splits, spec.lego_filters, spec.out_height, spec.out_width,
+            num_cores(target), vector_lanes(target)))
+        return sch

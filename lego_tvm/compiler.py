@@ -1,0 +1,75 @@
+"""``lego_tvm.compile``: PyTorch model -> fused, scheduled, built TVM model."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import pipeline
+from .importer import export_program, to_relax
+from .report import LegoReport
+from .runtime import Model
+from .targets import resolve_target
+from .zoo import is_lego_module
+
+log = logging.getLogger("lego_tvm")
+
+
+def compile(model, example_inputs, target=None, *, fuse_lego: bool = True) -> Model:  # noqa: A001
+    """Compile a PyTorch model (or a ``torch.export`` program) for ``target``.
+
+    ``example_inputs``: a tensor or tuple of tensors; the compiled model takes inputs of
+    exactly these shapes and dtypes. ``target``: ``None`` for the host CPU, a preset name
+    (see ``lego_tvm.targets.PRESETS``), a TVM target dict or ``tvm.target.Target``.
+    ``fuse_lego=False`` compiles the same graph without the Lego pass (for comparison).
+
+    The returned model is called with numpy arrays or torch tensors; ``.report`` says which
+    Lego layers were fused and why others were not; ``.export(path)`` writes a library.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    tvm_target = resolve_target(target)
+    if isinstance(model, torch.export.ExportedProgram):
+        program = model
+    else:
+        program = export_program(model, example_inputs)
+    mod = to_relax(program)
+    report = LegoReport()
+    if fuse_lego:
+        mod, report = pipeline.fuse_lego(mod)
+        if isinstance(model, torch.nn.Module):
+            _name_layers(report, model, example_inputs)
+        log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))
+    mod = pipeline.lower_and_schedule(mod, tvm_target)
+    executable = pipeline.build(mod, tvm_target)
+    inputs = [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+              for t in example_inputs]
+    compiled = Model(executable, inputs, report.as_dict(), str(tvm_target))
+    compiled.report = report
+    return compiled
+
+
+def _name_layers(report: LegoReport, model: torch.nn.Module, example_inputs: tuple) -> None:
+    """Name report rows after the PyTorch modules, when the Lego modules called in
+    forward order line up one-to-one with the fused layers (same c, n, o, m, kernel)."""
+    called: list[tuple[str, torch.nn.Module]] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: called.append((names[mod], mod)))
+             for m in model.modules() if is_lego_module(m)]
+    try:
+        with torch.no_grad():
+            model(*[t.clone() for t in example_inputs])
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(called) != len(report.layers):
+        return
+    for layer, (name, module) in zip(report.layers, called):
+        s = layer.spec
+        if (s.in_channels, s.out_channels, s.splits, s.lego_filters, s.kernel[0]) != (
+                module.in_channels, module.out_channels, module.n_split,
+                module.lego.shape[0], module.lego.shape[-1]):
+            return
+    for layer, (name, _) in zip(report.layers, called):
+        layer.name = name

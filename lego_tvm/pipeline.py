@@ -1,0 +1,71 @@
+"""The Relax pipeline lego-tvm compiles with, phase by phase."""
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import relax, tirx
+from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+from tvm.s_tir import dlight
+from tvm.target import Target
+
+from .fuse_pass import FuseLegoConv2d
+from .report import LegoReport
+from .schedules.cpu_generic import ParallelInjective, TiledReduction
+from .schedules.x86 import FusedLegoRule
+
+log = logging.getLogger("lego_tvm")
+
+
+class UnscheduledError(RuntimeError):
+    """A PrimFunc got no schedule; it would run as naive serial loops."""
+
+
+def fuse_lego(mod: tvm.IRModule) -> tuple[tvm.IRModule, LegoReport]:
+    """Recognize and fuse Lego convolutions (``mod`` already constant-folded)."""
+    fuse = FuseLegoConv2d()
+    mod = fuse(mod)
+    return mod, fuse.report
+
+
+def lower_and_schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Legalize to TIR, fuse neighbouring ops, and give every PrimFunc a default schedule."""
+    with target:
+        mod = tvm.transform.Sequential([
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            # Tuned records would apply here first (issue: tuning); then hand-written rules.
+            dlight.ApplyDefaultSchedule(*[_FallThrough(rule) for rule in (
+                FusedLegoRule(), dlight.cpu.GEMV(), TiledReduction(), ParallelInjective())]),
+        ])(mod)
+    unscheduled = [gv.name_hint for gv, f in mod.functions_items()
+                   if isinstance(f, tirx.PrimFunc) and not f.attrs.get("tirx.is_scheduled", False)]
+    if unscheduled:
+        raise UnscheduledError(f"no default schedule for {', '.join(unscheduled)}; they would run "
+                               "as naive serial loops. Please report this model.")
+    return mod
+
+
+class _FallThrough(dlight.ScheduleRule):
+    """A rule that raises on a function it cannot handle passes it to the next rule."""
+
+    def __init__(self, rule: dlight.ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except Exception as err:  # noqa: BLE001 - TVM ScheduleError and friends
+            log.debug("lego-tvm: %s does not apply: %s", type(self.rule).__name__,
+                      str(err).splitlines()[-1] if str(err) else type(err).__name__)
+            return None
+
+
+def build(mod: tvm.IRModule, target: Target):
+    """Scheduled Relax module -> VM executable."""
+    with target:
+        tail = tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
+        return tvm.compile(mod, target=target, relax_pipeline=tail)

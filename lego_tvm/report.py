@@ -1,0 +1,89 @@
+"""What the pass did, per layer: shapes, weights and MACs dense vs Lego, and rejections."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+
+from .fused_op import LegoConvSpec
+
+
+@dataclass
+class LegoLayerReport:
+    name: str                 # the PyTorch module, when known, else the graph variable
+    spec: LegoConvSpec
+    folded: list[str]         # epilogue ops folded into the fused operator
+
+    @property
+    def dense_weights(self) -> int:
+        s = self.spec
+        return s.out_channels * s.in_channels * s.kernel[0] * s.kernel[1]
+
+    @property
+    def lego_weights(self) -> int:
+        """The shared bank; the o*n coefficients and indices are reported separately."""
+        s = self.spec
+        return s.lego_filters * s.split_channels * s.kernel[0] * s.kernel[1]
+
+    @property
+    def dense_macs(self) -> int:
+        s = self.spec
+        return s.batch * s.out_height * s.out_width * self.dense_weights
+
+    @property
+    def lego_macs(self) -> int:
+        """Compute once (m filters over all o*b channels) plus the o-term gather-sum."""
+        s = self.spec
+        pixels = s.batch * s.out_height * s.out_width
+        once = s.lego_filters * s.splits * s.split_channels * s.kernel[0] * s.kernel[1]
+        return pixels * (once + s.out_channels * s.splits)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "spec": self.spec.as_dict(), "folded": self.folded,
+                "dense_weights": self.dense_weights, "lego_weights": self.lego_weights,
+                "dense_macs": self.dense_macs, "lego_macs": self.lego_macs}
+
+
+@dataclass
+class SkippedLayer:
+    name: str
+    reason: str
+
+
+@dataclass
+class LegoReport:
+    layers: list[LegoLayerReport] = field(default_factory=list)
+    skipped: list[SkippedLayer] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict:
+        t = {k: sum(getattr(layer, k) for layer in self.layers)
+             for k in ("dense_weights", "lego_weights", "dense_macs", "lego_macs")}
+        t["weight_ratio"] = t["dense_weights"] / t["lego_weights"] if t["lego_weights"] else 0.0
+        t["mac_ratio"] = t["dense_macs"] / t["lego_macs"] if t["lego_macs"] else 0.0
+        return t
+
+    def as_dict(self) -> dict:
+        return {"layers": [layer.as_dict() for layer in self.layers],
+                "skipped": [asdict(s) for s in self.skipped], "totals": self.totals}
+
+    def __str__(self) -> str:
+        head = (f"{'layer':<28} {'c':>5} {'n':>5} {'d':>2} {'s':>2} {'o':>2} {'m':>5} "
+                f"{'weights dense':>14} {'lego':>10} {'MACs dense':>14} {'lego':>13}  fused epilogue")
+        lines = [f"Lego layers rewritten: {len(self.layers)}, near misses left as they were: "
+                 f"{len(self.skipped)}", head, "-" * len(head)]
+        for layer in self.layers:
+            s = layer.spec
+            lines.append(
+                f"{layer.name[:28]:<28} {s.in_channels:>5} {s.out_channels:>5} {s.kernel[0]:>2} "
+                f"{s.stride[0]:>2} {s.splits:>2} {s.lego_filters:>5} {layer.dense_weights:>14,} "
+                f"{layer.lego_weights:>10,} {layer.dense_macs:>14,} {layer.lego_macs:>13,}  "
+                f"{'+'.join(layer.folded) or '-'}")
+        t = self.totals
+        lines.append("-" * len(head))
+        lines.append(f"{'total':<28} {'':>5} {'':>5} {'':>2} {'':>2} {'':>2} {'':>5} "
+                     f"{t['dense_weights']:>14,} {t['lego_weights']:>10,} {t['dense_macs']:>14,} "
+                     f"{t['lego_macs']:>13,}")
+        lines.append(f"weights {t['weight_ratio']:.2f}x smaller, MACs {t['mac_ratio']:.2f}x fewer "
+                     "than the same layers dense")
+        for skip in self.skipped:
+            lines.append(f"not rewritten: {skip.name}: {skip.reason}")
+        return "\n".join(lines)

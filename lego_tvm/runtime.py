@@ -1,0 +1,111 @@
+"""Run a compiled or exported model with the TVM runtime alone (this module never imports torch).
+
+An exported model is one shared library (the Relax VM executable with every weight inside)
+plus a small JSON file beside it (``<library>.json``) with the input signature and the
+lego-tvm report. The library alone also runs with plain TVM:
+``relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())["main"](x)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .tvm_compat import to_device
+
+
+class InputError(ValueError):
+    """An input does not match what the model was compiled for."""
+
+
+class Model:
+    """A compiled Lego model: call it with numpy arrays (or torch tensors) to run it."""
+
+    def __init__(self, executable, inputs: list[dict], report: dict | None, target: str,
+                 device=None):
+        self._executable = executable
+        self.device = device if device is not None else tvm.cpu()
+        self._vm = relax.VirtualMachine(executable, self.device)
+        self.inputs = inputs          # [{"shape": [...], "dtype": "float32"}, ...]
+        self.report_dict = report or {}
+        self.target = target
+
+    def __call__(self, *args):
+        if len(args) != len(self.inputs):
+            raise InputError(f"the model takes {len(self.inputs)} input(s), got {len(args)}")
+        arrays, torch_out = [], False
+        for i, (arg, want) in enumerate(zip(args, self.inputs)):
+            if type(arg).__module__.startswith("torch"):
+                torch_out = True
+                arg = arg.detach().cpu().numpy()
+            arr = np.asarray(arg)
+            if list(arr.shape) != list(want["shape"]) or str(arr.dtype) != want["dtype"]:
+                raise InputError(f"input {i} has shape {list(arr.shape)} and dtype {arr.dtype}; "
+                                 f"the model was compiled for shape {want['shape']} and dtype "
+                                 f"{want['dtype']}")
+            arrays.append(to_device(arr, self.device))
+        outputs = _to_numpy(self._vm["main"](*arrays))
+        if torch_out:
+            import torch  # only when the caller already uses torch
+            outputs = [torch.from_numpy(o) for o in outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def time(self, *args, repeat: int = 20, number: int = 1) -> list[float]:
+        """Per-run seconds of ``repeat`` timed runs (each the mean of ``number`` calls)."""
+        arrays = [to_device(np.asarray(a), self.device) for a in args]
+        timer = self._vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return list(timer(*arrays).results)
+
+    def export(self, path: str) -> str:
+        """Write the deployable library to ``path`` and its signature to ``path + '.json'``.
+
+        Both are written to temporary files first and renamed, so a failed export never
+        leaves a half-written artifact.
+        """
+        path = os.path.abspath(path)
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise OSError(f"cannot write the exported model to {path}: "
+                          f"{folder} is not a writable folder")
+        meta = {"format": "lego-tvm/1", "inputs": self.inputs, "target": self.target,
+                "report": self.report_dict}
+        suffix = os.path.splitext(path)[1] or ".so"
+        lib_tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False).name
+        meta_tmp = lib_tmp + ".json"
+        try:
+            self._executable.export_library(lib_tmp)
+            with open(meta_tmp, "w") as f:
+                json.dump(meta, f, indent=1)
+            os.replace(lib_tmp, path)
+            os.replace(meta_tmp, path + ".json")
+        finally:
+            for leftover in (lib_tmp, meta_tmp):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
+        return path
+
+
+def load(path: str, device=None) -> Model:
+    """Load a model written by ``Model.export`` (needs only TVM and numpy)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no exported model at {path}")
+    meta_path = path + ".json"
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"{meta_path} is missing; it holds the input signature written "
+                                "by lego-tvm's export next to the library")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("format") != "lego-tvm/1":
+        raise ValueError(f"{meta_path} is not a lego-tvm model description")
+    return Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
+                 meta.get("target", ""), device)
+
+
+def _to_numpy(result) -> list[np.ndarray]:
+    if isinstance(result, (list, tuple)) or type(result).__name__ == "Array":
+        return [o for r in result for o in _to_numpy(r)]
+    return [result.numpy()]
