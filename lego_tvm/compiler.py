@@ -37,7 +37,7 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True) -> Mo
     mod = to_relax(program)
     report = LegoReport()
     if fuse_lego:
-        mod, report = pipeline.fuse_lego(mod)
+        mod, report = pipeline.fuse_lego(mod, tvm_target)
         if isinstance(model, torch.nn.Module):
             _name_layers(report, model, example_inputs)
         log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))

@@ -13,38 +13,54 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .fused_op import lego_conv2d_prim_func
+from dataclasses import replace
+
+from .fused_op import lego_conv2d_prim_func, pack_bank
+from .schedules.tiling import largest_divisor_at_most
 from .recognize import LegoMatch, find_lego_layers
-from .report import LegoLayerReport, LegoReport, SkippedLayer
+from .report import LegoLayerReport, LegoReport, SkippedLayer, count_other_layers
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseLegoConv2d")
 class FuseLegoConv2d:
-    """The pass; after it runs, ``self.report`` says what it rewrote and what it skipped."""
+    """The pass; after it runs, ``self.report`` says what it rewrote and what it skipped.
 
-    def __init__(self):
+    ``simd_lanes``: fp32 lanes of the target's vectors; the bank is packed in blocks of that
+    many filters (or the largest divisor of m below it).
+    """
+
+    def __init__(self, simd_lanes: int = 8):
         self.report = LegoReport()
+        self.simd_lanes = simd_lanes
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.report = LegoReport()
-        rewriter = _Rewriter(mod)
+        rewriter = _Rewriter(mod, self.simd_lanes)
         for gvar, func in mod.functions_items():
             if not isinstance(func, relax.Function):
                 continue
             matches, rejections = find_lego_layers(func)
+            for m in matches:
+                m.spec = replace(m.spec, bank_block=largest_divisor_at_most(
+                    m.spec.lego_filters, self.simd_lanes))
             self.report.layers += [LegoLayerReport(m.var_name, m.spec, m.folded) for m in matches]
             self.report.skipped += [SkippedLayer(r.var_name, r.reason) for r in rejections]
             if matches:
                 rewriter.matches = {m.anchor: m for m in matches}
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        mod = rewriter.builder_.get()
         # The replaced slices, convs and sums are now dead.
-        return relax.transform.DeadCodeElimination()(mod)
+        mod = relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                weights, macs = count_other_layers(func)
+                self.report.other_weights += weights
+                self.report.other_macs += macs
+        return mod
 
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule):
+    def __init__(self, mod: tvm.IRModule, simd_lanes: int):
         super().__init__(mod)
         self.matches: dict[relax.Var, LegoMatch] = {}
 
@@ -55,7 +71,8 @@ class _Rewriter(PyExprMutator):
             return
         func = lego_conv2d_prim_func(match.spec)
         gvar = self.builder_.add_func(func, "fused_lego_conv2d")
-        args = [self.visit_expr(match.data), relax.const(match.bank), relax.const(match.index),
+        bank = pack_bank(match.bank, match.spec.bank_block)
+        args = [self.visit_expr(match.data), relax.const(bank), relax.const(match.index),
                 relax.const(match.coef), relax.const(match.bias)]
         if match.residual is not None:
             args.append(self.visit_expr(match.residual))

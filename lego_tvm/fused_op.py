@@ -11,8 +11,9 @@ The compute is versioned: tuning records are keyed by the TIR it produces, and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
+import numpy as np
 from tvm import te, tirx, topi
 
 COMPUTE_VERSION = 1
@@ -38,6 +39,7 @@ class LegoConvSpec:
     has_residual: bool = False
     relu: bool = False
     dtype: str = "float32"
+    bank_block: int = 1       # Lego filters per block of the packed bank (SIMD lanes)
 
     @property
     def out_height(self) -> int:
@@ -51,11 +53,27 @@ class LegoConvSpec:
         return asdict(self)
 
 
+def pack_bank(bank: np.ndarray, block: int) -> np.ndarray:
+    """``[m, b, kh, kw]`` -> ``[m/block, b, kh, kw, block]``: ``block`` filters side by side,
+    so one SIMD load gives one weight of ``block`` Lego filters (NCHW[x]c, NeoCPU)."""
+    m = bank.shape[0]
+    return np.ascontiguousarray(bank.reshape(m // block, block, *bank.shape[1:])
+                                .transpose(0, 2, 3, 4, 1))
+
+
 def lego_conv2d_compute(spec: LegoConvSpec):
-    """TE tensors ``(x, bank, index, coef, bias[, residual], out)`` of the fused operator."""
+    """TE tensors ``(x, bank, index, coef, bias[, residual], out)`` of the fused operator.
+
+    ``bank`` is packed (``pack_bank``) and so is the Lego feature tile,
+    ``[batch, o, m/block, H, W, block]``.
+    """
     s = spec
+    vb = s.bank_block
+    if s.lego_filters % vb:
+        raise ValueError(f"bank_block {vb} does not divide the {s.lego_filters} Lego filters")
     x = te.placeholder((s.batch, s.in_channels, s.height, s.width), s.dtype, name="x")
-    bank = te.placeholder((s.lego_filters, s.split_channels) + s.kernel, s.dtype, name="bank")
+    bank = te.placeholder((s.lego_filters // vb, s.split_channels) + s.kernel + (vb,), s.dtype,
+                          name="bank")
     index = te.placeholder((s.splits, s.out_channels), "int32", name="index")
     coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
     bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
@@ -71,9 +89,10 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     sh, sw = s.stride
     # Stage 1, compute once: every split convolved with the one shared bank.
     lego = te.compute(
-        (s.batch, s.splits, s.lego_filters, s.out_height, s.out_width),
-        lambda nb, i, k, h, w: te.sum(
-            padded[nb, i * s.split_channels + rc, h * sh + ry, w * sw + rx] * bank[k, rc, ry, rx],
+        (s.batch, s.splits, s.lego_filters // vb, s.out_height, s.out_width, vb),
+        lambda nb, i, ko, h, w, ki: te.sum(
+            padded[nb, i * s.split_channels + rc, h * sh + ry, w * sw + rx]
+            * bank[ko, rc, ry, rx, ki],
             axis=[rc, ry, rx]),
         name=LEGO_BLOCK)
 
@@ -81,7 +100,8 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     def gather_sum(nb, j, h, w):
         acc = bias[j]
         for i in range(s.splits):
-            acc = acc + coef[i, j] * lego[nb, i, index[i, j], h, w]
+            k = index[i, j]
+            acc = acc + coef[i, j] * lego[nb, i, k // vb, h, w, k % vb]
         if residual is not None:
             acc = acc + residual[nb, j, h, w]
         if s.relu:

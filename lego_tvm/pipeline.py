@@ -12,6 +12,7 @@ from tvm.target import Target
 from .fuse_pass import FuseLegoConv2d
 from .report import LegoReport
 from .schedules.cpu_generic import ParallelInjective, TiledReduction
+from .schedules.tiling import vector_lanes
 from .schedules.x86 import FusedLegoRule
 
 log = logging.getLogger("lego_tvm")
@@ -21,9 +22,9 @@ class UnscheduledError(RuntimeError):
     """A PrimFunc got no schedule; it would run as naive serial loops."""
 
 
-def fuse_lego(mod: tvm.IRModule) -> tuple[tvm.IRModule, LegoReport]:
+def fuse_lego(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, LegoReport]:
     """Recognize and fuse Lego convolutions (``mod`` already constant-folded)."""
-    fuse = FuseLegoConv2d()
+    fuse = FuseLegoConv2d(simd_lanes=vector_lanes(target))
     mod = fuse(mod)
     return mod, fuse.report
 

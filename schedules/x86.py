@@ -1,14 +1,19 @@
 """Default x86 schedule of the fused Lego convolution (AVX2 / AVX-512, fp32).
 
-Loop structure (one parallel task per batch image x row tile):
+The bank is packed ``[m/V, b, kh, kw, V]`` (V = SIMD lanes, NCHW[x]c after NeoCPU), so the
+micro-kernel is: one vector load of V filters' weight, broadcast one input pixel per
+accumulator, one FMA per accumulator. Loop structure:
 
-    for (image, row_tile) in parallel:
-        pad the input rows the tile needs                    # stays in L1/L2
-        for split, filter_block, row, col_block:             # compute once
-            acc[filter_block x col_vector] = 0               # registers
-            for rc, ry, rx: acc += x_tile * bank (broadcast)
-            store acc -> lego tile                           # o*m*rows*W floats, sized for L2
-        for out_channel, row: gather-sum the lego tile + epilogue, vectorized over columns
+    for (image, row_tile) in parallel:                     # tasks
+        pad the input rows the tile needs                   # stays in L1/L2
+        for split, filter_block, row_block, col_block:      # compute once
+            acc[rows x cols x V] = 0                        # registers
+            for rc, ry, rx: acc += x_tile (broadcast) * bank (vector)
+            store acc -> Lego tile                          # o*m*rows*W floats, sized for L2
+        for out_channel, row, col: gather-sum the Lego tile + epilogue
+
+When there are too few row tiles to keep every core busy (small feature maps), the stages
+run one after the other instead, each parallel over its own channels.
 
 The body is ``apply_lego_schedule(sch, config)``; ``default_config`` picks the knobs from the
 shapes, and a tuner may pick others. One body, so tuned and default schedules cannot drift.
@@ -21,66 +26,77 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, spec_of
-from .tiling import largest_divisor_at_most, num_cores, vector_block, vector_lanes
+from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
+from .tiling import largest_divisor_at_most, num_cores, vector_lanes
 
-# A Lego tile this size stays in a Zen 3 / Skylake L2 (512 KiB / 1 MiB) next to the padded input.
+# A Lego tile this size stays in a Zen / Skylake L2 (512 KiB / 1 MiB) next to the input rows.
 LEGO_TILE_BYTES = 128 * 1024
-ACCUMULATOR_REGISTERS = 12   # of 16 AVX2 ymm registers; the rest hold input and broadcast bank
+ACCUMULATOR_REGISTERS = 12   # of 16 AVX2 ymm registers; the rest hold weights and broadcasts
 
 
 @dataclass(frozen=True)
 class LegoX86Config:
-    tile_rows: int        # output rows per parallel task
-    filter_block: int     # Lego filters per register tile
-    col_block: int        # output columns per register tile (vectorized)
-    vector_lanes: int = 8
+    tile_rows: int        # output rows per parallel task (fused stages)
+    reg_rows: int         # register tile: rows x cols accumulators of V filters each
+    reg_cols: int
+    fuse_stages: bool     # compute the Lego tile inside each task (else stage by stage)
 
 
-def default_config(batch: int, splits: int, lego_filters: int, out_height: int, out_width: int,
-                   num_cores: int, vector_lanes: int = 8) -> LegoX86Config:
-    row_bytes = splits * lego_filters * out_width * 4
-    tile_rows = largest_divisor_at_most(out_height, LEGO_TILE_BYTES // row_bytes)
+def default_config(spec: LegoConvSpec, cores: int) -> LegoX86Config:
+    s = spec
+    row_bytes = s.splits * s.lego_filters * s.out_width * 4
+    tile_rows = largest_divisor_at_most(s.out_height, LEGO_TILE_BYTES // row_bytes)
     # Keep at least two tasks per core so the threads stay balanced.
-    while tile_rows > 1 and batch * (out_height // tile_rows) < 2 * num_cores:
-        tile_rows = largest_divisor_at_most(out_height, tile_rows - 1)
-    col_block = vector_block(out_width, vector_lanes)
-    vectors = -(-col_block // vector_lanes)
-    filter_block = largest_divisor_at_most(lego_filters, ACCUMULATOR_REGISTERS // vectors)
-    return LegoX86Config(tile_rows, filter_block, col_block, vector_lanes)
+    while tile_rows > 1 and s.batch * (s.out_height // tile_rows) < 2 * cores:
+        tile_rows = largest_divisor_at_most(s.out_height, tile_rows - 1)
+    fuse_stages = s.batch * (s.out_height // tile_rows) >= 2 * cores
+    reg_cols = largest_divisor_at_most(s.out_width, ACCUMULATOR_REGISTERS)
+    rows = tile_rows if fuse_stages else s.out_height
+    reg_rows = largest_divisor_at_most(rows, ACCUMULATOR_REGISTERS // reg_cols)
+    return LegoX86Config(tile_rows, reg_rows, reg_cols, fuse_stages)
 
 
 def apply_lego_schedule(sch: s_tir.Schedule, config: LegoX86Config) -> None:
     """Schedule the fused Lego blocks of ``sch`` in place."""
     gather = sch.get_sblock(GATHER_BLOCK)
     lego = sch.get_sblock(LEGO_BLOCK)
+    pad = sch.get_sblock(PAD_BLOCK) if _has_block(sch, PAD_BLOCK) else None
 
-    # Step 1: one parallel task per (image, row tile); both stages run inside it.
+    # Step 1: where the Lego tile lives.
     image, channel, row, col = sch.get_loops(gather)
-    row_tile, row_in = sch.split(row, [None, config.tile_rows])
-    sch.reorder(image, row_tile, channel, row_in, col)
-    task = sch.fuse(image, row_tile)
-    sch.compute_at(lego, task)
-    if _has_block(sch, PAD_BLOCK):
-        sch.compute_at(sch.get_sblock(PAD_BLOCK), task)
-        pad_loops = sch.get_loops(sch.get_sblock(PAD_BLOCK))
-        sch.vectorize(pad_loops[-1])
-    sch.parallel(task)
+    if config.fuse_stages:
+        row_tile, row_in = sch.split(row, [None, config.tile_rows])
+        sch.reorder(image, row_tile, channel, row_in, col)
+        task = sch.fuse(image, row_tile)
+        sch.parallel(task)
+        sch.compute_at(lego, task, preserve_unit_loops=True)
+        if pad is not None:
+            sch.compute_at(pad, task, preserve_unit_loops=True)
+    else:
+        sch.parallel(sch.fuse(image, channel))
+        if pad is not None:
+            sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
 
-    # Step 2: register tile filters x columns, reduction outside, accumulators in registers.
-    _task, split, filt, lrow, lcol, rc, ry, rx = sch.get_loops(lego)
-    filt_o, filt_i = sch.split(filt, [None, config.filter_block])
-    col_o, col_i = sch.split(lcol, [None, config.col_block])
-    sch.reorder(split, filt_o, lrow, col_o, rc, ry, rx, filt_i, col_i)
+    # Step 2: register tile (rows x cols) x V filters; the whole reduction runs on it.
+    lego_loops = sch.get_loops(lego)
+    split, filt, lrow, lcol, lanes, rc, ry, rx = lego_loops[-8:]
+    row_o, row_i = sch.split(lrow, [None, config.reg_rows])
+    col_o, col_i = sch.split(lcol, [None, config.reg_cols])
+    sch.reorder(split, filt, row_o, col_o, rc, ry, rx, row_i, col_i, lanes)
+    if not config.fuse_stages:
+        sch.parallel(sch.fuse(*lego_loops[:-8], split, filt))
     acc = sch.cache_write(lego, 0, "local")
     sch.reverse_compute_at(acc, col_o)
-    sch.unroll(filt_i)
-    sch.vectorize(col_i)
+    sch.unroll(row_i)
+    sch.unroll(col_i)
+    sch.vectorize(lanes)
     sch.vectorize(sch.get_loops(acc)[-1])
     # Vectorize first: after decompose_reduction the update block is no longer a reduction.
     sch.decompose_reduction(lego, rc)
+    if pad is not None:
+        sch.vectorize(sch.get_loops(pad)[-1])
 
-    # Step 3: gather-sum over the tile, vectorized along the row.
+    # Step 3: gather-sum, vectorized along the row.
     sch.vectorize(col)
 
 
@@ -90,6 +106,11 @@ def _has_block(sch: s_tir.Schedule, name: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - TVM raises a generic ScheduleError
         return False
+
+
+def bank_block(target: Target, lego_filters: int) -> int:
+    """Filters per packed-bank block: the target's fp32 SIMD lanes when they divide m."""
+    return largest_divisor_at_most(lego_filters, vector_lanes(target))
 
 
 class FusedLegoRule(ScheduleRule):
@@ -102,7 +123,5 @@ class FusedLegoRule(ScheduleRule):
         if spec is None:
             return None
         sch = s_tir.Schedule(func)
-        apply_lego_schedule(sch, default_config(
-            spec.batch, spec.splits, spec.lego_filters, spec.out_height, spec.out_width,
-            num_cores(target), vector_lanes(target)))
+        apply_lego_schedule(sch, default_config(spec, num_cores(target)))
         return sch
