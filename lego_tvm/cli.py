@@ -1,0 +1,144 @@
+"""The ``lego-tvm`` command line: thin argument parsing over the Python API."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+DEFAULT_OUT = "lego-tvm-out"
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads for PyTorch and the TVM runtime (default: 2)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lego-tvm",
+        description="Compile LegoNet models with Apache TVM: Lego convolutions are recognized, "
+                    "proven exact and run as fused compute-once/gather-sum kernels.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every pass decision")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="the main job: compile the bundled lego_vgg16 for this CPU, check it "
+                     "against PyTorch, print what was rewritten and a short speed table",
+        description="Compile the bundled lego_vgg16 (CIFAR-10, 32x32, random weights) for the "
+                    "host CPU, check it against PyTorch, print the per-layer report and time it "
+                    "against PyTorch and TVM without the Lego pass.")
+    _add_threads(demo)
+    demo.add_argument("--repeat", type=int, default=20, help="timed runs per competitor")
+    demo.add_argument("--out-dir", default=DEFAULT_OUT, help="where bench.json/png go")
+
+    comp = sub.add_parser(
+        "compile", help="compile a zoo model or a torch.export .pt2 file",
+        description="Compile MODEL (a zoo name: lego_vgg16, lego_resnet50; or a .pt2 file "
+                    "written by torch.export.save) for TARGET, check it against PyTorch on a "
+                    "random input, print the Lego report and optionally export a library.")
+    comp.add_argument("model", help="zoo model name or path to a .pt2 file")
+    comp.add_argument("-o", "--output", help="write the deployable library here (e.g. model.so)")
+    comp.add_argument("--target", default=None,
+                      help="host (default), a preset (x86-avx2, x86-avx512, x86-znver3) or a "
+                           "TVM target as JSON, e.g. '{\"kind\": \"llvm\", \"mcpu\": \"znver3\"}'")
+    comp.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
+    comp.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
+    _add_threads(comp)
+
+    bench = sub.add_parser(
+        "bench", help="time zoo models: lego-tvm vs PyTorch eager (Lego and dense-folded) "
+                      "and TVM without the pass; writes JSON and a PNG",
+        description="Whole-model benchmark, all competitors side by side in one process: "
+                    "median of --repeat runs after --warmup runs, fixed thread count.")
+    bench.add_argument("--models", nargs="+", default=["lego_vgg16", "lego_resnet50"],
+                       help="zoo models to time (default: both)")
+    bench.add_argument("--repeat", type=int, default=30)
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--out-dir", default=DEFAULT_OUT)
+    _add_threads(bench)
+    return parser
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run_bench(models: list[str], repeat: int, warmup: int, out_dir: str,
+               show_report: bool = False) -> None:
+    from .bench import bench_model, format_table, machine, write_outputs
+
+    results = [bench_model(m, repeat=repeat, warmup=warmup, progress=_progress,
+                           show=print if show_report else None) for m in models]
+    info = machine()
+    print(f"\nmachine: {info['cpu']}; TVM threads {info['tvm_threads']}, "
+          f"PyTorch threads {info['torch_threads']}; median of {repeat} runs, batch 1")
+    print(format_table(results))
+    paths = write_outputs(results, out_dir, info)
+    print(f"wrote {paths['json']} and {paths['png']}")
+
+
+def _load_program(path: str):
+    import torch
+
+    if not os.path.exists(path):
+        raise SystemExit(f"lego-tvm: {path} is neither a zoo model nor an existing .pt2 file")
+    program = torch.export.load(path)
+    args = program.example_inputs[0] if program.example_inputs else None
+    if args is None:
+        raise SystemExit(f"lego-tvm: {path} has no example inputs; save it with "
+                         "torch.export.save after torch.export.export(model, example_args)")
+    return program, tuple(torch.randn_like(a) for a in args)
+
+
+def _compile(args) -> None:
+    import json
+
+    import numpy as np
+    import torch
+
+    from .compiler import compile as lego_compile
+    from .zoo import MODELS, get_model
+
+    target = args.target
+    if target and target.lstrip().startswith("{"):
+        target = json.loads(target)
+    if args.model in MODELS:
+        model, example = get_model(args.model, batch=args.batch)
+        inputs, run_torch = (example,), model
+    else:
+        model, inputs = _load_program(args.model)
+        run_torch = model.module()
+    _progress(f"compiling {args.model} for {target or 'the host CPU'}")
+    compiled = lego_compile(model, inputs, target=target)
+    print(compiled.report)
+    if not args.no_check:
+        with torch.no_grad():
+            reference = run_torch(*inputs).numpy()
+        out = compiled(*[t.numpy() for t in inputs])
+        error = float(np.abs(out - reference).max() / np.abs(reference).max())
+        print(f"check against PyTorch on a random input: max error / max |output| = {error:.2e} "
+              f"({'ok' if error <= 1e-4 else 'MISMATCH'})")
+        if error > 1e-4:
+            raise SystemExit(1)
+    if args.output:
+        print(f"wrote {compiled.export(args.output)} (+ .json); load it with lego_tvm.load()")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(message)s")
+    # Before anything compiles: TVM's thread pool may start during constant folding.
+    from .bench import set_threads
+    set_threads(args.threads)
+    if args.command == "compile":
+        _compile(args)
+    elif args.command == "bench":
+        _run_bench(args.models, args.repeat, args.warmup, args.out_dir)
+    elif args.command == "demo":
+        _run_bench(["lego_vgg16"], args.repeat, 5, args.out_dir, show_report=True)
+
+
+if __name__ == "__main__":
+    main()
