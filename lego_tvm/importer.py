@@ -53,44 +53,21 @@ def export_program(model: torch.nn.Module, example_inputs: tuple) -> torch.expor
         model.train(was_training)
 
 
-def _aten_batch_norm(node, importer) -> relax.Var:
-    """``aten.batch_norm(x, weight, bias, mean, var, training, momentum, eps, cudnn)``.
-
-    TVM 0.27 maps this op (seen without decomposition, e.g. under ``torch.no_grad``) onto the
-    ``_native_batch_norm_legit`` signature, reading ``training`` as momentum and momentum
-    as epsilon, and always in training mode: a silent miscompile. This is the exact one.
-    """
-    import numpy as np
-
-    x = importer.env[node.args[0]]
-    channels = int(importer.shape_of(x)[1])
-    dtype = x.ty.dtype.dtype
-
-    def arg(i, default):
-        value = node.args[i] if len(node.args) > i else None
-        return importer.env[value] if value is not None else relax.const(default, dtype)
-
-    training = bool(node.args[5]) if len(node.args) > 5 else False
-    momentum = float(node.args[6]) if len(node.args) > 6 else 0.1
-    eps = float(node.args[7]) if len(node.args) > 7 else 1e-5
-    bn = importer.block_builder.emit(relax.op.nn.batch_norm(
-        data=x, gamma=arg(1, np.ones(channels)), beta=arg(2, np.zeros(channels)),
-        moving_mean=arg(3, np.zeros(channels)), moving_var=arg(4, np.ones(channels)),
-        axis=1, epsilon=eps, center=node.args[2] is not None, scale=node.args[1] is not None,
-        momentum=momentum, training=training))
-    return importer.block_builder.emit(bn[0])
-
-
 def to_relax(program: torch.export.ExportedProgram) -> tvm.IRModule:
     """Translate an exported program to Relax with its parameters folded in as constants.
 
-    ``run_ep_decomposition=False``: the default decomposition turns ``F.one_hot`` into
-    ``assert_op`` range checks that make ``main`` impure and stop ``FoldConstant``.
+    The program is functionalized without decomposing (``run_decompositions({})``): that
+    turns the authors' in-place ``scatter_`` into ``scatter`` and ``aten.batch_norm`` into
+    its inference form. TVM 0.27 translates a raw ``aten.batch_norm`` wrongly (training mode,
+    momentum read as epsilon), and its default decomposition turns ``F.one_hot`` into
+    ``assert_op`` checks that make ``main`` impure and stop ``FoldConstant``.
     """
     try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            program = program.run_decompositions({})
         mod = from_exported_program(program, unwrap_unit_return_tuple=True,
-                                    run_ep_decomposition=False,
-                                    custom_convert_map={"batch_norm.default": _aten_batch_norm})
+                                    run_ep_decomposition=False)
     except Exception as err:  # noqa: BLE001
         raise ModelImportError(f"TVM's PyTorch frontend could not translate the model: "
                            f"{type(err).__name__}: {err}") from err

@@ -1,0 +1,135 @@
+"""Compiled output against PyTorch on random inputs: single Lego layers over a grid of
+shapes and epilogues, the authors' module, and near misses (compiled unfused, still right)."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import lego_tvm
+from conftest import assert_matches_torch
+from lego_tvm import LegoConv2d
+from reference_lego import AuthorsLegoConv2d
+
+
+def randomize_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return bn
+
+
+class LegoBlock(nn.Module):
+    """A Lego conv, then optionally BatchNorm, a residual add (second input) and ReLU."""
+
+    def __init__(self, c, n, d, o, ratio, stride, epilogue):
+        super().__init__()
+        self.conv = LegoConv2d(c, n, d, o, ratio, stride=stride)
+        self.bn = randomize_bn(nn.BatchNorm2d(n)) if "bn" in epilogue else None
+        self.residual = "residual" in epilogue
+        self.relu = "relu" in epilogue
+
+    def forward(self, x, r=None):
+        y = self.conv(x)
+        if self.bn is not None:
+            y = self.bn(y)
+        if self.residual:
+            y = y + r
+        return torch.relu(y) if self.relu else y
+
+
+EPILOGUES = ["", "bn", "bn+relu", "bn+residual+relu", "relu", "residual"]
+# Every (o, kernel, stride, batch) combination; c, n, ratio, size and epilogue cycle through.
+GRID = [(o, d, s, batch, [4, 8, 12][i % 3] * o // (o if i % 2 else 1), [4, 8, 16][i % 3],
+         [0.5, 0.25, 1.0][i % 3], [7, 9, 8][i % 3], EPILOGUES[i % len(EPILOGUES)])
+        for i, (o, d, s, batch) in enumerate(itertools.product([1, 2, 4], [1, 3, 5], [1, 2], [1, 4]))]
+
+
+def _channels(c, o):
+    return max(c - c % o, o)
+
+
+@pytest.mark.parametrize("o,d,stride,batch,c,n,ratio,size,epilogue", GRID,
+                         ids=[f"o{g[0]}-k{g[1]}-s{g[2]}-b{g[3]}-c{g[4]}-n{g[5]}-r{g[6]}-{g[8] or 'plain'}"
+                              for g in GRID])
+def test_single_lego_layer(o, d, stride, batch, c, n, ratio, size, epilogue):
+    c = _channels(c, o)
+    block = LegoBlock(c, n, d, o, ratio, stride, epilogue).eval()
+    x = torch.randn(batch, c, size, size)
+    inputs = (x,)
+    if block.residual:
+        with torch.no_grad():
+            inputs = (x, torch.randn_like(block.conv(x)))
+    compiled = lego_tvm.compile(block, inputs)
+    assert len(compiled.report.layers) == 1, compiled.report
+    layer = compiled.report.layers[0]
+    assert (layer.spec.splits, layer.spec.lego_filters) == (o, int(n * ratio))
+    expected_folds = [f for f in ("batch_norm", "residual_add", "relu")
+                      if f.split("_")[0] in epilogue.replace("bn", "batch")]
+    assert layer.folded == expected_folds
+    assert_matches_torch(compiled, block, inputs)
+
+
+def test_channels_past_the_last_split_are_ignored_like_the_reference():
+    layer = AuthorsLegoConv2d(10, 8, 3, 3, 0.5).eval()      # 3 splits of 3 channels, 1 unused
+    x = torch.randn(1, 10, 8, 8)
+    compiled = lego_tvm.compile(layer, (x,))
+    assert len(compiled.report.layers) == 1
+    assert_matches_torch(compiled, layer, (x,))
+
+
+def test_authors_module_compiles_unchanged_and_is_left_unchanged():
+    model = nn.Sequential(AuthorsLegoConv2d(8, 16, 3, 2, 0.5), randomize_bn(nn.BatchNorm2d(16)),
+                          nn.ReLU(inplace=True), AuthorsLegoConv2d(16, 16, 3, 4, 0.25)).eval()
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        model(x)
+    before = {id(m): dict(vars(m)) for m in model.modules()}
+    compiled = lego_tvm.compile(model, (x,))
+    assert len(compiled.report.layers) == 2
+    assert compiled.report.layers[0].folded == ["batch_norm", "relu"]
+    for m in model.modules():
+        assert set(vars(m)) == set(before[id(m)]), "compile left attributes on the model"
+        proxy = vars(m).get("proxy_combination")
+        if proxy is not None:
+            assert type(proxy) is torch.Tensor, "a fake tensor from tracing was left behind"
+    assert_matches_torch(compiled, model, (x,))
+
+
+class TwoHotLego(nn.Module):
+    """A near miss written in PyTorch: split 1's merge mixes two Lego maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.lego = nn.Parameter(torch.randn(4, 4, 3, 3))
+        merge = torch.zeros(2, 8, 4, 1, 1)
+        merge[:, torch.arange(8), torch.arange(8) % 4] = torch.randn(2, 8, 1, 1)
+        merge[1, 3, (3 + 1) % 4] = 0.7
+        self.register_buffer("merge", merge)
+
+    def forward(self, x):
+        out = 0
+        for i in range(2):
+            lego = torch.nn.functional.conv2d(x[:, 4 * i:4 * (i + 1)], self.lego, padding=1)
+            out = out + torch.nn.functional.conv2d(lego, self.merge[i])
+        return out
+
+
+def test_near_miss_compiles_unfused_and_correct():
+    model = TwoHotLego().eval()
+    x = torch.randn(1, 8, 6, 6)
+    compiled = lego_tvm.compile(model, (x,))
+    assert compiled.report.layers == []
+    assert "not one-hot" in compiled.report.skipped[0].reason
+    assert_matches_torch(compiled, model, (x,))
+
+
+def test_without_the_pass_the_import_alone_is_exact():
+    """Guards the importer (e.g. TVM 0.27's aten.batch_norm mapping, fixed in importer.py)."""
+    model = LegoBlock(8, 8, 3, 2, 0.5, 1, "bn+relu").eval()
+    x = torch.randn(1, 8, 6, 6)
+    compiled = lego_tvm.compile(model, (x,), fuse_lego=False)
+    assert compiled.report.layers == []
+    assert_matches_torch(compiled, model, (x,))
