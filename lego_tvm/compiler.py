@@ -7,7 +7,6 @@ import torch
 
 from . import pipeline
 from .importer import export_program, to_relax
-from .report import LegoReport
 from .runtime import Model
 from .targets import resolve_target
 from .zoo import is_lego_module
@@ -35,12 +34,10 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True) -> Mo
     else:
         program = export_program(model, example_inputs)
     mod = to_relax(program)
-    report = LegoReport()
-    if fuse_lego:
-        mod, report = pipeline.fuse_lego(mod, tvm_target)
-        if isinstance(model, torch.nn.Module):
-            _name_layers(report, model, example_inputs)
-        log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))
+    mod, report = pipeline.fuse_convs(mod, tvm_target, lego=fuse_lego)
+    if isinstance(model, torch.nn.Module):
+        _name_layers(report, model, example_inputs)
+    log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))
     mod = pipeline.lower_and_schedule(mod, tvm_target)
     executable = pipeline.build(mod, tvm_target)
     inputs = [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}

@@ -1,32 +1,37 @@
-"""``FuseLegoConv2d``: replace every proven Lego convolution by one fused operator.
+"""The rewriting passes: Lego convolutions (and ordinary ones) onto the fused operator.
 
-Contract: run after ``FoldConstant`` (so the one-hot merge kernels are constants) and before
-``LegalizeOps``. Each Lego layer that ``recognize.find_lego_layers`` proves exact, with the
-BatchNorm / bias / residual add / ReLU after it, becomes one ``call_tir`` of the fused
-compute-once/gather-sum PrimFunc taking the bank, an int32 index table ``[o, n]``, a
-coefficient table ``[o, n]`` and a bias ``[n]``. Everything else is returned unchanged;
-every near miss is logged and listed in ``report.skipped``.
+``FuseLegoConv2d``. Contract: run after ``FoldConstant`` (so the one-hot merge kernels are
+constants) and before ``LegalizeOps``. Each Lego layer that ``recognize.find_lego_layers``
+proves exact, with the BatchNorm / bias / residual add / ReLU after it, becomes one
+``call_tir`` of the fused compute-once/gather-sum PrimFunc taking the (packed) bank, an int32
+index table ``[o, n]``, a coefficient table ``[o, n]`` and a bias ``[n]``. Everything else is
+returned unchanged; every near miss is logged and listed in ``report.skipped``.
+
+``FuseDenseConv2d`` (run after it) moves the remaining ordinary convolutions onto the same
+kernel as one-split layers, so the whole model runs on one well-scheduled conv kernel.
 """
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
 
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from dataclasses import replace
-
 from .fused_op import lego_conv2d_prim_func, pack_bank
-from .schedules.tiling import largest_divisor_at_most
-from .recognize import LegoMatch, find_lego_layers
+from .recognize import LegoMatch, find_dense_convs, find_lego_layers
 from .report import LegoLayerReport, LegoReport, SkippedLayer, count_other_layers
+from .schedules.tiling import largest_divisor_at_most
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseLegoConv2d")
 class FuseLegoConv2d:
-    """The pass; after it runs, ``self.report`` says what it rewrote and what it skipped.
+    """Fuse proven Lego layers; afterwards ``self.report`` says what was rewritten, what was
+    skipped and why.
 
     ``simd_lanes``: fp32 lanes of the target's vectors; the bank is packed in blocks of that
-    many filters (or the largest divisor of m below it).
+    many filters (or of the largest divisor of m below it).
     """
 
     def __init__(self, simd_lanes: int = 8):
@@ -34,34 +39,63 @@ class FuseLegoConv2d:
         self.simd_lanes = simd_lanes
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        self.report = LegoReport()
-        rewriter = _Rewriter(mod, self.simd_lanes)
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, relax.Function):
-                continue
+        self.report = report = LegoReport()
+
+        def find(func):
             matches, rejections = find_lego_layers(func)
-            for m in matches:
-                m.spec = replace(m.spec, bank_block=largest_divisor_at_most(
-                    m.spec.lego_filters, self.simd_lanes))
-            self.report.layers += [LegoLayerReport(m.var_name, m.spec, m.folded) for m in matches]
-            self.report.skipped += [SkippedLayer(r.var_name, r.reason) for r in rejections]
-            if matches:
-                rewriter.matches = {m.anchor: m for m in matches}
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        # The replaced slices, convs and sums are now dead.
-        mod = relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+            report.skipped += [SkippedLayer(r.var_name, r.reason) for r in rejections]
+            return matches
+
+        mod, matches = _rewrite(mod, find, self.simd_lanes, "fused_lego_conv2d")
+        report.layers = [LegoLayerReport(m.var_name, m.spec, m.folded) for m in matches]
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
                 weights, macs = count_other_layers(func)
-                self.report.other_weights += weights
-                self.report.other_macs += macs
+                report.other_weights += weights
+                report.other_macs += macs
         return mod
+
+
+@tvm.transform.module_pass(opt_level=0, name="FuseDenseConv2d")
+class FuseDenseConv2d:
+    """Run ordinary constant-weight convs (and their epilogues) on the fused kernel;
+    ``self.convs`` lists them."""
+
+    def __init__(self, simd_lanes: int = 8):
+        self.convs: list[LegoLayerReport] = []
+        self.simd_lanes = simd_lanes
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod, matches = _rewrite(mod, find_dense_convs, self.simd_lanes, "fused_conv2d")
+        self.convs = [LegoLayerReport(m.var_name, m.spec, m.folded) for m in matches]
+        return mod
+
+
+def _rewrite(mod: tvm.IRModule, find: Callable[[relax.Function], list[LegoMatch]],
+             simd_lanes: int, name: str) -> tuple[tvm.IRModule, list[LegoMatch]]:
+    """Replace every match ``find`` returns by a call of the fused PrimFunc."""
+    rewriter = _Rewriter(mod, name)
+    found: list[LegoMatch] = []
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        matches = find(func)
+        for m in matches:
+            m.spec = replace(m.spec, bank_block=largest_divisor_at_most(m.spec.lego_filters,
+                                                                        simd_lanes))
+        if matches:
+            rewriter.matches = {m.anchor: m for m in matches}
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        found += matches
+    # The replaced slices, convs, sums and epilogue ops are now dead.
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.get()), found
 
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, simd_lanes: int):
+    def __init__(self, mod: tvm.IRModule, name: str):
         super().__init__(mod)
+        self.name = name
         self.matches: dict[relax.Var, LegoMatch] = {}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
@@ -69,8 +103,7 @@ class _Rewriter(PyExprMutator):
         if match is None:
             super().visit_var_binding_(binding)
             return
-        func = lego_conv2d_prim_func(match.spec)
-        gvar = self.builder_.add_func(func, "fused_lego_conv2d")
+        gvar = self.builder_.add_func(lego_conv2d_prim_func(match.spec), self.name)
         bank = pack_bank(match.bank, match.spec.bank_block)
         args = [self.visit_expr(match.data), relax.const(bank), relax.const(match.index),
                 relax.const(match.coef), relax.const(match.bias)]

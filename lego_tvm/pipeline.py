@@ -9,7 +9,7 @@ from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finali
 from tvm.s_tir import dlight
 from tvm.target import Target
 
-from .fuse_pass import FuseLegoConv2d
+from .fuse_pass import FuseDenseConv2d, FuseLegoConv2d
 from .report import LegoReport
 from .schedules.cpu_generic import ParallelInjective, TiledReduction
 from .schedules.tiling import vector_lanes
@@ -22,11 +22,19 @@ class UnscheduledError(RuntimeError):
     """A PrimFunc got no schedule; it would run as naive serial loops."""
 
 
-def fuse_lego(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, LegoReport]:
-    """Recognize and fuse Lego convolutions (``mod`` already constant-folded)."""
-    fuse = FuseLegoConv2d(simd_lanes=vector_lanes(target))
-    mod = fuse(mod)
-    return mod, fuse.report
+def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True
+               ) -> tuple[tvm.IRModule, LegoReport]:
+    """Recognize and fuse Lego convolutions (unless ``lego`` is False), then move every
+    remaining ordinary conv onto the same kernel. ``mod`` is already constant-folded."""
+    report = LegoReport()
+    if lego:
+        fuse = FuseLegoConv2d(simd_lanes=vector_lanes(target))
+        mod = fuse(mod)
+        report = fuse.report
+    dense = FuseDenseConv2d(simd_lanes=vector_lanes(target))
+    mod = dense(mod)
+    report.dense_convs = dense.convs
+    return mod, report
 
 
 def lower_and_schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:

@@ -15,7 +15,7 @@ one that looks like a Lego layer but does not. Nothing here changes the IR.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tvm import relax
@@ -257,7 +257,7 @@ def _fold_epilogue(graph: _Graph, match: LegoMatch, claimed: set) -> None:
             return
         value = graph.value.get(user)
         name = _op_name(value)
-        if name == "relax.nn.batch_norm" and stage == 0 and not match.folded:
+        if name == "relax.nn.batch_norm" and stage == 0 and "batch_norm" not in match.folded:
             attrs = value.attrs
             params = [const_array(a) for a in value.args[1:5]]
             getter = graph.single_user(user)
@@ -330,13 +330,51 @@ def find_lego_layers(func: relax.Function) -> tuple[list[LegoMatch], list[Reject
             log.info("lego-tvm: not rewriting %s: %s", var.name, err)
             rejections.append(Rejection(var.name, str(err)))
             continue
-        match = LegoMatch(spec=spec, data=x, bank=bank, index=index, coef=coef,
-                          bias=np.zeros(spec.out_channels, "float32"), residual=None,
-                          anchor=var, var_name=var.name)
-        _fold_epilogue(graph, match, claimed)
-        match.spec = LegoConvSpec(**{**spec.as_dict(), "has_residual": match.residual is not None,
-                                     "relu": "relu" in match.folded})
-        matches.append(match)
+        matches.append(_with_epilogue(graph, LegoMatch(
+            spec=spec, data=x, bank=bank, index=index, coef=coef,
+            bias=np.zeros(spec.out_channels, "float32"), residual=None, anchor=var,
+            var_name=var.name), claimed))
     matches.reverse()
     rejections.reverse()
     return matches, rejections
+
+
+def _with_epilogue(graph: _Graph, match: LegoMatch, claimed: set) -> LegoMatch:
+    _fold_epilogue(graph, match, claimed)
+    match.spec = replace(match.spec, has_residual=match.residual is not None,
+                         relu="relu" in match.folded)
+    return match
+
+
+def find_dense_convs(func: relax.Function) -> list[LegoMatch]:
+    """Ordinary convolutions with constant weights, as degenerate Lego layers (one split,
+    the whole weight as the bank, identity index, unit coefficients) so that they run on
+    the same fused kernel, with their BatchNorm / bias / residual / ReLU folded in."""
+    graph = _Graph(func)
+    matches: list[LegoMatch] = []
+    claimed: set = set()
+    for var in reversed(graph.order):
+        conv = graph.call(var, "relax.nn.conv2d")
+        weight = const_array(conv.args[1]) if conv is not None else None
+        x_shape = static_shape(conv.args[0]) if conv is not None else None
+        if weight is None or var in claimed or x_shape is None or len(x_shape) != 4:
+            continue
+        try:
+            _check_conv_attrs(conv, "conv")
+        except _NotLego:
+            continue
+        if {str(weight.dtype), str(var.ty.dtype)} != {"float32"}:
+            continue
+        n, c, kh, kw = weight.shape
+        pad = _ints(conv.attrs.padding)
+        spec = LegoConvSpec(batch=x_shape[0], in_channels=x_shape[1], height=x_shape[2],
+                            width=x_shape[3], out_channels=n, splits=1, lego_filters=n,
+                            split_channels=c, kernel=(kh, kw),
+                            stride=tuple(_ints(conv.attrs.strides)),
+                            padding=tuple(pad * 2 if len(pad) == 2 else pad))
+        matches.append(_with_epilogue(graph, LegoMatch(
+            spec=spec, data=conv.args[0], bank=weight, index=np.arange(n, dtype="int32")[None],
+            coef=np.ones((1, n), "float32"), bias=np.zeros(n, "float32"), residual=None,
+            anchor=var, var_name=var.name), claimed))
+    matches.reverse()
+    return matches

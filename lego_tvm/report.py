@@ -54,6 +54,7 @@ class LegoReport:
     skipped: list[SkippedLayer] = field(default_factory=list)
     other_weights: int = 0    # convs and matmuls left as they were (the same in both models)
     other_macs: int = 0
+    dense_convs: list[LegoLayerReport] = field(default_factory=list)   # ordinary convs on the kernel
 
     @property
     def totals(self) -> dict:
@@ -73,6 +74,7 @@ class LegoReport:
         return {"layers": [layer.as_dict() for layer in self.layers],
                 "skipped": [asdict(s) for s in self.skipped],
                 "other_weights": self.other_weights, "other_macs": self.other_macs,
+                "dense_convs": [c.as_dict() for c in self.dense_convs],
                 "totals": self.totals}
 
     def __str__(self) -> str:
@@ -98,6 +100,10 @@ class LegoReport:
                      f"{t['model_dense_macs'] / 1e6:.1f} M MACs dense-equivalent, "
                      f"{t['model_lego_macs'] / 1e6:.1f} M with lego-tvm "
                      f"({t['model_mac_ratio']:.2f}x)")
+        if self.dense_convs:
+            lines.append(f"ordinary convs run on the same fused kernel: {len(self.dense_convs)} "
+                         f"({', '.join('+'.join(c.folded) or 'plain' for c in self.dense_convs[:3])}"
+                         f"{', ...' if len(self.dense_convs) > 3 else ''})")
         for skip in self.skipped:
             lines.append(f"not rewritten: {skip.name}: {skip.reason}")
         return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The public surface: compile's arguments, clear errors for bad input, the CLI."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import lego_tvm
+from lego_tvm.cli import main
+from lego_tvm.runtime import InputError
+from lego_tvm.targets import TargetError, resolve_target
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = torch.nn.Sequential(lego_tvm.LegoConv2d(8, 8, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 8, 5, 5)
+    return model, x, lego_tvm.compile(model, (x,))
+
+
+def test_numpy_in_numpy_out(small):
+    _, x, compiled = small
+    out = compiled(x.numpy())
+    assert isinstance(out, np.ndarray) and out.shape == (2, 8, 5, 5)
+
+
+def test_wrong_shape_is_a_clear_error(small):
+    with pytest.raises(InputError, match=r"shape \[1, 8, 5, 5\].*compiled for shape \[2, 8, 5, 5\]"):
+        small[2](np.zeros((1, 8, 5, 5), "float32"))
+
+
+def test_wrong_dtype_is_a_clear_error(small):
+    with pytest.raises(InputError, match="dtype float64"):
+        small[2](np.zeros((2, 8, 5, 5)))
+
+
+def test_wrong_number_of_inputs(small):
+    with pytest.raises(InputError, match="takes 1 input"):
+        small[2](small[1].numpy(), small[1].numpy())
+
+
+def test_targets():
+    assert resolve_target(None).kind.name == "llvm"
+    assert str(resolve_target("x86-avx512").attrs["mcpu"]) == "skylake-avx512"
+    assert str(resolve_target({"kind": "llvm", "mcpu": "znver3"}).attrs["mcpu"]) == "znver3"
+    with pytest.raises(TargetError, match="unknown target preset 'x86-avx9'.*presets: host"):
+        resolve_target("x86-avx9")
+    with pytest.raises(TargetError, match="kind 'cuda' is not supported yet"):
+        resolve_target({"kind": "cuda", "arch": "sm_80"})
+    with pytest.raises(TargetError, match="TVM rejects the target"):
+        resolve_target({"kind": "no-such-kind"})
+
+
+def test_compile_accepts_a_target_dict_and_a_preset():
+    model = lego_tvm.LegoConv2d(4, 4, 3).eval()
+    x = torch.randn(1, 4, 4, 4)
+    for target in ({"kind": "llvm", "num-cores": 2}, "x86-avx2"):
+        out = lego_tvm.compile(model, x, target=target)(x.numpy())
+        with torch.no_grad():
+            np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_export_to_an_unwritable_place_fails_cleanly(small, tmp_path):
+    with pytest.raises(OSError, match="not a writable folder"):
+        small[2].export(str(tmp_path / "missing" / "model.so"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_missing_file():
+    with pytest.raises(FileNotFoundError, match="no exported model"):
+        lego_tvm.load("/nonexistent/model.so")
+
+
+def test_untraceable_model_is_a_clear_error():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    with pytest.raises(Exception, match="torch.export could not trace DataDependent"):
+        lego_tvm.compile(DataDependent(), torch.randn(1, 4))
+
+
+def test_cli_compiles_a_pt2_file_and_exports(tmp_path, capsys):
+    model = torch.nn.Sequential(lego_tvm.LegoConv2d(8, 16, 3, 2, 0.5),
+                                torch.nn.BatchNorm2d(16), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 8, 6, 6)
+    program = torch.export.export(model, (x,), strict=False)
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    main(["compile", str(tmp_path / "m.pt2"), "-o", str(tmp_path / "m.so")])
+    out = capsys.readouterr().out
+    assert "Lego layers rewritten: 1" in out and "batch_norm+relu" in out and "(ok)" in out
+    assert os.path.exists(tmp_path / "m.so") and os.path.exists(tmp_path / "m.so.json")
+    np.testing.assert_allclose(lego_tvm.load(str(tmp_path / "m.so"))(x.numpy()),
+                               model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["demo", "compile", "bench"])
+def test_cli_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: lego-tvm " + command in capsys.readouterr().out

@@ -1,0 +1,87 @@
+"""Both zoo models end to end: every Lego layer fused, output equal to PyTorch, the report's
+totals as in LEGONET.md, and an exported library that runs in a process without torch."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import lego_tvm
+from conftest import TOLERANCE, assert_matches_torch, relative_error
+from lego_tvm.zoo import get_model
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    model, x = get_model("lego_vgg16")
+    return model, x, lego_tvm.compile(model, (x,))
+
+
+def test_vgg16_all_14_lego_layers_fused_and_exact(vgg):
+    model, x, compiled = vgg
+    assert len(compiled.report.layers) == 14 and compiled.report.skipped == []
+    assert all(layer.folded == ["batch_norm", "relu"] for layer in compiled.report.layers)
+    assert [layer.name for layer in compiled.report.layers][:2] == ["features.3", "features.6"]
+    assert_matches_torch(compiled, model, (x,))
+
+
+def test_vgg16_report_totals_agree_with_legonet_md(vgg):
+    totals = vgg[2].report.totals
+    assert (totals["lego_weights"], totals["dense_weights"]) == (3_723_264, 14_893_056)
+    assert f"{totals['weight_ratio']:.2f}" == "4.00"
+    assert round(totals["model_dense_macs"] / 1e6, 1) == 388.7
+    assert round(totals["model_lego_macs"] / 1e6, 1) == 195.9
+    assert f"{totals['model_mac_ratio']:.2f}" == "1.98"
+    text = str(vgg[2].report)
+    assert "features.46" in text and "4.00x smaller" in text and "(1.98x)" in text
+
+
+def test_call_with_torch_returns_torch(vgg):
+    model, x, compiled = vgg
+    out = compiled(x)
+    assert isinstance(out, torch.Tensor)
+    with torch.no_grad():
+        assert relative_error(out.numpy(), model(x).numpy()) <= TOLERANCE
+
+
+def test_exported_library_runs_without_torch(vgg, tmp_path):
+    model, x, compiled = vgg
+    path = compiled.export(str(tmp_path / "vgg.so"))
+    assert sorted(os.listdir(tmp_path)) == ["vgg.so", "vgg.so.json"]
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = textwrap.dedent(f"""
+        import sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is not allowed here")
+        sys.meta_path.insert(0, NoTorch())
+        import numpy as np
+        import lego_tvm
+        model = lego_tvm.load({path!r})
+        np.save({str(tmp_path / 'out.npy')!r}, model(np.load({str(tmp_path / 'x.npy')!r})))
+        assert "torch" not in sys.modules
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    out = np.load(tmp_path / "out.npy")
+    np.testing.assert_array_equal(out, compiled(x.numpy()))
+    with open(path + ".json") as f:
+        assert len(json.load(f)["report"]["layers"]) == 14
+
+
+@pytest.mark.slow
+def test_resnet50_all_lego_layers_fused_and_exact():
+    model, x = get_model("lego_resnet50")
+    compiled = lego_tvm.compile(model, (x,))
+    report = compiled.report
+    assert len(report.layers) == 48 and report.skipped == []
+    strides = {layer.spec.stride[0] for layer in report.layers}
+    assert strides == {1, 2}
+    residual = [layer for layer in report.layers if "residual_add" in layer.folded]
+    assert len(residual) == 16                    # every bottleneck's conv3
+    assert f"{report.totals['weight_ratio']:.2f}" == "4.00"
+    assert_matches_torch(compiled, model, (x,))

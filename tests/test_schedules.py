@@ -1,0 +1,35 @@
+"""Default schedules: the fused operator is parallel and vectorized; nothing stays naive."""
+import pytest
+import torch
+from tvm import tirx
+
+from lego_tvm import pipeline
+from lego_tvm.fused_op import spec_of
+from lego_tvm.importer import export_program, to_relax
+from lego_tvm.schedules.x86 import default_config
+from lego_tvm.targets import host_target
+
+
+def loop_kinds(func) -> set:
+    """Loop kinds as TVMScript prints them (TVM 0.27 has no Python TIR visitor)."""
+    text = func.script()
+    return {kind for kind in ("parallel", "vectorized", "unroll") if f"T.{kind}(" in text}
+
+
+@pytest.mark.parametrize("size", [12, 2])     # fused stages / stage by stage
+def test_every_primfunc_is_scheduled_and_the_lego_kernel_is_parallel_and_vectorized(size):
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        __import__("lego_tvm").LegoConv2d(16, 32, 3), torch.nn.MaxPool2d(2)).eval()
+    x = torch.randn(1, 3, size, size)
+    target = host_target()
+    mod, report = pipeline.fuse_convs(to_relax(export_program(model, (x,))), target)
+    assert len(report.layers) == 1
+    assert [c.folded for c in report.dense_convs] == [["bias_add", "batch_norm", "relu"]]
+    mod = pipeline.lower_and_schedule(mod, target)   # raises if any PrimFunc is unscheduled
+    fused = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and spec_of(f)]
+    assert sorted(spec_of(f).splits for f in fused) == [1, 2]     # the dense conv and the Lego
+    for func in fused:
+        assert {"parallel", "vectorized", "unroll"} <= loop_kinds(func)
+    lego = next(f for f in fused if spec_of(f).splits == 2)
+    assert default_config(spec_of(lego), 2).fuse_stages == (size == 12)
