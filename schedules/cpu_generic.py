@@ -15,8 +15,13 @@ from .tiling import largest_divisor_at_most, vector_block, vector_lanes
 ACCUMULATOR_REGISTERS = 12
 
 
-def _is_cpu(func, target: Target) -> bool:
-    return isinstance(func, tirx.PrimFunc) and target.kind.name == "llvm"
+def _normalized(func, target: Target):
+    """``(schedule, block infos)`` of a CPU PrimFunc in dlight's normal form, or None."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return None if infos is None else (sch, infos)
 
 
 def _try(action, *args) -> bool:
@@ -38,12 +43,10 @@ class TiledReduction(ScheduleRule):
     epilogue fused into the write-back, outer loops parallel."""
 
     def apply(self, func, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not _is_cpu(func, target):
+        normalized = _normalized(func, target)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = normalized
         reductions = [i for i, info in enumerate(infos) if info.is_reduction()]
         if len(reductions) != 1:
             return None
@@ -102,12 +105,10 @@ class ParallelInjective(ScheduleRule):
     chunks and vector lanes; a remaining reduction block gets its outer loop parallel."""
 
     def apply(self, func, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not _is_cpu(func, target):
+        normalized = _normalized(func, target)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = normalized
         for info in infos[:-1]:
             if not info.is_reduction():
                 _try(sch.compute_inline, info.block_rv)
