@@ -100,3 +100,16 @@ def test_cli_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: lego-tvm " + command in capsys.readouterr().out
+
+
+def test_kernels_use_every_physical_core_by_default():
+    """TVM alone would take half the logical CPUs (one thread on a 2-vCPU machine)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    script = ("import os, psutil, tvm, lego_tvm.runtime\n"
+              "want = min(len(os.sched_getaffinity(0)), psutil.cpu_count(logical=False))\n"
+              "got = tvm.get_global_func('runtime.NumThreads')()\n"
+              "assert got == want, (got, want)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
