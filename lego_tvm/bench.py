@@ -1,10 +1,12 @@
-"""Whole-model speed: lego-tvm against what users would otherwise run, side by side.
+"""Benchmarks: lego-tvm against what users would otherwise run, side by side in one process.
 
-All competitors run in one process on the same random input, with the same thread count,
-each timed as the median of ``repeat`` runs after ``warmup`` runs:
+Whole models (``bench_model``) and single layers (``layer_bench``), all competitors on the
+same random input with the same thread count, each the median of ``repeat`` runs after
+``warmup`` runs. Results go to JSON, a markdown table and a PNG chart. Model competitors:
 
 - ``torch_lego``: PyTorch eager with the Lego module (the authors' formulation);
 - ``torch_dense``: PyTorch eager with every Lego layer folded into a dense ``Conv2d``;
+- ``torch_compile_dense``: ``torch.compile`` of the dense-folded model;
 - ``tvm_no_pass``: TVM on the same imported model without the Lego pass, same schedules;
 - ``lego_tvm``: the compiled model.
 """
@@ -22,9 +24,10 @@ import torch
 
 from .targets import host_target
 
-COMPETITORS = ("torch_lego", "torch_dense", "tvm_no_pass", "lego_tvm")
+COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass", "lego_tvm")
 LABELS = {"torch_lego": "PyTorch eager, Lego module",
           "torch_dense": "PyTorch eager, dense-folded",
+          "torch_compile_dense": "torch.compile, dense-folded",
           "tvm_no_pass": "TVM without the Lego pass",
           "lego_tvm": "lego-tvm"}
 
@@ -50,8 +53,10 @@ def median_ms(run: Callable[[], object], repeat: int, warmup: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def machine() -> dict:
+def machine(threads: int) -> dict:
     import tvm
+
+    from .peak import fma_peak_gflops
 
     cpu = "unknown"
     if os.path.exists("/proc/cpuinfo"):
@@ -60,12 +65,14 @@ def machine() -> dict:
     return {"cpu": cpu, "target": str(host_target()), "python": platform.python_version(),
             "torch": torch.__version__, "tvm": tvm.__version__,
             "tvm_threads": int(tvm.get_global_func("runtime.NumThreads")()),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(),
+            "fma_peak_gflops": fma_peak_gflops(threads),
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
-                progress: Callable[[str], None] = print, show: Callable[[str], None] | None = None
-                ) -> dict:
+                use_torch_compile: bool = True, progress: Callable[[str], None] = print,
+                show: Callable[[str], None] | None = None) -> dict:
     """Time every competitor on zoo model ``name``; also checks lego-tvm against PyTorch.
 
     ``show``, if given, receives the lego-tvm report and the check's result as text."""
@@ -79,56 +86,83 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     fused = lego_compile(model, (example,))
     progress(f"[{name}] compiling without the Lego pass")
     plain = lego_compile(model, (example,), fuse_lego=False)
-    with torch.no_grad():
-        reference = model(example).numpy()
-    error = float(np.abs(fused(x) - reference).max() / np.abs(reference).max())
-    if show is not None:
-        show(f"{fused.report}\ncheck against PyTorch on a random input: max error / max |output|"
-             f" = {error:.2e} ({'ok' if error <= 1e-4 else 'MISMATCH'})")
     runs = {"torch_lego": lambda: model(example), "torch_dense": lambda: dense(example),
             "tvm_no_pass": lambda: plain(x), "lego_tvm": lambda: fused(x)}
-    times = {}
     with torch.no_grad():
+        reference = model(example).numpy()
+        if use_torch_compile:
+            progress(f"[{name}] torch.compile of the dense-folded model")
+            compiled_dense = torch.compile(dense)
+            compiled_dense(example)
+            runs["torch_compile_dense"] = lambda: compiled_dense(example)
+        error = float(np.abs(fused(x) - reference).max() / np.abs(reference).max())
+        if show is not None:
+            show(f"{fused.report}\ncheck against PyTorch on a random input: max error / max "
+                 f"|output| = {error:.2e} ({'ok' if error <= 1e-4 else 'MISMATCH'})")
+        times = {}
         for key in COMPETITORS:
-            progress(f"[{name}] timing {LABELS[key]} ({warmup} warm-up + {repeat} runs)")
-            times[key] = median_ms(runs[key], repeat, warmup)
+            if key in runs:
+                progress(f"[{name}] timing {LABELS[key]} ({warmup} warm-up + {repeat} runs)")
+                times[key] = median_ms(runs[key], repeat, warmup)
     return {"model": name, "batch": batch, "input_shape": list(example.shape),
             "median_ms": times, "max_rel_error": error,
             "lego_layers_fused": len(fused.report.layers)}
 
 
-def format_table(results: list[dict]) -> str:
-    head = f"| {'model':<14} | " + " | ".join(f"{LABELS[k]:>27}" for k in COMPETITORS) + \
-        " | lego-tvm speed-up vs best other |"
-    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+def format_model_table(results: list[dict]) -> str:
+    keys = [k for k in COMPETITORS if any(k in r["median_ms"] for r in results)]
+    lines = ["| model | " + " | ".join(LABELS[k] for k in keys) + " | lego-tvm vs best other |",
+             "|---|" + "---:|" * (len(keys) + 1)]
     for r in results:
         t = r["median_ms"]
         best_other = min(v for k, v in t.items() if k != "lego_tvm")
-        lines.append(f"| {r['model']:<14} | " + " | ".join(f"{t[k]:>24.2f} ms" for k in COMPETITORS)
-                     + f" | {best_other / t['lego_tvm']:>30.2f}x |")
+        lines.append(f"| {r['model']} (batch {r['batch']}) | "
+                     + " | ".join(f"{t[k]:.2f} ms" if k in t else "-" for k in keys)
+                     + f" | {best_other / t['lego_tvm']:.2f}x |")
     return "\n".join(lines)
 
 
-def write_outputs(results: list[dict], out_dir: str, info: dict) -> dict[str, str]:
-    """JSON with everything, and a PNG bar chart of the medians."""
+def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir: str,
+                  info: dict) -> dict[str, str]:
+    """``bench.json`` (everything), ``bench.md`` (the tables) and ``bench.png`` (charts)."""
+    from .layer_bench import LAYER_LABELS
+
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, "bench.json"), "png": os.path.join(out_dir, "bench.png")}
+    paths = {ext: os.path.join(out_dir, f"bench.{ext}") for ext in ("json", "md", "png")}
     with open(paths["json"], "w") as f:
-        json.dump({"machine": info, "results": results}, f, indent=1)
+        json.dump({"machine": info, "models": models, "layers": layers}, f, indent=1)
+    with open(paths["md"], "w") as f:
+        f.write(markdown + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
-    for ax, r in zip(axes[0], results):
-        values = [r["median_ms"][k] for k in COMPETITORS]
-        ax.barh([LABELS[k] for k in COMPETITORS], values,
-                color=["#999", "#777", "#bbb", "#d62728"])
-        ax.set_title(f"{r['model']} (batch {r['batch']})")
-        ax.set_xlabel("median latency, ms (lower is better)")
-        for y, v in enumerate(values):
-            ax.text(v, y, f" {v:.1f}", va="center")
-    fig.suptitle(f"{info['cpu']}, {info['tvm_threads']} threads")
+    panels = [("model", r, LABELS) for r in models]
+    if layers:
+        panels.append(("layers", layers, LAYER_LABELS))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (kind, data, labels) in zip(axes[0], panels):
+        if kind == "model":
+            keys = [k for k in COMPETITORS if k in data["median_ms"]]
+            values = [data["median_ms"][k] for k in keys]
+            ax.barh([labels[k] for k in keys], values,
+                    color=["#d62728" if k == "lego_tvm" else "#999" for k in keys])
+            for y, v in enumerate(values):
+                ax.text(v, y, f" {v:.1f}", va="center")
+            ax.set_title(f"{data['model']} (batch {data['batch']})")
+            ax.set_xlabel("median latency, ms (lower is better)")
+        else:
+            names = [r["layer"] for r in data]
+            for offset, key in ((-0.2, "torch_dense"), (0.2, "torch_lego_best")):
+                ax.barh(np.arange(len(data)) + offset,
+                        [r["median_ms"][key] / r["median_ms"]["lego_tvm"] for r in data],
+                        height=0.4, label=f"vs {labels[key]}")
+            ax.axvline(1.0, color="black", linewidth=0.8)
+            ax.set_yticks(np.arange(len(data)), names)
+            ax.set_xlabel("lego-tvm speed-up (higher is better)")
+            ax.set_title("single 3x3 Lego layers, o=2, ratio 0.5")
+            ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{info['cpu']}, {info['tvm_threads']} threads, {info['date']}")
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=100)
     plt.close(fig)

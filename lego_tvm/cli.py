@@ -51,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                       "and TVM without the pass; writes JSON and a PNG",
         description="Whole-model benchmark, all competitors side by side in one process: "
                     "median of --repeat runs after --warmup runs, fixed thread count.")
-    bench.add_argument("--models", nargs="+", default=["lego_vgg16", "lego_resnet50"],
-                       help="zoo models to time (default: both)")
+    bench.add_argument("--models", nargs="*", default=["lego_vgg16", "lego_resnet50"],
+                       help="zoo models to time (default: both; none: only layers)")
+    bench.add_argument("--no-layers", action="store_true", help="skip the per-layer benchmark")
+    bench.add_argument("--no-torch-compile", action="store_true",
+                       help="skip the torch.compile competitor (it compiles for minutes)")
     bench.add_argument("--repeat", type=int, default=30)
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--out-dir", default=DEFAULT_OUT)
@@ -64,18 +67,31 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _run_bench(models: list[str], repeat: int, warmup: int, out_dir: str,
-               show_report: bool = False) -> None:
-    from .bench import bench_model, format_table, machine, write_outputs
+def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads: int,
+               out_dir: str, use_torch_compile: bool = True, show_report: bool = False) -> None:
+    from .bench import bench_model, format_model_table, machine, write_outputs
+    from .layer_bench import LAYERS, bench_layer, format_layer_table
 
-    results = [bench_model(m, repeat=repeat, warmup=warmup, progress=_progress,
-                           show=print if show_report else None) for m in models]
-    info = machine()
-    print(f"\nmachine: {info['cpu']}; TVM threads {info['tvm_threads']}, "
-          f"PyTorch threads {info['torch_threads']}; median of {repeat} runs, batch 1")
-    print(format_table(results))
-    paths = write_outputs(results, out_dir, info)
-    print(f"wrote {paths['json']} and {paths['png']}")
+    info = machine(threads)
+    model_results = [bench_model(m, repeat=repeat, warmup=warmup, progress=_progress,
+                                 use_torch_compile=use_torch_compile,
+                                 show=print if show_report else None) for m in models]
+    layer_results = [bench_layer(case, repeat, warmup, use_torch_compile, _progress)
+                     for case in LAYERS] if layers else []
+    peak = info["fma_peak_gflops"]
+    header = (f"machine: {info['cpu']} ({info['target']}); TVM threads {info['tvm_threads']}, "
+              f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
+              f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; median of {repeat} runs after "
+              f"{warmup} warm-up runs; {info['date']}")
+    sections = [header]
+    if model_results:
+        sections.append(format_model_table(model_results))
+    if layer_results:
+        sections.append(format_layer_table(layer_results, peak))
+    markdown = "\n\n".join(sections)
+    print("\n" + markdown)
+    paths = write_outputs(model_results, layer_results, markdown, out_dir, info)
+    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
 
 
 def _load_program(path: str):
@@ -135,9 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "compile":
         _compile(args)
     elif args.command == "bench":
-        _run_bench(args.models, args.repeat, args.warmup, args.out_dir)
+        _run_bench(args.models, not args.no_layers, args.repeat, args.warmup, args.threads,
+                   args.out_dir, use_torch_compile=not args.no_torch_compile)
     elif args.command == "demo":
-        _run_bench(["lego_vgg16"], args.repeat, 5, args.out_dir, show_report=True)
+        _run_bench(["lego_vgg16"], False, args.repeat, 5, args.threads, args.out_dir,
+                   use_torch_compile=False, show_report=True)
 
 
 if __name__ == "__main__":

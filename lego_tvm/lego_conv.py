@@ -64,3 +64,33 @@ class LegoConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"n_split={self.n_split}, n_lego={self.n_lego}, stride={self.stride}, "
                 f"padding={self.padding}")
+
+
+class BatchFoldedLegoConv2d(nn.Module):
+    """The fastest plain-PyTorch Lego layer we know: fold the splits into the batch, run one
+    conv with the bank (compute once), then gather the chosen maps, scale and sum.
+
+    Built from a trained ``LegoConv2d`` (ours or the authors'); same output. A benchmark
+    competitor: what a careful user would hand-write without lego-tvm.
+    """
+
+    def __init__(self, lego: nn.Module):
+        super().__init__()
+        o, n, m = lego.aux_coefficients.shape[:3]
+        choice = lego.aux_combination.detach().argmax(dim=2)[..., 0, 0]            # [o, n]
+        coef = torch.gather(lego.aux_coefficients.detach()[..., 0, 0], 2, choice[..., None])
+        self.register_buffer("bank", lego.lego.detach().clone())
+        self.register_buffer("flat_index", (choice + m * torch.arange(o)[:, None]).reshape(-1))
+        self.register_buffer("coef", coef.reshape(1, o, n, 1, 1))
+        self.splits, self.split_channels, self.lego_filters = o, lego.basic_channels, m
+        self.stride = getattr(lego, "stride", 1)
+        self.padding = getattr(lego, "padding", lego.lego.shape[-1] // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        o, b = self.splits, self.split_channels
+        folded = x[:, :o * b].reshape(batch * o, b, height, width)
+        maps = F.conv2d(folded, self.bank, stride=self.stride, padding=self.padding)
+        maps = maps.reshape(batch, o * self.lego_filters, *maps.shape[2:])
+        chosen = maps.index_select(1, self.flat_index)
+        return (chosen.reshape(batch, o, -1, *maps.shape[2:]) * self.coef).sum(1)

@@ -72,3 +72,13 @@ def test_resnet50_layout():
 def test_get_model_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown zoo model"):
         get_model("lego_vgg19")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batch_folded_formulation_is_exact(stride):
+    from lego_tvm.lego_conv import BatchFoldedLegoConv2d
+
+    layer = LegoConv2d(12, 16, 3, 3, 0.5, stride=stride)
+    x = torch.randn(2, 12, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(BatchFoldedLegoConv2d(layer)(x), layer(x), rtol=1e-5, atol=1e-5)

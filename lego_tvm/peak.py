@@ -1,0 +1,67 @@
+"""Measure this machine's fp32 FMA peak, in the same run as the benchmarks it scales.
+
+A tiny C kernel (independent FMA chains in vector registers, one per thread) is built with
+the system C compiler for the host (``-march=native``) and timed. Without a C compiler the
+peak is reported as unknown rather than guessed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+_SOURCE = r"""
+#include <immintrin.h>
+#include <omp.h>
+#include <stdio.h>
+#define CHAINS 12
+int main(int argc, char **argv) {
+  int threads = atoi(argv[1]);
+  long iters = 40000000;
+  double best = 0;
+  for (int rep = 0; rep < 5; rep++) {
+    float sink = 0;
+    double t0 = omp_get_wtime();
+    #pragma omp parallel num_threads(threads) reduction(+ : sink)
+    {
+      __m256 acc[CHAINS];
+      for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_ps(i * 1e-3f);
+      __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-6f);
+      for (long it = 0; it < iters; it++)
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+      float out[8];
+      __m256 s = acc[0];
+      for (int i = 1; i < CHAINS; i++) s = _mm256_add_ps(s, acc[i]);
+      _mm256_storeu_ps(out, s);
+      sink += out[0];
+    }
+    double seconds = omp_get_wtime() - t0;
+    double gflops = 2.0 * 8 * CHAINS * (double)iters * threads / seconds / 1e9;
+    if (gflops > best) best = gflops;
+    if (sink == 1234.5f) printf(" ");
+  }
+  printf("%f\n", best);
+  return 0;
+}
+"""
+
+
+def fma_peak_gflops(threads: int) -> float | None:
+    """Measured fp32 AVX2 FMA GFLOP/s with ``threads`` threads, or None if it cannot be
+    measured here (no C compiler, or not an x86 CPU with AVX2 + FMA)."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = os.path.join(tmp, "peak.c"), os.path.join(tmp, "peak")
+        with open(src, "w") as f:
+            f.write(_SOURCE.replace("#include <stdio.h>", "#include <stdio.h>\n#include <stdlib.h>"))
+        try:
+            subprocess.run([cc, "-O3", "-march=native", "-mavx2", "-mfma", "-fopenmp", src,
+                            "-o", exe], check=True, capture_output=True, timeout=120)
+            out = subprocess.run([exe, str(threads)], check=True, capture_output=True,
+                                 text=True, timeout=300)
+        except (subprocess.SubprocessError, OSError):
+            return None
+    return float(out.stdout.strip())
