@@ -6,6 +6,10 @@ Attributes are imported lazily so that ``load`` never pulls in PyTorch.
 """
 from importlib import import_module
 
+from .threads import use_physical_cores
+
+use_physical_cores()   # before any kernel runs: TVM's pool reads the setting once
+
 _LAZY = {
     "compile": "compiler",
     "load": "runtime",
@@ -15,6 +19,7 @@ _LAZY = {
     "lego_resnet50": "zoo",
     "fold_lego_to_dense": "zoo",
     "FuseLegoConv2d": "fuse_pass",
+    "tune": "tuning",
 }
 __all__ = sorted(_LAZY)
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -44,7 +45,26 @@ def _parser() -> argparse.ArgumentParser:
                            "TVM target as JSON, e.g. '{\"kind\": \"llvm\", \"mcpu\": \"znver3\"}'")
     comp.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
     comp.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
+    comp.add_argument("--tuning-logs", nargs="*", default=None,
+                      help="tuning log folders to apply (default: the logs shipped for this "
+                           "target; give no folder to use only the default schedules)")
     _add_threads(comp)
+
+    tune = sub.add_parser(
+        "tune", help="tune a zoo model or .pt2 file with MetaSchedule (XGBoost); resumable",
+        description="Tune MODEL for TARGET with MetaSchedule and the XGBoost cost model. The log "
+                    "(MetaSchedule's JSON database plus manifest.json) goes to --log-dir; rerun "
+                    "the same command to continue an interrupted run. compile applies the log "
+                    "with --tuning-logs DIR (and shipped logs automatically).")
+    tune.add_argument("model", help="zoo model name or path to a .pt2 file")
+    tune.add_argument("--trials", type=int, default=64, help="total trial budget (default: 64)")
+    tune.add_argument("--log-dir", help="where the log goes (default: "
+                                        "tuning_logs/<target key>/<model>-b<batch>)")
+    tune.add_argument("--target", default=None, help="as for compile")
+    tune.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
+    tune.add_argument("--no-lego-pass", action="store_true",
+                      help="tune the model without the Lego pass (the comparison baseline)")
+    _add_threads(tune)
 
     bench = sub.add_parser(
         "bench", help="time zoo models: lego-tvm vs PyTorch eager (Lego and dense-folded) "
@@ -107,26 +127,49 @@ def _load_program(path: str):
     return program, tuple(torch.randn_like(a) for a in args)
 
 
-def _compile(args) -> None:
-    import json
+def _model_and_inputs(name: str, batch: int):
+    """``(model or program, example inputs, a PyTorch callable for checking)``."""
+    from .zoo import MODELS, get_model
 
+    if name in MODELS:
+        model, example = get_model(name, batch=batch)
+        return model, (example,), model
+    program, inputs = _load_program(name)
+    return program, inputs, program.module()
+
+
+def _tune(args) -> None:
+    from .targets import resolve_target
+    from .tuning import target_key, tune
+
+    model, inputs, _ = _model_and_inputs(args.model, args.batch)
+    name = os.path.splitext(os.path.basename(args.model))[0]
+    target = json.loads(args.target) if args.target and args.target.lstrip().startswith("{") \
+        else args.target
+    log_dir = args.log_dir or os.path.join(
+        "tuning_logs", target_key(resolve_target(target)),
+        f"{name}-b{args.batch}{'-nopass' if args.no_lego_pass else ''}")
+    # MetaSchedule prints its per-task progress table through Python logging.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
+    manifest = tune(model, inputs, log_dir, target=target, trials=args.trials, model_name=name,
+                    lego=not args.no_lego_pass)
+    print(f"{log_dir}: {manifest['trials']} records for {manifest['model']} "
+          f"({manifest['target']}); compile applies them with --tuning-logs {log_dir}")
+
+
+def _compile(args) -> None:
     import numpy as np
     import torch
 
     from .compiler import compile as lego_compile
-    from .zoo import MODELS, get_model
 
     target = args.target
     if target and target.lstrip().startswith("{"):
         target = json.loads(target)
-    if args.model in MODELS:
-        model, example = get_model(args.model, batch=args.batch)
-        inputs, run_torch = (example,), model
-    else:
-        model, inputs = _load_program(args.model)
-        run_torch = model.module()
+    model, inputs, run_torch = _model_and_inputs(args.model, args.batch)
     _progress(f"compiling {args.model} for {target or 'the host CPU'}")
-    compiled = lego_compile(model, inputs, target=target)
+    logs = "auto" if args.tuning_logs is None else args.tuning_logs
+    compiled = lego_compile(model, inputs, target=target, tuning_logs=logs)
     print(compiled.report)
     if not args.no_check:
         with torch.no_grad():
@@ -150,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     if args.command == "compile":
         _compile(args)
+    elif args.command == "tune":
+        _tune(args)
     elif args.command == "bench":
         _run_bench(args.models, not args.no_layers, args.repeat, args.warmup, args.threads,
                    args.out_dir, use_torch_compile=not args.no_torch_compile)

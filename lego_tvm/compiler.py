@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
-from . import pipeline
+from . import pipeline, tuning
 from .importer import export_program, to_relax
 from .runtime import Model
 from .targets import resolve_target
@@ -14,13 +15,19 @@ from .zoo import is_lego_module
 log = logging.getLogger("lego_tvm")
 
 
-def compile(model, example_inputs, target=None, *, fuse_lego: bool = True) -> Model:  # noqa: A001
+def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # noqa: A001
+            tuning_logs="auto") -> Model:
     """Compile a PyTorch model (or a ``torch.export`` program) for ``target``.
 
     ``example_inputs``: a tensor or tuple of tensors; the compiled model takes inputs of
     exactly these shapes and dtypes. ``target``: ``None`` for the host CPU, a preset name
     (see ``lego_tvm.targets.PRESETS``), a TVM target dict or ``tvm.target.Target``.
     ``fuse_lego=False`` compiles the same graph without the Lego pass (for comparison).
+    ``tuning_logs``: ``"auto"`` applies the logs shipped for this target when their TVM
+    version, target and compute version match (others are skipped, with a log line); a
+    folder or list of folders (from ``lego-tvm tune``) must match or ``TuningLogError`` is
+    raised; ``None`` uses only the hand-written default schedules. Kernels without a tuned
+    record always get the default schedules.
 
     The returned model is called with numpy arrays or torch tensors; ``.report`` says which
     Lego layers were fused and why others were not; ``.export(path)`` writes a library.
@@ -38,7 +45,15 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True) -> Mo
     if isinstance(model, torch.nn.Module):
         _name_layers(report, model, example_inputs)
     log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))
-    mod = pipeline.lower_and_schedule(mod, tvm_target)
+    if tuning_logs == "auto":
+        database = tuning.open_database(tuning.shipped_logs(tvm_target), tvm_target, strict=False)
+    elif tuning_logs:
+        dirs = [tuning_logs] if isinstance(tuning_logs, (str, os.PathLike)) else list(tuning_logs)
+        database = tuning.open_database(dirs, tvm_target, strict=True)
+    else:
+        database = None
+    mod, report.tuned_kernels = pipeline.schedule(pipeline.lower(mod, tvm_target), tvm_target,
+                                                  database)
     executable = pipeline.build(mod, tvm_target)
     inputs = [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
               for t in example_inputs]

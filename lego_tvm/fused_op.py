@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tvm import te, tirx, topi
+from tvm import s_tir, te, tirx, topi
 
 COMPUTE_VERSION = 1
 SCHEDULE_RULE = "lego_tvm.fused_lego_conv2d"
@@ -118,6 +118,13 @@ def lego_conv2d_prim_func(spec: LegoConvSpec) -> tirx.PrimFunc:
     """The fused operator as a PrimFunc; opaque to FuseOps so it keeps its own schedule."""
     # int64 indices: int32 ones break FuseTIR when fused with int64 neighbours.
     func = te.create_prim_func(lego_conv2d_compute(spec), index_dtype_override="int64")
+    # MetaSchedule: only the custom rule (on the gather-sum block) schedules this function;
+    # "None" keeps the generic rules off the other blocks and the root.
+    sch = s_tir.Schedule(func)
+    for name in ("root", PAD_BLOCK, LEGO_BLOCK):
+        if name != PAD_BLOCK or any(spec.padding):
+            sch.annotate(sch.get_sblock(name), "schedule_rule", "None")
+    func = sch.mod["main"]
     # No global_symbol: the pipeline names each copy after its GlobalVar.
     return func.without_attr("global_symbol").with_attrs({
         "op_pattern": 8,   # kOpaque: FuseOps must not merge neighbours into it

@@ -37,25 +37,39 @@ def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True
     return mod, report
 
 
-def lower_and_schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Legalize to TIR, fuse neighbouring ops, and give every PrimFunc a default schedule."""
+def lower(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Legalize to TIR and fuse neighbouring ops: the PrimFuncs that get scheduled (or tuned)."""
     with target:
-        mod = tvm.transform.Sequential([
+        return tvm.transform.Sequential([
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
-            # Tuned records would apply here first (issue: tuning); then hand-written rules.
-            dlight.ApplyDefaultSchedule(*[_FallThrough(rule) for rule in (
-                FusedLegoRule(), dlight.cpu.GEMV(), TiledReduction(), ParallelInjective())]),
         ])(mod)
+
+
+def schedule(mod: tvm.IRModule, target: Target, database=None) -> tuple[tvm.IRModule, list[str]]:
+    """Give every PrimFunc a schedule: a tuned record from ``database`` when one matches,
+    else the hand-written default rules. Returns the module and the tuned functions' names."""
+    tuned: list[str] = []
+    if database is not None:
+        with target, database:
+            applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        for gvar, func in applied.functions_items():
+            if isinstance(func, tirx.PrimFunc) and not func.same_as(mod[gvar]):
+                tuned.append(gvar.name_hint)
+                applied[gvar] = func.with_attr("tirx.is_scheduled", True)
+        mod = applied
+    with target:
+        mod = dlight.ApplyDefaultSchedule(*[_FallThrough(rule) for rule in (
+            FusedLegoRule(), dlight.cpu.GEMV(), TiledReduction(), ParallelInjective())])(mod)
     unscheduled = [gv.name_hint for gv, f in mod.functions_items()
                    if isinstance(f, tirx.PrimFunc) and not f.attrs.get("tirx.is_scheduled", False)]
     if unscheduled:
         raise UnscheduledError(f"no default schedule for {', '.join(unscheduled)}; they would run "
                                "as naive serial loops. Please report this model.")
-    return mod
+    return mod, tuned
 
 
 class _FallThrough(dlight.ScheduleRule):

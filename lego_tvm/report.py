@@ -55,6 +55,7 @@ class LegoReport:
     other_weights: int = 0    # convs and matmuls left as they were (the same in both models)
     other_macs: int = 0
     dense_convs: list[LegoLayerReport] = field(default_factory=list)   # ordinary convs on the kernel
+    tuned_kernels: list[str] = field(default_factory=list)   # scheduled from a tuning log
 
     @property
     def totals(self) -> dict:
@@ -75,6 +76,7 @@ class LegoReport:
                 "skipped": [asdict(s) for s in self.skipped],
                 "other_weights": self.other_weights, "other_macs": self.other_macs,
                 "dense_convs": [c.as_dict() for c in self.dense_convs],
+                "tuned_kernels": self.tuned_kernels,
                 "totals": self.totals}
 
     def __str__(self) -> str:
@@ -104,6 +106,8 @@ class LegoReport:
             lines.append(f"ordinary convs run on the same fused kernel: {len(self.dense_convs)} "
                          f"({', '.join('+'.join(c.folded) or 'plain' for c in self.dense_convs[:3])}"
                          f"{', ...' if len(self.dense_convs) > 3 else ''})")
+        lines.append(f"kernels scheduled from tuning logs: {len(self.tuned_kernels)}"
+                     f"{' (' + ', '.join(self.tuned_kernels[:4]) + (', ...' if len(self.tuned_kernels) > 4 else '') + ')' if self.tuned_kernels else '; the rest use the hand-written default schedules'}")
         for skip in self.skipped:
             lines.append(f"not rewritten: {skip.name}: {skip.reason}")
         return "\n".join(lines)

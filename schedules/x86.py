@@ -36,6 +36,8 @@ ACCUMULATOR_REGISTERS = 12   # of 16 AVX2 ymm registers; the rest hold weights a
 
 @dataclass(frozen=True)
 class LegoX86Config:
+    """The knobs. Tile sizes are ints (default schedule) or sampled variables (tuning);
+    ``fuse_stages`` picks the loop structure, so the tuner explores one space per value."""
     tile_rows: int        # output rows per parallel task (fused stages)
     reg_rows: int         # register tile: rows x cols accumulators of V filters each
     reg_cols: int
@@ -86,7 +88,7 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoX86Config) -> None:
     if not config.fuse_stages:
         sch.parallel(sch.fuse(*lego_loops[:-8], split, filt))
     acc = sch.cache_write(lego, 0, "local")
-    sch.reverse_compute_at(acc, col_o)
+    sch.reverse_compute_at(acc, col_o, preserve_unit_loops=True)
     sch.unroll(row_i)
     sch.unroll(col_i)
     sch.vectorize(lanes)
@@ -111,6 +113,33 @@ def _has_block(sch: s_tir.Schedule, name: str) -> bool:
 def bank_block(target: Target, lego_filters: int) -> int:
     """Filters per packed-bank block: the target's fp32 SIMD lanes when they divide m."""
     return largest_divisor_at_most(lego_filters, vector_lanes(target))
+
+
+def _sample_divisor(sch: s_tir.Schedule, extent: int, limit: int, default: int):
+    """A tunable choice among the divisors of ``extent`` up to ``limit``, starting at
+    ``default``'s neighbourhood (uniform prior)."""
+    choices = [d for d in range(1, extent + 1) if extent % d == 0 and d <= max(1, limit)]
+    return sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
+                                  decision=choices.index(default) if default in choices else None)
+
+
+def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, cores: int) -> list[s_tir.Schedule]:
+    """The MetaSchedule design spaces: the default schedule's body with sampled tile sizes,
+    once with fused stages and once stage by stage."""
+    default = default_config(spec, cores)
+    spaces = []
+    for fuse_stages in (True, False):
+        space = sch.copy()
+        rows = spec.out_height
+        config = LegoX86Config(
+            tile_rows=default.tile_rows,
+            reg_rows=_sample_divisor(space, rows, ACCUMULATOR_REGISTERS, default.reg_rows),
+            reg_cols=_sample_divisor(space, spec.out_width, 2 * ACCUMULATOR_REGISTERS,
+                                     default.reg_cols),
+            fuse_stages=fuse_stages)
+        apply_lego_schedule(space, config)
+        spaces.append(space)
+    return spaces
 
 
 class FusedLegoRule(ScheduleRule):

@@ -26,7 +26,8 @@ def test_every_primfunc_is_scheduled_and_the_lego_kernel_is_parallel_and_vectori
     mod, report = pipeline.fuse_convs(to_relax(export_program(model, (x,))), target)
     assert len(report.layers) == 1
     assert [c.folded for c in report.dense_convs] == [["bias_add", "batch_norm", "relu"]]
-    mod = pipeline.lower_and_schedule(mod, target)   # raises if any PrimFunc is unscheduled
+    mod, tuned = pipeline.schedule(pipeline.lower(mod, target), target)  # raises if unscheduled
+    assert tuned == []
     fused = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and spec_of(f)]
     assert sorted(spec_of(f).splits for f in fused) == [1, 2]     # the dense conv and the Lego
     for func in fused:

@@ -1,0 +1,199 @@
+"""MetaSchedule tuning (XGBoost cost model) and the tuning logs ``compile`` applies.
+
+A tuning log is a folder holding MetaSchedule's JSON database
+(``database_workload.json``, ``database_tuning_record.json``) and a ``manifest.json`` that
+says what produced it: TVM version, exact target, the fused operator's compute version,
+model, batch, trials, date. A log is applied only when TVM version, target and compute
+version all match; anything else is refused with the reason.
+
+The fused Lego operator is tuned by a custom MetaSchedule rule registered here
+(``schedules.x86.tunable_schedules``: the default schedule's body with sampled tile sizes).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import tvm
+from tvm.target import Target
+from tvm_ffi import register_global_func
+
+from .fused_op import COMPUTE_VERSION, SCHEDULE_RULE, spec_of
+from .schedules.tiling import num_cores
+
+log = logging.getLogger("lego_tvm")
+MANIFEST = "manifest.json"
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+class TuningLogError(ValueError):
+    """A tuning log that cannot be used: corrupt, truncated, or made for something else."""
+
+
+@register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}")
+def _tunable_lego_rule(sch, _block):
+    from .schedules.x86 import tunable_schedules
+
+    func = sch.mod["main"]
+    target = Target.current(allow_none=True)
+    return tunable_schedules(sch, spec_of(func), num_cores(target) if target else 1)
+
+
+def target_key(target: Target) -> str:
+    """Folder name for a target's logs, e.g. ``x86_64-znver3-2c``."""
+    attrs = target.attrs
+    arch = str(attrs.get("mtriple", "host")).split("-")[0]
+    return f"{arch}-{attrs.get('mcpu', 'generic')}-{attrs.get('num-cores', 1)}c"
+
+
+def _identity(target: Target) -> dict:
+    return {"tvm_version": tvm.__version__, "target": str(target),
+            "compute_version": COMPUTE_VERSION}
+
+
+def read_manifest(log_dir: str | Path) -> dict:
+    path = Path(log_dir) / MANIFEST
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise TuningLogError(f"{log_dir} is not a lego-tvm tuning log: {MANIFEST} is missing") \
+            from None
+    except json.JSONDecodeError as err:
+        raise TuningLogError(f"{path} is corrupt: {err}") from None
+    missing = [k for k in ("tvm_version", "target", "compute_version") if k not in manifest]
+    if missing:
+        raise TuningLogError(f"{path} lacks {', '.join(missing)}")
+    return manifest
+
+
+def check_log(log_dir: str | Path, target: Target) -> dict:
+    """The manifest of ``log_dir`` if the log was made for this TVM, target and compute;
+    else ``TuningLogError`` saying what differs. The database files are checked too."""
+    manifest = read_manifest(log_dir)
+    want = _identity(target)
+    for key, label in (("tvm_version", "TVM version"), ("target", "target"),
+                       ("compute_version", "fused-operator compute version")):
+        if manifest[key] != want[key]:
+            raise TuningLogError(f"tuning log {log_dir} was made for {label} {manifest[key]!r}, "
+                                 f"not {want[key]!r}; it is not applied (retune with "
+                                 "`lego-tvm tune`)")
+    for name in DATABASE_FILES:
+        path = Path(log_dir) / name
+        if not path.exists():
+            raise TuningLogError(f"tuning log {log_dir} is incomplete: {name} is missing")
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise TuningLogError(f"{path} line {number} is corrupt or truncated "
+                                             f"({err.msg}); delete the line or retune") from None
+    return manifest
+
+
+def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
+    """A MetaSchedule database over the logs in ``log_dirs`` that match ``target``.
+
+    ``strict``: a log that does not match raises; otherwise it is skipped with a log line.
+    Returns None when no log applies.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    databases = []
+    for log_dir in log_dirs:
+        try:
+            check_log(log_dir, target)
+        except TuningLogError as err:
+            if strict:
+                raise
+            log.info("lego-tvm: %s", err)
+            continue
+        try:
+            databases.append(ms.database.JSONDatabase(work_dir=str(log_dir),
+                                                      allow_missing=False))
+        except Exception as err:  # noqa: BLE001 - TVM raises generic errors on bad records
+            raise TuningLogError(f"tuning log {log_dir} cannot be read by MetaSchedule: "
+                                 f"{str(err).splitlines()[-1]}") from None
+    if not databases:
+        return None
+    return databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
+
+
+def shipped_logs(target: Target) -> list[Path]:
+    """The logs installed with lego-tvm for this target (``tuning_logs/<target key>/*``)."""
+    from importlib.resources import files
+
+    folder = Path(str(files("lego_tvm.tuning_logs"))) / target_key(target)
+    return sorted(p.parent for p in folder.glob(f"*/{MANIFEST}")) if folder.is_dir() else []
+
+
+def count_records(log_dir: str | Path) -> int:
+    path = Path(log_dir) / DATABASE_FILES[1]
+    if not path.exists():
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if line.strip())
+
+
+def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 64,
+         model_name: str | None = None, lego: bool = True, seed: int | None = None) -> dict:
+    """Tune ``model`` with MetaSchedule + XGBoost and write the log to ``log_dir``.
+
+    Resumable: records already in ``log_dir`` count towards ``trials`` and seed the search;
+    an interrupted run keeps every record it finished. Returns the manifest.
+    """
+    import torch
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import measure, pipeline
+    from .importer import export_program, to_relax
+    from .targets import resolve_target
+
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    tvm_target = resolve_target(target)
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if (log_dir / MANIFEST).exists():
+        check_log(log_dir, tvm_target)          # never mix records of another target/TVM
+    program = model if isinstance(model, torch.export.ExportedProgram) else \
+        export_program(model, tuple(example_inputs))
+    mod, _ = pipeline.fuse_convs(to_relax(program), tvm_target, lego=lego)
+    mod = pipeline.lower(mod, tvm_target)
+    done = count_records(log_dir)
+    remaining = trials - done
+    log.warning("lego-tvm: tuning %s for %s: %d trials requested, %d already in %s",
+                model_name or type(model).__name__, target_key(tvm_target), trials, done, log_dir)
+    if remaining > 0:
+        ms.relax_integration.tune_relax(
+            mod, params={}, target=tvm_target, work_dir=str(log_dir),
+            max_trials_global=remaining, num_trials_per_iter=min(16, remaining),
+            builder=ms.builder.LocalBuilder(f_build=measure.build, timeout_sec=120),
+            runner=ms.runner.LocalRunner(f_alloc_argument=measure.alloc_arguments,
+                                         timeout_sec=60),
+            cost_model=ms.cost_model.XGBModel(num_warmup_samples=min(16, max(1, remaining // 4))),
+            seed=seed)
+    batch = int(example_inputs[0].shape[0]) if example_inputs else None
+    manifest = {**_identity(tvm_target), "model": model_name or type(model).__name__,
+                "batch": batch, "trials": count_records(log_dir),
+                "date": time.strftime("%Y-%m-%d"), "lego_pass": lego,
+                "hardware": _cpu_name()}
+    tmp = log_dir / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, log_dir / MANIFEST)
+    return manifest
+
+
+def _cpu_name() -> str:
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return "unknown"

@@ -1,0 +1,78 @@
+"""MetaSchedule tuning of the fused operator: records, resuming, applying, refusing bad logs."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import lego_tvm
+from conftest import assert_matches_torch
+from lego_tvm.fused_op import COMPUTE_VERSION
+from lego_tvm.tuning import DATABASE_FILES, MANIFEST, TuningLogError, count_records
+
+pytestmark = pytest.mark.tuning
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    model = torch.nn.Sequential(lego_tvm.LegoConv2d(16, 32, 3), torch.nn.BatchNorm2d(32),
+                                torch.nn.ReLU()).eval()
+    x = torch.randn(1, 16, 14, 14)
+    log_dir = tmp_path_factory.mktemp("log")
+    manifest = lego_tvm.tune(model, (x,), log_dir, trials=6, model_name="tiny", seed=0)
+    return model, x, log_dir, manifest
+
+
+def test_tuning_writes_records_and_a_manifest(tuned):
+    _, _, log_dir, manifest = tuned
+    assert manifest["trials"] == count_records(log_dir) >= 1
+    assert manifest["model"] == "tiny" and manifest["batch"] == 1
+    on_disk = json.loads((log_dir / MANIFEST).read_text())
+    assert on_disk["compute_version"] == COMPUTE_VERSION
+    assert on_disk["tvm_version"] and on_disk["target"] and on_disk["date"]
+
+
+def test_compile_applies_the_log_and_stays_exact(tuned):
+    model, x, log_dir, _ = tuned
+    compiled = lego_tvm.compile(model, (x,), tuning_logs=str(log_dir))
+    assert any(name.startswith("fused_lego_conv2d") for name in compiled.report.tuned_kernels)
+    assert "kernels scheduled from tuning logs" in str(compiled.report)
+    assert_matches_torch(compiled, model, (x,))
+
+
+def test_rerun_resumes_instead_of_starting_over(tuned):
+    model, x, log_dir, manifest = tuned
+    again = lego_tvm.tune(model, (x,), log_dir, trials=manifest["trials"], model_name="tiny")
+    assert again["trials"] == manifest["trials"]          # nothing left to do
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("tvm_version", "0.1.0", "TVM version '0.1.0'"),
+    ("target", '{"kind":"llvm","mcpu":"other"}', "made for target"),
+    ("compute_version", 999, "compute version 999"),
+])
+def test_log_for_something_else_is_refused(tuned, tmp_path, field, value, message):
+    model, x, log_dir, _ = tuned
+    copy = tmp_path / "log"
+    shutil.copytree(log_dir, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest[field] = value
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(TuningLogError, match=message):
+        lego_tvm.compile(model, (x,), tuning_logs=str(copy))
+
+
+def test_truncated_log_is_refused(tuned, tmp_path):
+    model, x, log_dir, _ = tuned
+    copy = tmp_path / "log"
+    shutil.copytree(log_dir, copy)
+    records = copy / DATABASE_FILES[1]
+    records.write_text(records.read_text()[:-40])
+    with pytest.raises(TuningLogError, match="corrupt or truncated"):
+        lego_tvm.compile(model, (x,), tuning_logs=str(copy))
+
+
+def test_folder_without_manifest_is_refused(tmp_path):
+    with pytest.raises(TuningLogError, match="manifest.json is missing"):
+        lego_tvm.compile(lego_tvm.LegoConv2d(4, 4, 3).eval(), torch.randn(1, 4, 4, 4),
+                         tuning_logs=str(tmp_path))
