@@ -7,8 +7,10 @@ same random input with the same thread count, each the median of ``repeat`` runs
 - ``torch_lego``: PyTorch eager with the Lego module (the authors' formulation);
 - ``torch_dense``: PyTorch eager with every Lego layer folded into a dense ``Conv2d``;
 - ``torch_compile_dense``: ``torch.compile`` of the dense-folded model;
-- ``tvm_no_pass``: TVM on the same imported model without the Lego pass, same schedules;
-- ``lego_tvm``: the compiled model.
+- ``tvm_no_pass``: TVM on the same imported model without the Lego pass, same schedules,
+  and ``tvm_no_pass_tuned`` with the shipped tuning logs for it, when there are any;
+- ``lego_tvm``: the compiled model with default schedules, and ``lego_tvm_tuned`` with the
+  shipped tuning logs, when there are any for this machine.
 """
 from __future__ import annotations
 
@@ -23,13 +25,18 @@ import numpy as np
 import torch
 
 from .targets import host_target
+from .tuning import TuningLogError, check_log, shipped_logs
 
-COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass", "lego_tvm")
+COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass",
+               "tvm_no_pass_tuned", "lego_tvm", "lego_tvm_tuned")
 LABELS = {"torch_lego": "PyTorch eager, Lego module",
           "torch_dense": "PyTorch eager, dense-folded",
           "torch_compile_dense": "torch.compile, dense-folded",
           "tvm_no_pass": "TVM without the Lego pass",
-          "lego_tvm": "lego-tvm"}
+          "tvm_no_pass_tuned": "TVM without the pass, tuned",
+          "lego_tvm": "lego-tvm, default schedules",
+          "lego_tvm_tuned": "lego-tvm, tuned"}
+OURS = ("lego_tvm", "lego_tvm_tuned")
 
 
 def set_threads(threads: int) -> None:
@@ -82,12 +89,21 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     model, example = get_model(name, batch=batch)
     dense = fold_lego_to_dense(model)
     x = example.numpy()
-    progress(f"[{name}] compiling with lego-tvm")
-    fused = lego_compile(model, (example,))
-    progress(f"[{name}] compiling without the Lego pass")
-    plain = lego_compile(model, (example,), fuse_lego=False)
-    runs = {"torch_lego": lambda: model(example), "torch_dense": lambda: dense(example),
-            "tvm_no_pass": lambda: plain(x), "lego_tvm": lambda: fused(x)}
+    runs = {"torch_lego": lambda: model(example), "torch_dense": lambda: dense(example)}
+    compiled = {}
+    target = host_target()
+    for key, fuse, tuned in (("lego_tvm", True, False), ("lego_tvm_tuned", True, True),
+                             ("tvm_no_pass", False, False), ("tvm_no_pass_tuned", False, True)):
+        logs = [d for d in shipped_logs(target, lego_pass=fuse) if _applies(d, target)]
+        if tuned and not logs:
+            progress(f"[{name}] no tuning log for this machine: skipping {LABELS[key]}")
+            continue
+        progress(f"[{name}] compiling: {LABELS[key]}")
+        candidate = lego_compile(model, (example,), fuse_lego=fuse,
+                                 tuning_logs=logs if tuned else None)
+        compiled[key] = candidate
+        runs[key] = (lambda c: lambda: c(x))(candidate)
+    fused = compiled["lego_tvm"]
     with torch.no_grad():
         reference = model(example).numpy()
         if use_torch_compile:
@@ -109,16 +125,25 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
             "lego_layers_fused": len(fused.report.layers)}
 
 
+def _applies(log_dir, target) -> bool:
+    try:
+        check_log(log_dir, target)
+        return True
+    except TuningLogError:
+        return False
+
+
 def format_model_table(results: list[dict]) -> str:
     keys = [k for k in COMPETITORS if any(k in r["median_ms"] for r in results)]
     lines = ["| model | " + " | ".join(LABELS[k] for k in keys) + " | lego-tvm vs best other |",
              "|---|" + "---:|" * (len(keys) + 1)]
     for r in results:
         t = r["median_ms"]
-        best_other = min(v for k, v in t.items() if k != "lego_tvm")
+        best_other = min(v for k, v in t.items() if k not in OURS)
+        best_ours = min(v for k, v in t.items() if k in OURS)
         lines.append(f"| {r['model']} (batch {r['batch']}) | "
                      + " | ".join(f"{t[k]:.2f} ms" if k in t else "-" for k in keys)
-                     + f" | {best_other / t['lego_tvm']:.2f}x |")
+                     + f" | {best_other / best_ours:.2f}x |")
     return "\n".join(lines)
 
 
@@ -146,7 +171,7 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
             keys = [k for k in COMPETITORS if k in data["median_ms"]]
             values = [data["median_ms"][k] for k in keys]
             ax.barh([labels[k] for k in keys], values,
-                    color=["#d62728" if k == "lego_tvm" else "#999" for k in keys])
+                    color=["#d62728" if k in OURS else "#999" for k in keys])
             for y, v in enumerate(values):
                 ax.text(v, y, f" {v:.1f}", va="center")
             ax.set_title(f"{data['model']} (batch {data['batch']})")

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "tuning_logs/<target key>/<model>-b<batch>)")
     tune.add_argument("--target", default=None, help="as for compile")
     tune.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
+    tune.add_argument("--all-kernels", action="store_true",
+                      help="also tune pooling, matmul and elementwise kernels (default: only "
+                           "the fused conv kernels)")
     tune.add_argument("--no-lego-pass", action="store_true",
                       help="tune the model without the Lego pass (the comparison baseline)")
     _add_threads(tune)
@@ -152,7 +155,7 @@ def _tune(args) -> None:
     # MetaSchedule prints its per-task progress table through Python logging.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
     manifest = tune(model, inputs, log_dir, target=target, trials=args.trials, model_name=name,
-                    lego=not args.no_lego_pass)
+                    lego=not args.no_lego_pass, all_kernels=args.all_kernels)
     print(f"{log_dir}: {manifest['trials']} records for {manifest['model']} "
           f"({manifest['target']}); compile applies them with --tuning-logs {log_dir}")
 

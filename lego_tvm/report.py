@@ -106,8 +106,9 @@ class LegoReport:
             lines.append(f"ordinary convs run on the same fused kernel: {len(self.dense_convs)} "
                          f"({', '.join('+'.join(c.folded) or 'plain' for c in self.dense_convs[:3])}"
                          f"{', ...' if len(self.dense_convs) > 3 else ''})")
+        tuned = ", ".join(self.tuned_kernels[:4]) + (", ..." if len(self.tuned_kernels) > 4 else "")
         lines.append(f"kernels scheduled from tuning logs: {len(self.tuned_kernels)}"
-                     f"{' (' + ', '.join(self.tuned_kernels[:4]) + (', ...' if len(self.tuned_kernels) > 4 else '') + ')' if self.tuned_kernels else '; the rest use the hand-written default schedules'}")
+                     + (f" ({tuned})" if tuned else "; all use the hand-written default schedules"))
         for skip in self.skipped:
             lines.append(f"not rewritten: {skip.name}: {skip.reason}")
         return "\n".join(lines)

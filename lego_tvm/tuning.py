@@ -27,6 +27,7 @@ from .schedules.tiling import num_cores
 log = logging.getLogger("lego_tvm")
 MANIFEST = "manifest.json"
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+OUR_KERNELS = ("fused_lego_conv2d", "fused_conv2d")   # the PrimFuncs fuse_pass.py creates
 
 
 class TuningLogError(ValueError):
@@ -124,12 +125,23 @@ def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
     return databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
 
 
-def shipped_logs(target: Target) -> list[Path]:
-    """The logs installed with lego-tvm for this target (``tuning_logs/<target key>/*``)."""
+def shipped_logs(target: Target, lego_pass: bool | None = None) -> list[Path]:
+    """The logs installed with lego-tvm for this target (``tuning_logs/<target key>/*``);
+    with ``lego_pass`` given, only those tuned with (True) or without (False) the pass."""
     from importlib.resources import files
 
     folder = Path(str(files("lego_tvm.tuning_logs"))) / target_key(target)
-    return sorted(p.parent for p in folder.glob(f"*/{MANIFEST}")) if folder.is_dir() else []
+    logs = sorted(p.parent for p in folder.glob(f"*/{MANIFEST}")) if folder.is_dir() else []
+    if lego_pass is None:
+        return logs
+    return [d for d in logs if _manifest_or_none(d).get("lego_pass", True) == lego_pass]
+
+
+def _manifest_or_none(log_dir: Path) -> dict:
+    try:
+        return read_manifest(log_dir)
+    except TuningLogError:
+        return {}
 
 
 def count_records(log_dir: str | Path) -> int:
@@ -141,9 +153,12 @@ def count_records(log_dir: str | Path) -> int:
 
 
 def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 64,
-         model_name: str | None = None, lego: bool = True, seed: int | None = None) -> dict:
+         model_name: str | None = None, lego: bool = True, seed: int | None = None,
+         all_kernels: bool = False) -> dict:
     """Tune ``model`` with MetaSchedule + XGBoost and write the log to ``log_dir``.
 
+    Only the fused conv kernels (Lego and ordinary convs) are tuned unless ``all_kernels``:
+    pooling, matmuls and elementwise functions are small and keep their default schedules.
     Resumable: records already in ``log_dir`` count towards ``trials`` and seed the search;
     an interrupted run keeps every record it finished. Returns the manifest.
     """
@@ -167,12 +182,21 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     mod = pipeline.lower(mod, tvm_target)
     done = count_records(log_dir)
     remaining = trials - done
-    log.warning("lego-tvm: tuning %s for %s: %d trials requested, %d already in %s",
-                model_name or type(model).__name__, target_key(tvm_target), trials, done, log_dir)
-    if remaining > 0:
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, tvm_target)
+             if all_kernels or any(k in t.task_name for k in OUR_KERNELS)]
+    log.warning("lego-tvm: tuning %d kernels of %s for %s: %d trials requested, %d already in %s",
+                len(tasks), model_name or type(model).__name__, target_key(tvm_target), trials,
+                done, log_dir)
+    if 0 < remaining < 2 * len(tasks):
+        log.warning("lego-tvm: %d trials for %d kernels is too few for every kernel to get a "
+                    "tuned record; those without one keep the default schedule", remaining,
+                    len(tasks))
+    if remaining > 0 and tasks:
         ms.relax_integration.tune_relax(
             mod, params={}, target=tvm_target, work_dir=str(log_dir),
-            max_trials_global=remaining, num_trials_per_iter=min(16, remaining),
+            max_trials_global=remaining, op_names=None if all_kernels else list(OUR_KERNELS),
+            # Small rounds so that every kernel gets trials before the budget runs out.
+            num_trials_per_iter=max(2, min(16, remaining // len(tasks))),
             builder=ms.builder.LocalBuilder(f_build=measure.build, timeout_sec=120),
             runner=ms.runner.LocalRunner(f_alloc_argument=measure.alloc_arguments,
                                          timeout_sec=60),
