@@ -160,7 +160,12 @@ def _slice_range(graph: _Graph, source, channels: int) -> tuple[relax.Expr, int,
     if axes != [1] or strides != [1]:
         raise _NotLego(f"split input is a slice over axes {axes} with strides {strides}, "
                        "not a contiguous channel slice")
-    return sl.args[0], begin[0], end[0]
+    shape = static_shape(sl.args[0])
+    if shape is None:
+        raise _NotLego("split input is a slice of a tensor without a static shape")
+    # Python slice semantics, as strided_slice has them: negative from the end, clamped.
+    begin_c, end_c = (min(max(v + shape[1] if v < 0 else v, 0), shape[1]) for v in (begin[0], end[0]))
+    return sl.args[0], begin_c, end_c
 
 
 def _merge_rows(merge: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarray]:

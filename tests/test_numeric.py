@@ -133,3 +133,28 @@ def test_without_the_pass_the_import_alone_is_exact():
     compiled = lego_tvm.compile(model, (x,), fuse_lego=False)
     assert compiled.report.layers == []
     assert_matches_torch(compiled, model, (x,))
+
+
+class OpenEndedSlices(torch.nn.Module):
+    """A Lego layer whose last split is written ``x[:, b:]`` (slice to the end)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = LegoConv2d(8, 8, 3, 2, 0.5)
+
+    def forward(self, x):
+        kernels = self.inner.merge_kernels()
+        parts = [x[:, :4], x[:, 4:]]
+        out = 0
+        for i, part in enumerate(parts):
+            lego = torch.nn.functional.conv2d(part, self.inner.lego, padding=1)
+            out = out + torch.nn.functional.conv2d(lego, kernels[i])
+        return out
+
+
+def test_slice_to_the_end_is_recognized():
+    model = OpenEndedSlices().eval()
+    x = torch.randn(1, 8, 6, 6)
+    compiled = lego_tvm.compile(model, (x,))
+    assert len(compiled.report.layers) == 1, compiled.report
+    assert_matches_torch(compiled, model, (x,))
