@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .targets import host_target
-from .tuning import TuningLogError, check_log, shipped_logs
+from .tuning import TuningLogError, check_log, read_manifest, shipped_logs
 
 COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass",
                "tvm_no_pass_tuned", "lego_tvm", "lego_tvm_tuned")
@@ -94,9 +94,11 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     target = host_target()
     for key, fuse, tuned in (("lego_tvm", True, False), ("lego_tvm_tuned", True, True),
                              ("tvm_no_pass", False, False), ("tvm_no_pass_tuned", False, True)):
-        logs = [d for d in shipped_logs(target, lego_pass=fuse) if _applies(d, target)]
+        logs = [d for d in shipped_logs(target, lego_pass=fuse)
+                if _applies(d, target) and read_manifest(d)["model"] == name
+                and read_manifest(d)["batch"] == batch]
         if tuned and not logs:
-            progress(f"[{name}] no tuning log for this machine: skipping {LABELS[key]}")
+            progress(f"[{name}] no tuning log for this model and machine: skipping {LABELS[key]}")
             continue
         progress(f"[{name}] compiling: {LABELS[key]}")
         candidate = lego_compile(model, (example,), fuse_lego=fuse,

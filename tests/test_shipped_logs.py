@@ -1,0 +1,41 @@
+"""The tuning logs shipped in tuning_logs/ still apply to the shipped models: every fused
+Lego kernel of each logged model finds its record (checked for the log's own target, so
+the test means the same on any x86 machine)."""
+import pytest
+from tvm.target import Target
+
+from lego_tvm import pipeline
+from lego_tvm.importer import export_program, to_relax
+from lego_tvm.tuning import check_log, open_database, read_manifest
+from lego_tvm.zoo import MODELS, get_model
+
+import importlib.resources
+from pathlib import Path
+
+ROOT = Path(str(importlib.resources.files("lego_tvm.tuning_logs")))
+LOGS = sorted(p.parent for p in ROOT.glob("*/*/manifest.json"))
+
+
+def test_logs_are_shipped_for_both_models():
+    shipped = {(read_manifest(d)["model"], read_manifest(d)["batch"]) for d in LOGS
+               if read_manifest(d).get("lego_pass", True)}
+    assert {("lego_vgg16", 1), ("lego_resnet50", 1)} <= shipped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_dir", LOGS, ids=[f"{d.parent.name}/{d.name}" for d in LOGS])
+def test_every_lego_kernel_finds_its_record(log_dir):
+    manifest = read_manifest(log_dir)
+    target = Target(manifest["target"])
+    check_log(log_dir, target)
+    assert manifest["model"] in MODELS
+    model, x = get_model(manifest["model"], batch=manifest["batch"])
+    mod, report = pipeline.fuse_convs(to_relax(export_program(model, (x,))), target,
+                                      lego=manifest.get("lego_pass", True))
+    mod = pipeline.lower(mod, target)
+    lego_kernels = {gv.name_hint for gv in mod.get_global_vars()
+                    if gv.name_hint.startswith("fused_lego_conv2d")}
+    assert len(lego_kernels) >= 1 or not manifest.get("lego_pass", True)
+    _, tuned = pipeline.schedule(mod, target, open_database([log_dir], target, strict=True))
+    missing = sorted(lego_kernels - set(tuned))
+    assert not missing, f"no tuned record in {log_dir} for {missing}"
