@@ -49,6 +49,11 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def max_relative_error(out, reference) -> float:
+    """max |out - reference| / max |reference|: the check every comparison reports."""
+    return float(np.abs(np.asarray(out) - reference).max() / np.abs(reference).max())
+
+
 def median_ms(run: Callable[[], object], repeat: int, warmup: int) -> float:
     for _ in range(warmup):
         run()
@@ -107,24 +112,35 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
         runs[key] = (lambda c: lambda: c(x))(candidate)
     fused = compiled["lego_tvm"]
     with torch.no_grad():
-        reference = model(example).numpy()
+        error = max_relative_error(fused(x), model(example).numpy())
+    if show is not None:
+        show(f"{fused.report}\ncheck against PyTorch on a random input: max error / max "
+             f"|output| = {error:.2e} ({'ok' if error <= 1e-4 else 'MISMATCH'})")
+    times = time_side_by_side(name, runs, COMPETITORS, LABELS, dense, example,
+                              use_torch_compile, repeat, warmup, progress)
+    return {"model": name, "batch": batch, "input_shape": list(example.shape),
+            "median_ms": times, "max_rel_error": error,
+            "lego_layers_fused": len(fused.report.layers)}
+
+
+def time_side_by_side(name: str, runs: dict, order, labels: dict, dense: torch.nn.Module,
+                      example: torch.Tensor, use_torch_compile: bool, repeat: int, warmup: int,
+                      progress: Callable[[str], None]) -> dict[str, float]:
+    """Median milliseconds of every competitor in ``runs`` (plus ``torch.compile`` of
+    ``dense``, compiled here, when asked), in ``order``, one after the other."""
+    runs = dict(runs)
+    with torch.no_grad():
         if use_torch_compile:
             progress(f"[{name}] torch.compile of the dense-folded model")
             compiled_dense = torch.compile(dense)
             compiled_dense(example)
             runs["torch_compile_dense"] = lambda: compiled_dense(example)
-        error = float(np.abs(fused(x) - reference).max() / np.abs(reference).max())
-        if show is not None:
-            show(f"{fused.report}\ncheck against PyTorch on a random input: max error / max "
-                 f"|output| = {error:.2e} ({'ok' if error <= 1e-4 else 'MISMATCH'})")
         times = {}
-        for key in COMPETITORS:
+        for key in order:
             if key in runs:
-                progress(f"[{name}] timing {LABELS[key]} ({warmup} warm-up + {repeat} runs)")
+                progress(f"[{name}] timing {labels[key]} ({warmup} warm-up + {repeat} runs)")
                 times[key] = median_ms(runs[key], repeat, warmup)
-    return {"model": name, "batch": batch, "input_shape": list(example.shape),
-            "median_ms": times, "max_rel_error": error,
-            "lego_layers_fused": len(fused.report.layers)}
+    return times
 
 
 def _applies(log_dir, target) -> bool:

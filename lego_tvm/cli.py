@@ -165,9 +165,9 @@ def _tune(args) -> None:
 
 
 def _compile(args) -> None:
-    import numpy as np
     import torch
 
+    from .bench import max_relative_error
     from .compiler import compile as lego_compile
 
     target = args.target
@@ -181,8 +181,7 @@ def _compile(args) -> None:
     if not args.no_check:
         with torch.no_grad():
             reference = run_torch(*inputs).numpy()
-        out = compiled(*[t.numpy() for t in inputs])
-        error = float(np.abs(out - reference).max() / np.abs(reference).max())
+        error = max_relative_error(compiled(*[t.numpy() for t in inputs]), reference)
         print(f"check against PyTorch on a random input: max error / max |output| = {error:.2e} "
               f"({'ok' if error <= 1e-4 else 'MISMATCH'})")
         if error > 1e-4:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
-from .bench import median_ms
+from .bench import max_relative_error, time_side_by_side
 
 
 @dataclass(frozen=True)
@@ -68,17 +67,9 @@ def bench_layer(case: LayerCase, repeat: int, warmup: int, use_torch_compile: bo
             "lego_tvm": lambda: fused(xn)}
     with torch.no_grad():
         reference = layer(x).numpy()
-        if use_torch_compile:
-            progress(f"[{case.name}] torch.compile of the dense-folded layer")
-            compiled_dense = torch.compile(dense)
-            compiled_dense(x)
-            runs["torch_compile_dense"] = lambda: compiled_dense(x)
-        error = float(np.abs(fused(xn) - reference).max() / np.abs(reference).max())
-        times = {}
-        for key in LAYER_COMPETITORS:
-            if key in runs:
-                progress(f"[{case.name}] timing {LAYER_LABELS[key]}")
-                times[key] = median_ms(runs[key], repeat, warmup)
+    error = max_relative_error(fused(xn), reference)
+    times = time_side_by_side(case.name, runs, LAYER_COMPETITORS, LAYER_LABELS, dense, x,
+                              use_torch_compile, repeat, warmup, progress)
     macs = _macs(case)
     return {"layer": case.name, "channels": case.channels, "size": case.size,
             "stride": case.stride, "median_ms": times, "max_rel_error": error,
