@@ -113,3 +113,13 @@ def test_kernels_use_every_physical_core_by_default():
               "got = tvm.get_global_func('runtime.NumThreads')()\n"
               "assert got == want, (got, want)\n")
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+
+
+@pytest.mark.slow
+def test_readme_main_job_runs(tmp_path, capsys):
+    """`lego-tvm demo`: report, check against PyTorch, speed table, JSON/markdown/PNG."""
+    main(["demo", "--repeat", "2", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "Lego layers rewritten: 14" in out and "(ok)" in out
+    assert "| lego_vgg16 (batch 1) |" in out
+    assert sorted(os.listdir(tmp_path)) == ["bench.json", "bench.md", "bench.png"]
