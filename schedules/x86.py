@@ -47,11 +47,15 @@ class LegoX86Config:
 def default_config(spec: LegoConvSpec, cores: int) -> LegoX86Config:
     s = spec
     row_bytes = s.splits * s.lego_filters * s.out_width * 4
-    tile_rows = largest_divisor_at_most(s.out_height, LEGO_TILE_BYTES // row_bytes)
-    # Keep at least two tasks per core so the threads stay balanced.
-    while tile_rows > 1 and s.batch * (s.out_height // tile_rows) < 2 * cores:
-        tile_rows = largest_divisor_at_most(s.out_height, tile_rows - 1)
-    fuse_stages = s.batch * (s.out_height // tile_rows) >= 2 * cores
+    limit = max(1, LEGO_TILE_BYTES // row_bytes)
+    candidates = [t for t in range(1, s.out_height + 1) if s.out_height % t == 0 and t <= limit]
+    tasks = {t: s.batch * (s.out_height // t) for t in candidates}
+    # At least two tasks per core; then the best balance (7 tasks on 2 threads wastes an
+    # eighth of the time, measured), then the largest tile.
+    enough = [t for t in candidates if tasks[t] >= 2 * cores]
+    fuse_stages = bool(enough)
+    tile_rows = max(enough or [1], key=lambda t: (
+        tasks[t] / (cores * -(-tasks[t] // cores)), t))
     reg_cols = largest_divisor_at_most(s.out_width, ACCUMULATOR_REGISTERS)
     rows = tile_rows if fuse_stages else s.out_height
     reg_rows = largest_divisor_at_most(rows, ACCUMULATOR_REGISTERS // reg_cols)
