@@ -8,6 +8,7 @@ import torch
 
 from . import pipeline, tuning
 from .importer import export_program, to_relax
+from .report import LegoReport
 from .runtime import Model
 from .targets import resolve_target
 from .zoo import is_lego_module
