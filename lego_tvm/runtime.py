@@ -54,12 +54,6 @@ class Model:
             outputs = [torch.from_numpy(o) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def time(self, *args, repeat: int = 20, number: int = 1) -> list[float]:
-        """Per-run seconds of ``repeat`` timed runs (each the mean of ``number`` calls)."""
-        arrays = [to_device(np.asarray(a), self.device) for a in args]
-        timer = self._vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return list(timer(*arrays).results)
-
     def export(self, path: str) -> str:
         """Write the deployable library to ``path`` and its signature to ``path + '.json'``.
 
