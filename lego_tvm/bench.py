@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .targets import host_target
-from .tuning import TuningLogError, check_log, read_manifest, shipped_logs
+from .tuning import TuningLogError, check_log, shipped_logs
 
 COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass",
                "tvm_no_pass_tuned", "lego_tvm", "lego_tvm_tuned")
@@ -99,15 +99,17 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     target = host_target()
     for key, fuse, tuned in (("lego_tvm", True, False), ("lego_tvm_tuned", True, True),
                              ("tvm_no_pass", False, False), ("tvm_no_pass_tuned", False, True)):
-        logs = [d for d in shipped_logs(target, lego_pass=fuse)
-                if _applies(d, target) and read_manifest(d)["model"] == name
-                and read_manifest(d)["batch"] == batch]
-        if tuned and not logs:
-            progress(f"[{name}] no tuning log for this model and machine: skipping {LABELS[key]}")
-            continue
+        logs = None
+        if tuned:
+            manifests = {d: _manifest_if_applies(d, target) for d in shipped_logs(target, fuse)}
+            logs = [d for d, m in manifests.items()
+                    if (m.get("model"), m.get("batch")) == (name, batch)]
+            if not logs:
+                progress(f"[{name}] no tuning log for this model and machine: skipping "
+                         f"{LABELS[key]}")
+                continue
         progress(f"[{name}] compiling: {LABELS[key]}")
-        candidate = lego_compile(model, (example,), fuse_lego=fuse,
-                                 tuning_logs=logs if tuned else None)
+        candidate = lego_compile(model, (example,), fuse_lego=fuse, tuning_logs=logs)
         compiled[key] = candidate
         runs[key] = (lambda c: lambda: c(x))(candidate)
     fused = compiled["lego_tvm"]
@@ -143,12 +145,12 @@ def time_side_by_side(name: str, runs: dict, order, labels: dict, dense: torch.n
     return times
 
 
-def _applies(log_dir, target) -> bool:
+def _manifest_if_applies(log_dir, target) -> dict:
+    """The manifest of a log made for ``target`` (and this TVM), else an empty dict."""
     try:
-        check_log(log_dir, target)
-        return True
+        return check_log(log_dir, target)
     except TuningLogError:
-        return False
+        return {}
 
 
 def format_model_table(results: list[dict]) -> str:

@@ -10,9 +10,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule, normalize_prim_func
 from tvm.target import Target
 
-from .tiling import largest_divisor_at_most, vector_block, vector_lanes
-
-ACCUMULATOR_REGISTERS = 12
+from .tiling import ACCUMULATOR_REGISTERS, largest_divisor_at_most, vector_block, vector_lanes
 
 
 def _normalized(func, target: Target):

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from tvm.target import Target
 
+# Accumulators a register tile may hold: 12 of the 16 AVX2 ymm registers; the rest hold the
+# weight vector and the broadcast inputs.
+ACCUMULATOR_REGISTERS = 12
+
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, limit))

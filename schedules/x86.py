@@ -27,11 +27,10 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
-from .tiling import largest_divisor_at_most, num_cores, vector_lanes
+from .tiling import ACCUMULATOR_REGISTERS, largest_divisor_at_most, num_cores
 
 # A Lego tile this size stays in a Zen / Skylake L2 (512 KiB / 1 MiB) next to the input rows.
 LEGO_TILE_BYTES = 128 * 1024
-ACCUMULATOR_REGISTERS = 12   # of 16 AVX2 ymm registers; the rest hold weights and broadcasts
 
 
 @dataclass(frozen=True)
@@ -114,14 +113,9 @@ def _has_block(sch: s_tir.Schedule, name: str) -> bool:
         return False
 
 
-def bank_block(target: Target, lego_filters: int) -> int:
-    """Filters per packed-bank block: the target's fp32 SIMD lanes when they divide m."""
-    return largest_divisor_at_most(lego_filters, vector_lanes(target))
-
-
 def _sample_divisor(sch: s_tir.Schedule, extent: int, limit: int, default: int):
-    """A tunable choice among the divisors of ``extent`` up to ``limit``, starting at
-    ``default``'s neighbourhood (uniform prior)."""
+    """A tunable choice among the divisors of ``extent`` up to ``limit`` (uniform prior),
+    first sampled as ``default``."""
     choices = [d for d in range(1, extent + 1) if extent % d == 0 and d <= max(1, limit)]
     return sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
                                   decision=choices.index(default) if default in choices else None)
