@@ -12,8 +12,8 @@ from tvm.target import Target
 from .fuse_pass import FuseDenseConv2d, FuseLegoConv2d
 from .report import LegoReport
 from .schedules.cpu_generic import ParallelInjective, TiledReduction
-from .schedules.tiling import vector_lanes
-from .schedules.x86 import FusedLegoRule
+from .schedules.lego_cpu import FusedLegoRule
+from .schedules.simd import simd_profile
 
 log = logging.getLogger("lego_tvm")
 
@@ -28,10 +28,10 @@ def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True
     remaining ordinary conv onto the same kernel. ``mod`` is already constant-folded."""
     report = LegoReport()
     if lego:
-        fuse = FuseLegoConv2d(simd_lanes=vector_lanes(target))
+        fuse = FuseLegoConv2d(simd_lanes=simd_profile(target).lanes)
         mod = fuse(mod)
         report = fuse.report
-    dense = FuseDenseConv2d(simd_lanes=vector_lanes(target))
+    dense = FuseDenseConv2d(simd_lanes=simd_profile(target).lanes)
     mod = dense(mod)
     report.dense_convs = dense.convs
     return mod, report

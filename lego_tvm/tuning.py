@@ -7,7 +7,8 @@ model, batch, trials, date. A log is applied only when TVM version, target and c
 version all match; anything else is refused with the reason.
 
 The fused Lego operator is tuned by a custom MetaSchedule rule registered here
-(``schedules.x86.tunable_schedules``: the default schedule's body with sampled tile sizes).
+(``schedules.lego_cpu.tunable_schedules``: the default schedule's body with sampled tile
+sizes).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from tvm.target import Target
 from tvm_ffi import register_global_func
 
 from .fused_op import COMPUTE_VERSION, SCHEDULE_RULE, spec_of
-from .schedules.tiling import num_cores
 
 log = logging.getLogger("lego_tvm")
 MANIFEST = "manifest.json"
@@ -36,11 +36,10 @@ class TuningLogError(ValueError):
 
 @register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}")
 def _tunable_lego_rule(sch, _block):
-    from .schedules.x86 import tunable_schedules
+    from .schedules.lego_cpu import tunable_schedules
 
-    func = sch.mod["main"]
-    target = Target.current(allow_none=True)
-    return tunable_schedules(sch, spec_of(func), num_cores(target) if target else 1)
+    # tune() enters the target's scope; the core count and vector unit come from it.
+    return tunable_schedules(sch, spec_of(sch.mod["main"]), Target.current())
 
 
 def target_key(target: Target) -> str:

@@ -10,7 +10,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule, normalize_prim_func
 from tvm.target import Target
 
-from .tiling import ACCUMULATOR_REGISTERS, largest_divisor_at_most, vector_block, vector_lanes
+from .simd import simd_profile
+from .tiling import largest_divisor_at_most, vector_block
 
 
 def _normalized(func, target: Target):
@@ -63,7 +64,8 @@ class TiledReduction(ScheduleRule):
         reduce = [i for i, k in enumerate(kinds) if k == "R"]
 
         # Step 1: register tile = channel block x vectorized column block.
-        lanes = vector_lanes(target)
+        simd = simd_profile(target)
+        lanes = simd.lanes
         vec = spatial[-1]
         reg = spatial[1] if len(spatial) == 4 else (spatial[-2] if len(spatial) > 1 else None)
         col_block = vector_block(extents[vec], lanes)
@@ -73,7 +75,7 @@ class TiledReduction(ScheduleRule):
         if reg is not None:
             vectors = -(-col_block // lanes)
             reg_o, reg_i = sch.split(
-                loops[reg], [None, largest_divisor_at_most(extents[reg], ACCUMULATOR_REGISTERS // vectors)])
+                loops[reg], [None, largest_divisor_at_most(extents[reg], simd.accumulators // vectors)])
             outer.insert(spatial.index(reg), reg_o)
             inner.insert(0, reg_i)
         outer.append(vec_o)
@@ -110,7 +112,7 @@ class ParallelInjective(ScheduleRule):
         for info in infos[:-1]:
             if not info.is_reduction():
                 _try(sch.compute_inline, info.block_rv)
-        _schedule_leftover_blocks(sch, vector_lanes(target), exclude=set())
+        _schedule_leftover_blocks(sch, simd_profile(target).lanes, exclude=set())
         return sch
 
 

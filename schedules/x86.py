@@ -1,154 +1,26 @@
-"""Default x86 schedule of the fused Lego convolution (AVX2 / AVX-512, fp32).
+"""x86 vector units for the fused Lego schedule (``lego_cpu.py`` holds the body).
 
-The bank is packed ``[m/V, b, kh, kw, V]`` (V = SIMD lanes, NCHW[x]c after NeoCPU), so the
-micro-kernel is: one vector load of V filters' weight, broadcast one input pixel per
-accumulator, one FMA per accumulator. Loop structure:
-
-    for (image, row_tile) in parallel:                     # tasks
-        pad the input rows the tile needs                   # stays in L1/L2
-        for split, filter_block, row_block, col_block:      # compute once
-            acc[rows x cols x V] = 0                        # registers
-            for rc, ry, rx: acc += x_tile (broadcast) * bank (vector)
-            store acc -> Lego tile                          # o*m*rows*W floats, sized for L2
-        for out_channel, row, col: gather-sum the Lego tile + epilogue
-
-When there are too few row tiles to keep every core busy (small feature maps), the stages
-run one after the other instead, each parallel over its own channels.
-
-The body is ``apply_lego_schedule(sch, config)``; ``default_config`` picks the knobs from the
-shapes, and a tuner may pick others. One body, so tuned and default schedules cannot drift.
+AVX2 has 16 ymm registers of 8 floats; a register tile of 12 accumulators leaves one for
+the weight vector, the inputs come broadcast from memory as FMA operands
+(``vfmadd231ps ymm, ymm, [mem]{1to8}`` style ``vbroadcastss``). AVX-512 has 32 zmm
+registers of 16 floats. The Lego tile of one task (128 KiB) stays in a Zen / Skylake L2
+(512 KiB / 1 MiB per core) next to the input rows it is computed from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
-from .tiling import ACCUMULATOR_REGISTERS, largest_divisor_at_most, num_cores
+from .tiling import SimdProfile
 
-# A Lego tile this size stays in a Zen / Skylake L2 (512 KiB / 1 MiB) next to the input rows.
-LEGO_TILE_BYTES = 128 * 1024
+AVX2 = SimdProfile("avx2", lanes=8, accumulators=12, lego_tile_bytes=128 * 1024)
+AVX512 = SimdProfile("avx512", lanes=16, accumulators=24, lego_tile_bytes=128 * 1024)
 
-
-@dataclass(frozen=True)
-class LegoX86Config:
-    """The knobs. Tile sizes are ints (default schedule) or sampled variables (tuning);
-    ``fuse_stages`` picks the loop structure, so the tuner explores one space per value."""
-    tile_rows: int        # output rows per parallel task (fused stages)
-    reg_rows: int         # register tile: rows x cols accumulators of V filters each
-    reg_cols: int
-    fuse_stages: bool     # compute the Lego tile inside each task (else stage by stage)
+# LLVM CPU names with AVX-512F (a target may also say "+avx512f" in mattr).
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake",
+                "sapphirerapids", "graniterapids", "znver4", "znver5", "x86-64-v4")
 
 
-def default_config(spec: LegoConvSpec, cores: int) -> LegoX86Config:
-    s = spec
-    row_bytes = s.splits * s.lego_filters * s.out_width * 4
-    limit = max(1, LEGO_TILE_BYTES // row_bytes)
-    candidates = [t for t in range(1, s.out_height + 1) if s.out_height % t == 0 and t <= limit]
-    tasks = {t: s.batch * (s.out_height // t) for t in candidates}
-    # At least two tasks per core; then the best balance (7 tasks on 2 threads wastes an
-    # eighth of the time, measured), then the largest tile.
-    enough = [t for t in candidates if tasks[t] >= 2 * cores]
-    fuse_stages = bool(enough)
-    tile_rows = max(enough or [1], key=lambda t: (
-        tasks[t] / (cores * -(-tasks[t] // cores)), t))
-    reg_cols = largest_divisor_at_most(s.out_width, ACCUMULATOR_REGISTERS)
-    rows = tile_rows if fuse_stages else s.out_height
-    reg_rows = largest_divisor_at_most(rows, ACCUMULATOR_REGISTERS // reg_cols)
-    return LegoX86Config(tile_rows, reg_rows, reg_cols, fuse_stages)
-
-
-def apply_lego_schedule(sch: s_tir.Schedule, config: LegoX86Config) -> None:
-    """Schedule the fused Lego blocks of ``sch`` in place."""
-    gather = sch.get_sblock(GATHER_BLOCK)
-    lego = sch.get_sblock(LEGO_BLOCK)
-    pad = sch.get_sblock(PAD_BLOCK) if _has_block(sch, PAD_BLOCK) else None
-
-    # Step 1: where the Lego tile lives.
-    image, channel, row, col = sch.get_loops(gather)
-    if config.fuse_stages:
-        row_tile, row_in = sch.split(row, [None, config.tile_rows])
-        sch.reorder(image, row_tile, channel, row_in, col)
-        task = sch.fuse(image, row_tile)
-        sch.parallel(task)
-        sch.compute_at(lego, task, preserve_unit_loops=True)
-        if pad is not None:
-            sch.compute_at(pad, task, preserve_unit_loops=True)
-    else:
-        sch.parallel(sch.fuse(image, channel))
-        if pad is not None:
-            sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
-
-    # Step 2: register tile (rows x cols) x V filters; the whole reduction runs on it.
-    lego_loops = sch.get_loops(lego)
-    split, filt, lrow, lcol, lanes, rc, ry, rx = lego_loops[-8:]
-    row_o, row_i = sch.split(lrow, [None, config.reg_rows])
-    col_o, col_i = sch.split(lcol, [None, config.reg_cols])
-    sch.reorder(split, filt, row_o, col_o, rc, ry, rx, row_i, col_i, lanes)
-    if not config.fuse_stages:
-        sch.parallel(sch.fuse(*lego_loops[:-8], split, filt))
-    acc = sch.cache_write(lego, 0, "local")
-    sch.reverse_compute_at(acc, col_o, preserve_unit_loops=True)
-    sch.unroll(row_i)
-    sch.unroll(col_i)
-    sch.vectorize(lanes)
-    sch.vectorize(sch.get_loops(acc)[-1])
-    # Vectorize first: after decompose_reduction the update block is no longer a reduction.
-    sch.decompose_reduction(lego, rc)
-    if pad is not None:
-        sch.vectorize(sch.get_loops(pad)[-1])
-
-    # Step 3: gather-sum, vectorized along the row.
-    sch.vectorize(col)
-
-
-def _has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-        return True
-    except Exception:  # noqa: BLE001 - TVM raises a generic ScheduleError
-        return False
-
-
-def _sample_divisor(sch: s_tir.Schedule, extent: int, limit: int, default: int):
-    """A tunable choice among the divisors of ``extent`` up to ``limit`` (uniform prior),
-    first sampled as ``default``."""
-    choices = [d for d in range(1, extent + 1) if extent % d == 0 and d <= max(1, limit)]
-    return sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
-                                  decision=choices.index(default) if default in choices else None)
-
-
-def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, cores: int) -> list[s_tir.Schedule]:
-    """The MetaSchedule design spaces: the default schedule's body with sampled tile sizes,
-    once with fused stages and once stage by stage."""
-    default = default_config(spec, cores)
-    spaces = []
-    for fuse_stages in (True, False):
-        space = sch.copy()
-        rows = spec.out_height
-        config = LegoX86Config(
-            tile_rows=default.tile_rows,
-            reg_rows=_sample_divisor(space, rows, ACCUMULATOR_REGISTERS, default.reg_rows),
-            reg_cols=_sample_divisor(space, spec.out_width, 2 * ACCUMULATOR_REGISTERS,
-                                     default.reg_cols),
-            fuse_stages=fuse_stages)
-        apply_lego_schedule(space, config)
-        spaces.append(space)
-    return spaces
-
-
-class FusedLegoRule(ScheduleRule):
-    """dlight rule: the default schedule of the fused Lego operator on CPUs."""
-
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        spec = spec_of(func)
-        if spec is None:
-            return None
-        sch = s_tir.Schedule(func)
-        apply_lego_schedule(sch, default_config(spec, num_cores(target)))
-        return sch
+def x86_profile(target: Target) -> SimdProfile:
+    mcpu = str(target.attrs.get("mcpu", ""))
+    mattr = " ".join(str(a) for a in target.attrs.get("mattr", []) or [])
+    return AVX512 if "avx512f" in mattr or mcpu.startswith(_AVX512_CPUS) else AVX2

@@ -6,7 +6,8 @@ from tvm import tirx
 from lego_tvm import pipeline
 from lego_tvm.fused_op import spec_of
 from lego_tvm.importer import export_program, to_relax
-from lego_tvm.schedules.x86 import default_config
+from lego_tvm.schedules.lego_cpu import default_config
+from lego_tvm.schedules.x86 import AVX2
 from lego_tvm.targets import host_target
 
 
@@ -33,4 +34,4 @@ def test_every_primfunc_is_scheduled_and_the_lego_kernel_is_parallel_and_vectori
     for func in fused:
         assert {"parallel", "vectorized", "unroll"} <= loop_kinds(func)
     lego = next(f for f in fused if spec_of(f).splits == 2)
-    assert default_config(spec_of(lego), 2).fuse_stages == (size == 12)
+    assert default_config(spec_of(lego), 2, AVX2).fuse_stages == (size == 12)
