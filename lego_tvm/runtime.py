@@ -15,6 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .targets import cross_compiler, parse_target, why_not_runnable_here
 from .tvm_compat import to_device
 
 
@@ -23,16 +24,28 @@ class InputError(ValueError):
 
 
 class Model:
-    """A compiled Lego model: call it with numpy arrays (or torch tensors) to run it."""
+    """A compiled Lego model: call it with numpy arrays (or torch tensors) to run it.
+
+    A model built for another CPU (an ARM board, AVX-512 on an AVX2 machine) cannot be
+    called here; ``export`` it and run it there."""
 
     def __init__(self, executable, inputs: list[dict], report: dict | None, target: str,
                  device=None):
         self._executable = executable
         self.device = device if device is not None else tvm.cpu()
-        self._vm = relax.VirtualMachine(executable, self.device)
+        self._vm = None               # created on first call: only where the code can run
         self.inputs = inputs          # [{"shape": [...], "dtype": "float32"}, ...]
         self.report_dict = report or {}
-        self.target = target
+        self.target = target          # str(tvm Target), JSON
+
+    def _machine(self):
+        if self._vm is None:
+            reason = why_not_runnable_here(parse_target(self.target))
+            if reason:
+                raise RuntimeError(f"this model cannot run on this machine: {reason}. Export it "
+                                   "(model.export('model.so')) and run it where it belongs.")
+            self._vm = relax.VirtualMachine(self._executable, self.device)
+        return self._vm
 
     def __call__(self, *args):
         if len(args) != len(self.inputs):
@@ -48,7 +61,7 @@ class Model:
                                  f"the model was compiled for shape {want['shape']} and dtype "
                                  f"{want['dtype']}")
             arrays.append(to_device(arr, self.device))
-        outputs = _to_numpy(self._vm["main"](*arrays))
+        outputs = _to_numpy(self._machine()["main"](*arrays))
         if torch_out:
             import torch  # only when the caller already uses torch
             outputs = [torch.from_numpy(o) for o in outputs]
@@ -58,8 +71,10 @@ class Model:
         """Write the deployable library to ``path`` and its signature to ``path + '.json'``.
 
         Both are written to temporary files first and renamed, so a failed export never
-        leaves a half-written artifact.
+        leaves a half-written artifact. A model for another CPU architecture is linked with
+        that architecture's cross compiler (``aarch64-linux-gnu-gcc`` for ARM).
         """
+        cc = cross_compiler(parse_target(self.target))   # before anything is written
         path = os.path.abspath(path)
         folder = os.path.dirname(path)
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
@@ -71,7 +86,7 @@ class Model:
         lib_tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False).name
         meta_tmp = lib_tmp + ".json"
         try:
-            self._executable.export_library(lib_tmp)
+            self._executable.export_library(lib_tmp, **({"cc": cc} if cc else {}))
             with open(meta_tmp, "w") as f:
                 json.dump(meta, f, indent=1)
             os.replace(lib_tmp, path)
@@ -95,6 +110,9 @@ def load(path: str, device=None) -> Model:
         meta = json.load(f)
     if meta.get("format") != "lego-tvm/1":
         raise ValueError(f"{meta_path} is not a lego-tvm model description")
+    reason = meta.get("target") and why_not_runnable_here(parse_target(meta["target"]))
+    if reason:
+        raise RuntimeError(f"{path} cannot be loaded on this machine: {reason}")
     return Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
                  meta.get("target", ""), device)
 

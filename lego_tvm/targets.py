@@ -1,22 +1,42 @@
 """Compilation targets: the host CPU, named presets, or any TVM target dict."""
 from __future__ import annotations
 
+import json
 import os
+import platform
+import shutil
 
 import tvm
 from tvm.target import Target
 
+_AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
 # Presets accepted wherever a target is: compile(target="x86-avx2"), --target x86-avx2.
+# x86 presets use this machine's core count; ARM presets the usual core count of such a
+# board or phone cluster (give a dict with "num-cores" for another).
 PRESETS: dict[str, dict] = {
     "x86-avx2": {"kind": "llvm", "mcpu": "haswell"},
     "x86-avx512": {"kind": "llvm", "mcpu": "skylake-avx512"},
     "x86-znver3": {"kind": "llvm", "mcpu": "znver3"},
+    # Any ARMv8-A core with NEON: the code runs on all of them.
+    "arm-neon": {**_AARCH64, "mattr": ["+neon"], "num-cores": 4},
+    # Raspberry Pi 4 (4x Cortex-A72, ARMv8.0-A).
+    "arm-cortex-a72": {**_AARCH64, "mcpu": "cortex-a72", "num-cores": 4},
+    # Raspberry Pi 5, and the big cores of 2019-2022 phones (Cortex-A76/A78, ARMv8.2-A).
+    "arm-cortex-a76": {**_AARCH64, "mcpu": "cortex-a76", "num-cores": 4},
+    # Servers: AWS Graviton2, Ampere Altra (Neoverse N1, ARMv8.2-A).
+    "arm-neoverse-n1": {**_AARCH64, "mcpu": "neoverse-n1", "num-cores": 16},
 }
 SUPPORTED_KINDS = ("llvm",)
+# Debian / Ubuntu packages of the cross toolchain for each architecture lego-tvm targets.
+CROSS_PACKAGES = {"aarch64": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}
 
 
 class TargetError(ValueError):
     """A target lego-tvm cannot compile for, with the reason."""
+
+
+class ToolchainError(OSError):
+    """The compiler needed to write a library for another CPU is not installed."""
 
 
 def host_cores() -> int:
@@ -48,7 +68,7 @@ def resolve_target(target=None) -> Target:
             raise TargetError(f"unknown target preset {target!r}; presets: "
                               f"{', '.join(['host'] + sorted(PRESETS))}, or pass a TVM target dict "
                               "such as {'kind': 'llvm', 'mcpu': 'znver3'}")
-        resolved = Target({**PRESETS[target], "num-cores": host_cores()})
+        resolved = Target({"num-cores": host_cores(), **PRESETS[target]})
     elif isinstance(target, dict):
         try:
             resolved = Target(target)
@@ -61,3 +81,41 @@ def resolve_target(target=None) -> Target:
         raise TargetError(f"target kind {resolved.kind.name!r} is not supported yet; "
                           f"supported kinds: {', '.join(SUPPORTED_KINDS)}")
     return resolved
+
+
+def target_arch(target: Target) -> str:
+    """``x86_64``, ``aarch64``, ...: the first part of the target triple (host if none)."""
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return triple.split("-")[0] if triple else platform.machine()
+
+
+def parse_target(text: str) -> Target:
+    """The ``Target`` written as ``str(target)`` (JSON) in an exported model's description."""
+    return Target(_clean(json.loads(text)))
+
+
+def why_not_runnable_here(target: Target) -> str | None:
+    """Why code built for ``target`` cannot run on this machine (None if it can)."""
+    from .schedules.simd import simd_profile
+
+    arch, host = target_arch(target), platform.machine()
+    if arch != host:
+        return f"it is built for {arch} and this machine is {host}"
+    wanted, have = simd_profile(target), simd_profile(host_target())
+    if wanted.lanes > have.lanes:
+        return f"it is built for {wanted.name.upper()} and this CPU has only {have.name.upper()}"
+    return None
+
+
+def cross_compiler(target: Target) -> str | None:
+    """The C compiler that links libraries for ``target``: None for this machine's own
+    architecture, else ``<triple>-gcc``, which must be installed (``ToolchainError``)."""
+    arch = target_arch(target)
+    if arch == platform.machine():
+        return None
+    cc = f"{arch}-linux-gnu-gcc"
+    if shutil.which(cc) is None:
+        packages = CROSS_PACKAGES.get(arch, f"a cross toolchain for {arch}")
+        raise ToolchainError(f"writing a library for {arch} needs the cross compiler {cc}, which is "
+                             f"not installed (on Debian / Ubuntu: apt-get install {packages})")
+    return cc
