@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .targets import host_target
+from .targets import TargetError, host_target, resolve_target, why_not_runnable_here
 from .tuning import TuningLogError, check_log, shipped_logs
 
 COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass",
@@ -84,10 +84,12 @@ def machine(threads: int) -> dict:
 
 def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
                 use_torch_compile: bool = True, progress: Callable[[str], None] = print,
-                show: Callable[[str], None] | None = None) -> dict:
+                show: Callable[[str], None] | None = None, target=None) -> dict:
     """Time every competitor on zoo model ``name``; also checks lego-tvm against PyTorch.
 
-    ``show``, if given, receives the lego-tvm report and the check's result as text."""
+    ``target``: what the TVM competitors are compiled for (default: this CPU); it must run
+    here (a remote device: ``remote_bench``). ``show``, if given, receives the lego-tvm
+    report and the check's result as text."""
     from .compiler import compile as lego_compile
     from .zoo import fold_lego_to_dense, get_model
 
@@ -96,7 +98,10 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     x = example.numpy()
     runs = {"torch_lego": lambda: model(example), "torch_dense": lambda: dense(example)}
     compiled = {}
-    target = host_target()
+    target = resolve_target(target)
+    if why_not_runnable_here(target):
+        raise TargetError(f"cannot time {name} for this target here: "
+                          f"{why_not_runnable_here(target)}; give an RPC tracker or server")
     for key, fuse, tuned in (("lego_tvm", True, False), ("lego_tvm_tuned", True, True),
                              ("tvm_no_pass", False, False), ("tvm_no_pass_tuned", False, True)):
         logs = None
@@ -109,7 +114,7 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
                          f"{LABELS[key]}")
                 continue
         progress(f"[{name}] compiling: {LABELS[key]}")
-        candidate = lego_compile(model, (example,), fuse_lego=fuse, tuning_logs=logs)
+        candidate = lego_compile(model, (example,), target, fuse_lego=fuse, tuning_logs=logs)
         compiled[key] = candidate
         runs[key] = (lambda c: lambda: c(x))(candidate)
     fused = compiled["lego_tvm"]

@@ -15,6 +15,24 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
                    help="threads for PyTorch and the TVM runtime (default: 2)")
 
 
+def _add_target(p: argparse.ArgumentParser) -> None:
+    from .targets import PRESETS
+
+    p.add_argument("--target", default=None,
+                   help=f"host (default), a preset ({', '.join(PRESETS)}) or a TVM target as "
+                        "JSON, e.g. '{\"kind\": \"llvm\", \"mcpu\": \"znver3\"}'")
+
+
+def _add_remote(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "remote device (an ARM board running `python -m tvm.exec.rpc_server`)")
+    group.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker to get the "
+                       "device from (with --rpc-key)")
+    group.add_argument("--rpc-key", help="device key the board registered with at the tracker")
+    group.add_argument("--rpc-server", metavar="HOST:PORT", help="TVM RPC server to use "
+                       "directly, without a tracker")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lego-tvm",
@@ -40,9 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                     "random input, print the Lego report and optionally export a library.")
     comp.add_argument("model", help="zoo model name or path to a .pt2 file")
     comp.add_argument("-o", "--output", help="write the deployable library here (e.g. model.so)")
-    comp.add_argument("--target", default=None,
-                      help="host (default), a preset (x86-avx2, x86-avx512, x86-znver3) or a "
-                           "TVM target as JSON, e.g. '{\"kind\": \"llvm\", \"mcpu\": \"znver3\"}'")
+    _add_target(comp)
     comp.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
     comp.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
     comp.add_argument("--tuning-logs", nargs="*", default=None,
@@ -60,20 +76,23 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=int, default=64, help="total trial budget (default: 64)")
     tune.add_argument("--log-dir", help="where the log goes (default: "
                                         "tuning_logs/<target key>/<model>-b<batch>)")
-    tune.add_argument("--target", default=None, help="as for compile")
+    _add_target(tune)
     tune.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
     tune.add_argument("--all-kernels", action="store_true",
                       help="also tune pooling, matmul and elementwise kernels (default: only "
                            "the fused conv kernels)")
     tune.add_argument("--no-lego-pass", action="store_true",
                       help="tune the model without the Lego pass (the comparison baseline)")
+    _add_remote(tune)
     _add_threads(tune)
 
     bench = sub.add_parser(
         "bench", help="time zoo models: lego-tvm vs PyTorch eager (Lego and dense-folded) "
                       "and TVM without the pass; writes JSON and a PNG",
         description="Whole-model benchmark, all competitors side by side in one process: "
-                    "median of --repeat runs after --warmup runs, fixed thread count.")
+                    "median of --repeat runs after --warmup runs, fixed thread count. With an "
+                    "RPC tracker or server, the TVM-built competitors run on that device "
+                    "(PyTorch does not) and the results say what the device is.")
     bench.add_argument("--models", nargs="*", default=["lego_vgg16", "lego_resnet50"],
                        help="zoo models to time (default: both; none: only layers)")
     bench.add_argument("--no-layers", action="store_true", help="skip the per-layer benchmark")
@@ -82,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=30)
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--out-dir", default=DEFAULT_OUT)
+    _add_target(bench)
+    bench.add_argument("--tuning-logs", nargs="*", default=None,
+                       help="with a remote device: tuning log folders for the tuned column")
+    _add_remote(bench)
     _add_threads(bench)
     return parser
 
@@ -90,15 +113,31 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _target(args):
+    """``--target``: a preset name, ``host``, or a JSON target dict."""
+    text = args.target
+    return json.loads(text) if text and text.lstrip().startswith("{") else text
+
+
+def _remote(args):
+    from .remote import Remote
+
+    try:
+        return Remote.parse(args.rpc_tracker, args.rpc_key, args.rpc_server)
+    except ValueError as err:
+        raise SystemExit(f"lego-tvm: {err}") from None
+
+
 def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads: int,
-               out_dir: str, use_torch_compile: bool = True, show_report: bool = False) -> None:
+               out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
+               target=None) -> None:
     from .bench import bench_model, format_model_table, machine, write_outputs
     from .layer_bench import LAYERS, bench_layer, format_layer_table
     from .peak import fma_peak_gflops
 
     info = machine(threads)
     model_results = [bench_model(m, repeat=repeat, warmup=warmup, progress=_progress,
-                                 use_torch_compile=use_torch_compile,
+                                 use_torch_compile=use_torch_compile, target=target,
                                  show=print if show_report else None) for m in models]
     layer_results = [bench_layer(case, repeat, warmup, use_torch_compile, _progress)
                      for case in LAYERS] if layers else []
@@ -145,21 +184,44 @@ def _model_and_inputs(name: str, batch: int):
     return program, inputs, program.module()
 
 
+def _run_remote_bench(args) -> None:
+    import time
+
+    from .bench import format_model_table, write_outputs
+    from .remote_bench import bench_model_remote
+
+    remote, target = _remote(args), _target(args)
+    results = [bench_model_remote(m, target, remote, args.tuning_logs, repeat=args.repeat,
+                                  progress=_progress) for m in args.models]
+    device = results[0]["device"] if results else {"hardware": str(remote), "emulated": None}
+    info = {"cpu": device["hardware"], "target": str(target), "tvm_threads": "remote",
+            "emulated": device["emulated"], "remote": str(remote),
+            "date": time.strftime("%Y-%m-%d")}
+    warning = ("EMULATED: these timings come from an emulator and say nothing about speed on "
+               "real hardware" if device["emulated"] else "")
+    markdown = "\n\n".join(part for part in (
+        f"remote device: {device['hardware']} ({remote}), target {target}; median of "
+        f"{args.repeat} runs; {info['date']}", warning, format_model_table(results)) if part)
+    print("\n" + markdown)
+    paths = write_outputs(results, [], markdown, args.out_dir, info)
+    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
+
+
 def _tune(args) -> None:
     from .targets import resolve_target
     from .tuning import target_key, tune
 
     model, inputs, _ = _model_and_inputs(args.model, args.batch)
     name = os.path.splitext(os.path.basename(args.model))[0]
-    target = json.loads(args.target) if args.target and args.target.lstrip().startswith("{") \
-        else args.target
+    target = _target(args)
     log_dir = args.log_dir or os.path.join(
         "tuning_logs", target_key(resolve_target(target)),
         f"{name}-b{args.batch}{'-nopass' if args.no_lego_pass else ''}")
     # MetaSchedule prints its per-task progress table through Python logging.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
     manifest = tune(model, inputs, log_dir, target=target, trials=args.trials, model_name=name,
-                    lego=not args.no_lego_pass, all_kernels=args.all_kernels)
+                    lego=not args.no_lego_pass, all_kernels=args.all_kernels,
+                    remote=_remote(args))
     print(f"{log_dir}: {manifest['trials']} records for {manifest['model']} "
           f"({manifest['target']}); compile applies them with --tuning-logs {log_dir}")
 
@@ -169,16 +231,19 @@ def _compile(args) -> None:
 
     from .bench import max_relative_error
     from .compiler import compile as lego_compile
+    from .targets import parse_target, why_not_runnable_here
 
-    target = args.target
-    if target and target.lstrip().startswith("{"):
-        target = json.loads(target)
+    target = _target(args)
     model, inputs, run_torch = _model_and_inputs(args.model, args.batch)
     _progress(f"compiling {args.model} for {target or 'the host CPU'}")
     logs = "auto" if args.tuning_logs is None else args.tuning_logs
     compiled = lego_compile(model, inputs, target=target, tuning_logs=logs)
     print(compiled.report)
-    if not args.no_check:
+    elsewhere = why_not_runnable_here(parse_target(compiled.target))
+    if elsewhere and not args.no_check:
+        print(f"not checked against PyTorch here: {elsewhere} (lego-tvm's tests check ARM "
+              "builds under an emulator)")
+    elif not args.no_check:
         with torch.no_grad():
             reference = run_torch(*inputs).numpy()
         error = max_relative_error(compiled(*[t.numpy() for t in inputs]), reference)
@@ -201,9 +266,12 @@ def main(argv: list[str] | None = None) -> None:
         _compile(args)
     elif args.command == "tune":
         _tune(args)
+    elif args.command == "bench" and _remote(args) is not None:
+        _run_remote_bench(args)
     elif args.command == "bench":
         _run_bench(args.models, not args.no_layers, args.repeat, args.warmup, args.threads,
-                   args.out_dir, use_torch_compile=not args.no_torch_compile)
+                   args.out_dir, use_torch_compile=not args.no_torch_compile,
+                   target=_target(args))
     elif args.command == "demo":
         _run_bench(["lego_vgg16"], False, args.repeat, 5, args.threads, args.out_dir,
                    use_torch_compile=False, show_report=True)

@@ -8,6 +8,9 @@
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import tvm
 
@@ -34,3 +37,16 @@ def alloc_arguments(device, args_info, alloc_repeat):
             args.append(tvm.runtime.tensor(array, device))
         repeated.append(args)
     return repeated
+
+
+def alloc_remote_arguments(_session, device, args_info, alloc_repeat):
+    """``alloc_arguments`` for MetaSchedule's RPC runner (arrays are copied to the device)."""
+    return alloc_arguments(device, args_info, alloc_repeat)
+
+
+def export_with(cc: str, mod) -> str:
+    """Builder export for another CPU: a shared library linked by the cross compiler ``cc``
+    (MetaSchedule's default writes object files that the board would have to link)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="lego-tvm-trial-"), "trial.so")
+    mod.export_library(path, cc=cc)
+    return path

@@ -153,8 +153,12 @@ def count_records(log_dir: str | Path) -> int:
 
 def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 64,
          model_name: str | None = None, lego: bool = True, seed: int | None = None,
-         all_kernels: bool = False) -> dict:
+         all_kernels: bool = False, remote=None) -> dict:
     """Tune ``model`` with MetaSchedule + XGBoost and write the log to ``log_dir``.
+
+    ``remote``: a ``lego_tvm.remote.Remote`` (an RPC tracker + device key, or an RPC
+    server): trials are built here (cross-compiled for ``target``) and timed there. Without
+    it they are timed on this machine, which must be able to run ``target``'s code.
 
     Only the fused conv kernels (Lego and ordinary convs) are tuned unless ``all_kernels``:
     pooling, matmuls and elementwise functions are small and keep their default schedules.
@@ -166,11 +170,22 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
 
     from . import pipeline
     from .importer import export_program, to_relax
-    from .targets import resolve_target
+    from .remote import describe
+    from .targets import TargetError, cross_compiler, resolve_target, target_arch
+    from .targets import why_not_runnable_here
 
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     tvm_target = resolve_target(target)
+    cc = cross_compiler(tvm_target)
+    if remote is None and why_not_runnable_here(tvm_target):
+        raise TargetError(f"cannot time {target_key(tvm_target)} kernels on this machine "
+                          f"({why_not_runnable_here(tvm_target)}): give an RPC tracker or "
+                          "server of such a device")
+    if remote is not None:
+        device = describe(remote.connect(), target_arch(tvm_target))
+    else:
+        device = {"hardware": _cpu_name(), "emulated": False}
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     if (log_dir / MANIFEST).exists():
@@ -193,13 +208,13 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     if remaining > 0 and tasks:
         # Inside the target's scope: the custom rule reads the core count from it.
         with tvm_target:
-            _tune_tasks(tasks, log_dir, remaining, seed)
+            _tune_tasks(tasks, log_dir, remaining, seed, cc, remote)
 
     batch = int(example_inputs[0].shape[0]) if example_inputs else None
     manifest = {**_identity(tvm_target), "model": model_name or type(model).__name__,
                 "batch": batch, "trials": count_records(log_dir),
                 "date": time.strftime("%Y-%m-%d"), "lego_pass": lego,
-                "hardware": _cpu_name()}
+                **device}
     tmp = log_dir / (MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
@@ -207,10 +222,13 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     return manifest
 
 
-def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None) -> None:
+def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
+                remote) -> None:
     """``tune_relax`` minus its own task extraction (minutes for ResNet-50), on ``tasks``."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    from functools import partial
 
     from . import measure
 
@@ -221,8 +239,11 @@ def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None) -> None:
         tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=trials,
         # Small rounds so that every kernel gets trials before the budget runs out.
         num_trials_per_iter=max(2, min(16, trials // len(tasks))),
-        builder=ms.builder.LocalBuilder(f_build=measure.build, timeout_sec=120),
-        runner=ms.runner.LocalRunner(f_alloc_argument=measure.alloc_arguments, timeout_sec=60),
+        builder=ms.builder.LocalBuilder(
+            f_build=measure.build, f_export=partial(measure.export_with, cc) if cc else None,
+            timeout_sec=120),
+        runner=remote.runner() if remote is not None else
+        ms.runner.LocalRunner(f_alloc_argument=measure.alloc_arguments, timeout_sec=60),
         database="json",
         cost_model=ms.cost_model.XGBModel(num_warmup_samples=min(16, max(1, trials // 4))))
 
