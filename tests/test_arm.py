@@ -109,3 +109,16 @@ def test_cross_compiling_without_the_toolchain_is_a_clear_error(tmp_path, monkey
                                              "apt-get install gcc-aarch64-linux-gnu"):
         compiled.export(str(tmp_path / "model.so"))
     assert os.listdir(tmp_path) == []               # nothing half-written
+
+
+def test_cli_cross_compiles_a_zoo_model_to_an_aarch64_library(tmp_path, capsys):
+    from lego_tvm.cli import main
+
+    output = str(tmp_path / "vgg16_a72.so")
+    main(["compile", "lego_vgg16", "--target", "arm-cortex-a72", "-o", output])
+    printed = capsys.readouterr().out
+    assert "not checked against PyTorch here: it is built for aarch64" in printed
+    with open(output, "rb") as f:
+        header = f.read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    assert os.path.exists(output + ".json")

@@ -39,3 +39,10 @@ def test_every_lego_kernel_finds_its_record(log_dir):
     _, tuned = pipeline.schedule(mod, target, open_database([log_dir], target, strict=True))
     missing = sorted(lego_kernels - set(tuned))
     assert not missing, f"no tuned record in {log_dir} for {missing}"
+
+
+def test_every_shipped_log_comes_from_real_hardware_that_its_manifest_names():
+    for log_dir in LOGS:
+        manifest = read_manifest(log_dir)
+        assert manifest.get("emulated", False) is False, f"{log_dir} was tuned under emulation"
+        assert manifest.get("hardware") and "unknown" not in manifest["hardware"], log_dir
