@@ -5,6 +5,7 @@ import logging
 import os
 
 import torch
+import tvm
 
 from . import pipeline, tuning
 from .importer import export_program, to_relax
@@ -58,7 +59,8 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     executable = pipeline.build(mod, tvm_target)
     inputs = [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
               for t in example_inputs]
-    compiled = Model(executable, inputs, report.as_dict(), str(tvm_target))
+    device = tvm.cuda() if tvm_target.kind.name == "cuda" else tvm.cpu()
+    compiled = Model(executable, inputs, report.as_dict(), str(tvm_target), device)
     compiled.report = report
     return compiled
 

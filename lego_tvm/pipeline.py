@@ -5,13 +5,15 @@ import logging
 
 import tvm
 from tvm import relax, tirx
-from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+from tvm.relax.backend import cpu_generic, cuda
 from tvm.s_tir import dlight
 from tvm.target import Target
 
 from .fuse_pass import FuseDenseConv2d, FuseLegoConv2d
 from .report import LegoReport
 from .schedules.cpu_generic import ParallelInjective, TiledReduction
+from .fused_op import spec_of
+from .schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
 from .schedules.lego_cpu import FusedLegoRule
 from .schedules.simd import simd_profile
 
@@ -27,11 +29,12 @@ def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True
     """Recognize and fuse Lego convolutions (unless ``lego`` is False), then move every
     remaining ordinary conv onto the same kernel. ``mod`` is already constant-folded."""
     report = LegoReport()
+    lanes = BANK_BLOCK if _is_gpu(target) else simd_profile(target).lanes
     if lego:
-        fuse = FuseLegoConv2d(simd_lanes=simd_profile(target).lanes)
+        fuse = FuseLegoConv2d(simd_lanes=lanes)
         mod = fuse(mod)
         report = fuse.report
-    dense = FuseDenseConv2d(simd_lanes=simd_profile(target).lanes)
+    dense = FuseDenseConv2d(simd_lanes=lanes)
     mod = dense(mod)
     report.dense_convs = dense.convs
     return mod, report
@@ -61,9 +64,17 @@ def schedule(mod: tvm.IRModule, target: Target, database=None) -> tuple[tvm.IRMo
                 tuned.append(gvar.name_hint)
                 applied[gvar] = func.with_attr("tirx.is_scheduled", True)
         mod = applied
+    if _is_gpu(target):
+        rules = (FusedLegoCudaRule(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
+                 dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())
+    else:
+        rules = (FusedLegoRule(), dlight.cpu.GEMV(), TiledReduction(), ParallelInjective())
     with target:
-        mod = dlight.ApplyDefaultSchedule(*[_FallThrough(rule) for rule in (
-            FusedLegoRule(), dlight.cpu.GEMV(), TiledReduction(), ParallelInjective())])(mod)
+        mod = dlight.ApplyDefaultSchedule(*[_FallThrough(rule) for rule in rules])(mod)
+    if _is_gpu(target):
+        for gvar, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc) and spec_of(func) is not None:
+                mod[gvar] = narrow_indices(func)
     unscheduled = [gv.name_hint for gv, f in mod.functions_items()
                    if isinstance(f, tirx.PrimFunc) and not f.attrs.get("tirx.is_scheduled", False)]
     if unscheduled:
@@ -89,6 +100,12 @@ class _FallThrough(dlight.ScheduleRule):
 
 def build(mod: tvm.IRModule, target: Target):
     """Scheduled Relax module -> VM executable."""
+    backend = cuda.pipeline if _is_gpu(target) else cpu_generic.pipeline
     with target:
-        tail = tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
+        tail = tvm.transform.Sequential(backend.dataflow_lower_passes(target)
+                                        + backend.finalize_passes(target))
         return tvm.compile(mod, target=target, relax_pipeline=tail)
+
+
+def _is_gpu(target: Target) -> bool:
+    return target.kind.name == "cuda"

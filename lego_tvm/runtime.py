@@ -48,6 +48,7 @@ class Model:
         return self._vm
 
     def __call__(self, *args):
+        machine = self._machine()          # first: says so if the code cannot run here
         if len(args) != len(self.inputs):
             raise InputError(f"the model takes {len(self.inputs)} input(s), got {len(args)}")
         arrays, torch_out = [], False
@@ -61,7 +62,7 @@ class Model:
                                  f"the model was compiled for shape {want['shape']} and dtype "
                                  f"{want['dtype']}")
             arrays.append(to_device(arr, self.device))
-        outputs = _to_numpy(self._machine()["main"](*arrays))
+        outputs = _to_numpy(machine["main"](*arrays))
         if torch_out:
             import torch  # only when the caller already uses torch
             outputs = [torch.from_numpy(o) for o in outputs]

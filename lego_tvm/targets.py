@@ -10,6 +10,9 @@ import tvm
 from tvm.target import Target
 
 _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
+_CUDA = {"kind": "cuda", "max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+         "thread_warp_size": 32, "registers_per_block": 65536,
+         "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}
 # Presets accepted wherever a target is: compile(target="x86-avx2"), --target x86-avx2.
 # x86 presets use this machine's core count; ARM presets the usual core count of such a
 # board or phone cluster (give a dict with "num-cores" for another).
@@ -25,8 +28,12 @@ PRESETS: dict[str, dict] = {
     "arm-cortex-a76": {**_AARCH64, "mcpu": "cortex-a76", "num-cores": 4},
     # Servers: AWS Graviton2, Ampere Altra (Neoverse N1, ARMv8.2-A).
     "arm-neoverse-n1": {**_AARCH64, "mcpu": "neoverse-n1", "num-cores": 16},
+    # NVIDIA GPUs; host code for a generic x86-64 CPU, as GPU servers have.
+    "cuda-a100": {**_CUDA, "arch": "sm_80"},
+    "cuda-l4": {**_CUDA, "arch": "sm_89"},         # also RTX 40xx
+    "cuda-h100": {**_CUDA, "arch": "sm_90"},
 }
-SUPPORTED_KINDS = ("llvm",)
+SUPPORTED_KINDS = ("llvm", "cuda")
 # Debian / Ubuntu packages of the cross toolchain for each architecture lego-tvm targets.
 CROSS_PACKAGES = {"aarch64": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}
 
@@ -68,7 +75,9 @@ def resolve_target(target=None) -> Target:
             raise TargetError(f"unknown target preset {target!r}; presets: "
                               f"{', '.join(['host'] + sorted(PRESETS))}, or pass a TVM target dict "
                               "such as {'kind': 'llvm', 'mcpu': 'znver3'}")
-        resolved = Target({"num-cores": host_cores(), **PRESETS[target]})
+        preset = PRESETS[target]
+        resolved = Target(preset if preset["kind"] == "cuda" else
+                          {"num-cores": host_cores(), **preset})
     elif isinstance(target, dict):
         try:
             resolved = Target(target)
@@ -84,7 +93,10 @@ def resolve_target(target=None) -> Target:
 
 
 def target_arch(target: Target) -> str:
-    """``x86_64``, ``aarch64``, ...: the first part of the target triple (host if none)."""
+    """``x86_64``, ``aarch64``, ...: the first part of the target triple (host if none);
+    for a GPU target, that of its host code."""
+    if target.kind.name == "cuda":
+        return target_arch(target.host) if target.host is not None else platform.machine()
     triple = str(target.attrs.get("mtriple", "") or "")
     return triple.split("-")[0] if triple else platform.machine()
 
@@ -101,6 +113,8 @@ def why_not_runnable_here(target: Target) -> str | None:
     arch, host = target_arch(target), platform.machine()
     if arch != host:
         return f"it is built for {arch} and this machine is {host}"
+    if target.kind.name == "cuda":
+        return None if tvm.cuda().exist else "it is built for CUDA and this machine has no GPU"
     wanted, have = simd_profile(target), simd_profile(host_target())
     if wanted.lanes > have.lanes:
         return f"it is built for {wanted.name.upper()} and this CPU has only {have.name.upper()}"

@@ -1,0 +1,148 @@
+"""CUDA schedule of the fused Lego convolution (fp32), shared with the tunable rule.
+
+Fused stages (the default wherever the tile fits in shared memory):
+
+    blockIdx.x  = (image, row tile, column tile)            # one output tile per block
+      shared    L[o, m/V, tile_h, tile_w, V]                # compute once: the Lego tile
+        threadIdx.x over (split, filter block, row, col)    # each thread: V filters of one
+          acc[V] in registers; for rc, ry, rx: acc += x * bank[.., 0:V]     # pixel
+      __syncthreads()
+      threadIdx.x over (out channel, row, col): gather L + epilogue -> y    # coalesced on col
+
+Neighbouring threads take neighbouring output columns, so input loads, Lego tile accesses
+and output stores are coalesced; all threads of a warp mostly share one filter block, so
+bank loads are broadcasts. Padding is inlined into the loads (a predicate).
+
+When the Lego tile of even a small output tile does not fit (deep layers: ``o*m`` large,
+feature maps small), the stages run one after the other: the Lego maps go to global memory
+(a workspace), each stage with its own grid. ``default_config`` picks the tile from the
+shapes and the GPU (its shared memory and streaming multiprocessors); MetaSchedule samples
+others through ``tunable_schedules``, the same body.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
+
+from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
+
+# Lego filters per packed bank block: one float4 bank load feeds V accumulators.
+BANK_BLOCK = 4
+# Streaming multiprocessors of the presets' GPUs by architecture (for the grid size).
+SMS_BY_ARCH = {"sm_80": 108, "sm_86": 84, "sm_89": 58, "sm_90": 132, "sm_90a": 132}
+
+
+@dataclass(frozen=True)
+class LegoCudaConfig:
+    fuse_stages: bool   # Lego tile in shared memory per block (else stage by stage)
+    tile_h: int         # output rows per block (fused stages)
+    tile_w: int         # output columns per block (fused stages)
+    threads: int        # threads per block
+
+
+def shared_bytes(spec: LegoConvSpec, tile_h: int, tile_w: int) -> int:
+    return spec.splits * spec.lego_filters * tile_h * tile_w * 4
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def default_config(spec: LegoConvSpec, target: Target) -> LegoCudaConfig:
+    s = spec
+    # Half the per-block shared memory: two blocks per SM can hide each other's latency.
+    budget = int(target.attrs.get("max_shared_memory_per_block", 49152)) // 2
+    sms = SMS_BY_ARCH.get(str(target.attrs.get("arch", "")), 108)
+    tiles = [(th, tw) for th in _divisors(s.out_height) for tw in _divisors(s.out_width)
+             if shared_bytes(s, th, tw) <= budget]
+    blocks = {t: s.batch * (s.out_height // t[0]) * (s.out_width // t[1]) for t in tiles}
+    # A tile worth sharing holds at least 4 pixels; prefer enough blocks for every SM, then
+    # the largest tile (more reuse of each loaded input), then wide rows (coalescing).
+    worth = [t for t in tiles if t[0] * t[1] >= min(4, s.out_height * s.out_width)]
+    if not worth:
+        return LegoCudaConfig(False, 1, 1, 256)
+    tile = max(worth, key=lambda t: (min(blocks[t], sms), t[0] * t[1], t[1]))
+    return LegoCudaConfig(True, tile[0], tile[1], 256 if tile[0] * tile[1] * s.out_channels
+                          >= 256 * 4 else 128)
+
+
+def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCudaConfig) -> None:
+    """Schedule the fused Lego blocks of ``sch`` in place for CUDA."""
+    gather = sch.get_sblock(GATHER_BLOCK)
+    lego = sch.get_sblock(LEGO_BLOCK)
+    image, channel, row, col = sch.get_loops(gather)
+    if config.fuse_stages:
+        row_tile, row_in = sch.split(row, [None, config.tile_h])
+        col_tile, col_in = sch.split(col, [None, config.tile_w])
+        sch.reorder(image, row_tile, col_tile, channel, row_in, col_in)
+        block = sch.fuse(image, row_tile, col_tile)
+        sch.bind(block, "blockIdx.x")
+        _, thread = sch.split(sch.fuse(channel, row_in, col_in), [None, config.threads])
+        sch.bind(thread, "threadIdx.x")
+        sch.compute_at(lego, block, preserve_unit_loops=True)
+        sch.set_scope(lego, 0, "shared")
+        loops = sch.get_loops(lego)[1:]        # (image, split, filter block, row, col, lane) + rc, ry, rx
+        _, lego_thread = sch.split(sch.fuse(*loops[:5]), [None, config.threads])
+        sch.bind(lego_thread, "threadIdx.x")
+    else:
+        loops = sch.get_loops(lego)
+        lego_block, lego_thread = sch.split(sch.fuse(*loops[:5]), [None, config.threads])
+        sch.bind(lego_block, "blockIdx.x")
+        sch.bind(lego_thread, "threadIdx.x")
+        block, thread = sch.split(sch.fuse(image, channel, row, col), [None, config.threads])
+        sch.bind(block, "blockIdx.x")
+        sch.bind(thread, "threadIdx.x")
+    # Per thread: V accumulators in registers over the whole reduction; each input value
+    # (padded on the fly, in a register) feeds the V FMAs.
+    lane, rc, ry, rx = sch.get_loops(lego)[-4:]
+    sch.reorder(rc, ry, rx, lane)
+    if _has_block(sch, PAD_BLOCK):
+        pad = sch.get_sblock(PAD_BLOCK)
+        sch.compute_at(pad, rx, preserve_unit_loops=True)
+        sch.set_scope(pad, 0, "local")
+    else:
+        sch.compute_at(sch.cache_read(lego, 0, "local"), rx, preserve_unit_loops=True)
+    acc = sch.cache_write(lego, 0, "local")
+    sch.reverse_compute_at(acc, lego_thread, preserve_unit_loops=True)
+    sch.unroll(lane)
+    sch.decompose_reduction(lego, rc)
+
+
+def _has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises a generic ScheduleError
+        return False
+
+
+def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """The fused operator indexes with int64 (FuseTIR needs it on CPUs); 64-bit index
+    arithmetic is slow on GPUs, so a scheduled fused kernel whose buffers all have fewer
+    than 2**31 elements gets int32 indices."""
+    spec = spec_of(func)
+    s = spec
+    largest = max(s.batch * s.in_channels * s.height * s.width,
+                  s.batch * max(s.out_channels, s.splits * s.lego_filters)
+                  * s.out_height * s.out_width)
+    if largest >= 2 ** 31:
+        return func
+    return tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+
+
+class FusedLegoCudaRule(ScheduleRule):
+    """dlight rule: the default CUDA schedule of the fused Lego operator."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda":
+            return None
+        spec = spec_of(func)
+        if spec is None:
+            return None
+        sch = s_tir.Schedule(func)
+        apply_lego_schedule(sch, default_config(spec, target))
+        return sch
