@@ -7,8 +7,8 @@ model, batch, trials, date. A log is applied only when TVM version, target and c
 version all match; anything else is refused with the reason.
 
 The fused Lego operator is tuned by a custom MetaSchedule rule registered here
-(``schedules.lego_cpu.tunable_schedules``: the default schedule's body with sampled tile
-sizes).
+(``schedules.lego_cpu.tunable_schedules`` on CPUs, ``schedules.cuda.tunable_schedules`` on
+GPUs: the default schedule's body with sampled tile sizes).
 """
 from __future__ import annotations
 
@@ -34,11 +34,19 @@ class TuningLogError(ValueError):
     """A tuning log that cannot be used: corrupt, truncated, or made for something else."""
 
 
+# MetaSchedule looks a block's custom rule up as s_tir.meta_schedule.<cpu|cuda>.<rule>.
 @register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}")
-def _tunable_lego_rule(sch, _block):
+def _tunable_lego_rule_cpu(sch, _block):
     from .schedules.lego_cpu import tunable_schedules
 
     # tune() enters the target's scope; the core count and vector unit come from it.
+    return tunable_schedules(sch, spec_of(sch.mod["main"]), Target.current())
+
+
+@register_global_func(f"s_tir.meta_schedule.cuda.{SCHEDULE_RULE}")
+def _tunable_lego_rule_cuda(sch, _block):
+    from .schedules.cuda import tunable_schedules
+
     return tunable_schedules(sch, spec_of(sch.mod["main"]), Target.current())
 
 

@@ -29,6 +29,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
+from .tiling import divisors, has_block, sample_choice
 
 # Lego filters per packed bank block: one float4 bank load feeds V accumulators.
 BANK_BLOCK = 4
@@ -48,16 +49,12 @@ def shared_bytes(spec: LegoConvSpec, tile_h: int, tile_w: int) -> int:
     return spec.splits * spec.lego_filters * tile_h * tile_w * 4
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def default_config(spec: LegoConvSpec, target: Target) -> LegoCudaConfig:
     s = spec
     # Half the per-block shared memory: two blocks per SM can hide each other's latency.
     budget = int(target.attrs.get("max_shared_memory_per_block", 49152)) // 2
     sms = SMS_BY_ARCH.get(str(target.attrs.get("arch", "")), 108)
-    tiles = [(th, tw) for th in _divisors(s.out_height) for tw in _divisors(s.out_width)
+    tiles = [(th, tw) for th in divisors(s.out_height) for tw in divisors(s.out_width)
              if shared_bytes(s, th, tw) <= budget]
     blocks = {t: s.batch * (s.out_height // t[0]) * (s.out_width // t[1]) for t in tiles}
     # A tile worth sharing holds at least 4 pixels; prefer enough blocks for every SM, then
@@ -100,7 +97,7 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCudaConfig) -> None:
     # (padded on the fly, in a register) feeds the V FMAs.
     lane, rc, ry, rx = sch.get_loops(lego)[-4:]
     sch.reorder(rc, ry, rx, lane)
-    if _has_block(sch, PAD_BLOCK):
+    if has_block(sch, PAD_BLOCK):
         pad = sch.get_sblock(PAD_BLOCK)
         sch.compute_at(pad, rx, preserve_unit_loops=True)
         sch.set_scope(pad, 0, "local")
@@ -112,12 +109,24 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCudaConfig) -> None:
     sch.decompose_reduction(lego, rc)
 
 
-def _has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-        return True
-    except Exception:  # noqa: BLE001 - TVM raises a generic ScheduleError
-        return False
+def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
+                      ) -> list[s_tir.Schedule]:
+    """The MetaSchedule design spaces: the default schedule's body with sampled output tile
+    and thread count, once with fused stages and once stage by stage. Tiles whose Lego tile
+    overflows shared memory are rejected by MetaSchedule's GPU-code verification."""
+    default = default_config(spec, target)
+    spaces = []
+    for fuse_stages in (True, False):
+        space = sch.copy()
+        fused = fuse_stages and default.fuse_stages
+        config = LegoCudaConfig(
+            fuse_stages=fuse_stages,
+            tile_h=sample_choice(space, divisors(spec.out_height), default.tile_h) if fused else 1,
+            tile_w=sample_choice(space, divisors(spec.out_width), default.tile_w) if fused else 1,
+            threads=sample_choice(space, [64, 128, 256, 512], default.threads))
+        apply_lego_schedule(space, config)
+        spaces.append(space)
+    return spaces
 
 
 def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:

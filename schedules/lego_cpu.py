@@ -29,7 +29,7 @@ from tvm.target import Target
 
 from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
 from .simd import simd_profile
-from .tiling import SimdProfile, largest_divisor_at_most, num_cores
+from .tiling import SimdProfile, has_block, largest_divisor_at_most, num_cores, sample_divisor
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig) -> None:
     """Schedule the fused Lego blocks of ``sch`` in place."""
     gather = sch.get_sblock(GATHER_BLOCK)
     lego = sch.get_sblock(LEGO_BLOCK)
-    pad = sch.get_sblock(PAD_BLOCK) if _has_block(sch, PAD_BLOCK) else None
+    pad = sch.get_sblock(PAD_BLOCK) if has_block(sch, PAD_BLOCK) else None
 
     # Step 1: where the Lego tile lives.
     image, channel, row, col = sch.get_loops(gather)
@@ -104,22 +104,6 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig) -> None:
     sch.vectorize(col)
 
 
-def _has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-        return True
-    except Exception:  # noqa: BLE001 - TVM raises a generic ScheduleError
-        return False
-
-
-def _sample_divisor(sch: s_tir.Schedule, extent: int, limit: int, default: int):
-    """A tunable choice among the divisors of ``extent`` up to ``limit`` (uniform prior),
-    first sampled as ``default``."""
-    choices = [d for d in range(1, extent + 1) if extent % d == 0 and d <= max(1, limit)]
-    return sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
-                                  decision=choices.index(default) if default in choices else None)
-
-
 def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
                       ) -> list[s_tir.Schedule]:
     """The MetaSchedule design spaces: the default schedule's body with sampled tile sizes,
@@ -132,8 +116,8 @@ def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
         rows = spec.out_height
         config = LegoCpuConfig(
             tile_rows=default.tile_rows,
-            reg_rows=_sample_divisor(space, rows, simd.accumulators, default.reg_rows),
-            reg_cols=_sample_divisor(space, spec.out_width, 2 * simd.accumulators,
+            reg_rows=sample_divisor(space, rows, simd.accumulators, default.reg_rows),
+            reg_cols=sample_divisor(space, spec.out_width, 2 * simd.accumulators,
                                      default.reg_cols),
             fuse_stages=fuse_stages)
         apply_lego_schedule(space, config)

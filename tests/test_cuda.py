@@ -134,3 +134,29 @@ def test_a_gpu_model_says_it_needs_a_gpu_and_exports(tmp_path):
         compiled(torch.randn(1, 16, 8, 8))
     path = compiled.export(str(tmp_path / "layer_cuda.so"))
     assert os.path.getsize(path) > 0
+
+
+def test_tunable_cuda_design_spaces_are_the_default_body_and_build_to_cuda_kernels():
+    import tvm
+    from tvm import s_tir
+
+    import lego_tvm.tuning  # noqa: F401 - registers the MetaSchedule rules
+    from lego_tvm.fused_op import GATHER_BLOCK, SCHEDULE_RULE
+
+    layer = lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5).eval()
+    target = resolve_target("cuda-a100")
+    mod, _ = pipeline.fuse_convs(to_relax(export_program(layer, (torch.randn(1, 32, 14, 14),))),
+                                 target)
+    (func,) = [f for _, f in pipeline.lower(mod, target).functions_items()
+               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
+    sch = s_tir.Schedule(func)
+    # The name MetaSchedule looks up for a block annotated with our rule on a CUDA target.
+    rule = tvm.get_global_func(f"s_tir.meta_schedule.cuda.{SCHEDULE_RULE}")
+    with target:
+        spaces = list(rule(sch, sch.get_sblock(GATHER_BLOCK)))
+    assert len(spaces) == 2                      # fused stages, stage by stage
+    sources = [cuda_source(tvm.compile(space.mod["main"].with_attr("global_symbol", "lego"),
+                                       target=target)) for space in spaces]
+    assert all("sample_categorical" in str(space.trace) for space in spaces)
+    assert all("__global__" in source for source in sources)
+    assert "__shared__" in sources[0] and "__shared__" not in sources[1]
