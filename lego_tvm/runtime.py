@@ -38,6 +38,11 @@ class Model:
         self.report_dict = report or {}
         self.target = target          # str(tvm Target), JSON
 
+    @property
+    def executable(self):
+        """The TVM Relax VM executable (for ``relax.VirtualMachine`` and its time evaluator)."""
+        return self._executable
+
     def _machine(self):
         if self._vm is None:
             reason = why_not_runnable_here(parse_target(self.target))

@@ -162,9 +162,21 @@ def fold_lego_to_dense(model: nn.Module) -> nn.Module:
     This is the model users would otherwise deploy: same outputs, ordinary dense convs.
     Works for our ``LegoConv2d`` and for the authors' module.
     """
+    return _replace_lego_modules(model, _dense_conv)
+
+
+def fold_lego_to_batch_folded(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every Lego conv as ``BatchFoldedLegoConv2d``: the best
+    hand-written PyTorch Lego formulation, same outputs."""
+    from .lego_conv import BatchFoldedLegoConv2d
+
+    return _replace_lego_modules(model, BatchFoldedLegoConv2d)
+
+
+def _replace_lego_modules(model: nn.Module, make) -> nn.Module:
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if is_lego_module(child):
-                setattr(parent, name, _dense_conv(child))
+                setattr(parent, name, make(child))
     return model

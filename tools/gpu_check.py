@@ -1,0 +1,268 @@
+"""The GPU check: everything lego-tvm claims about CUDA, measured in one run (under 8 minutes).
+
+On a machine with an NVIDIA GPU, apache-tvm 0.27 and PyTorch with CUDA:
+
+    python tools/gpu_check.py --out gpu-check            # everything, into gpu-check/
+
+1. compiles lego_vgg16 and lego_resnet50 (batch 1 and 32) for the GPU it finds, with and
+   without the Lego pass, and checks both against PyTorch on the GPU (fp32, TF32 off);
+   fp16 is tried and reported as supported or not;
+2. times, per layer (the 3x3 layers of the x86 benchmark) and per model: PyTorch eager with
+   the authors' module, PyTorch dense-folded (cuDNN), PyTorch batch-folded Lego (the best
+   hand-written formulation), TVM without the pass and lego-tvm; medians after warm-up;
+3. tunes the fused operator of one layer shortly (MetaSchedule + XGBoost) and times the
+   tuned kernel;
+4. writes results.json, results.md and the tuning log (with its manifest naming the GPU)
+   to --out. Steps that would overrun --budget-s are skipped and listed as skipped.
+
+``--device cpu --quick`` runs the same flow on the host CPU with small sizes: CI uses it to
+keep this script working between GPU runs. Its numbers are not GPU numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+import lego_tvm
+from lego_tvm.bench import max_relative_error
+from lego_tvm.layer_bench import LAYERS
+from lego_tvm.lego_conv import BatchFoldedLegoConv2d, LegoConv2d
+from lego_tvm.targets import PRESETS, host_target
+from lego_tvm.zoo import fold_lego_to_batch_folded, fold_lego_to_dense, get_model
+
+TOLERANCE = 1e-4          # max |error| / max |reference|, as in the tests
+LABELS = {"torch_lego": "PyTorch eager, authors' module",
+          "torch_dense": "PyTorch eager, dense-folded",
+          "torch_lego_best": "PyTorch eager, batch-folded Lego",
+          "tvm_no_pass": "TVM without the Lego pass",
+          "lego_tvm": "lego-tvm", "lego_tvm_tuned": "lego-tvm, tuned"}
+
+
+def gpu_target():
+    """The preset for this GPU's architecture, with the host code for this CPU."""
+    import tvm
+    from tvm.target import Target
+
+    major, minor = tvm.cuda().compute_version.split(".")
+    config = {**PRESETS["cuda-a100"], "arch": f"sm_{major}{minor}",
+              "host": dict(host_target().export())}
+    config["host"].pop("feature", None)
+    return Target(config)
+
+
+class Check:
+    def __init__(self, args):
+        import tvm
+
+        self.args = args
+        self.start = time.time()
+        self.gpu = args.device == "cuda"
+        self.target = gpu_target() if self.gpu else host_target()
+        self.tvm_device = tvm.cuda() if self.gpu else tvm.cpu()
+        self.torch_device = torch.device("cuda" if self.gpu else "cpu")
+        self.results = {"device": self._describe(), "target": str(self.target), "models": [],
+                        "layers": [], "fp16": None, "tuning": None, "skipped": [],
+                        "failures": []}
+
+    def _describe(self) -> dict:
+        import tvm
+
+        info = {"torch": torch.__version__, "tvm": tvm.__version__,
+                "date": time.strftime("%Y-%m-%d %H:%M")}
+        if self.gpu:
+            info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+                str(self.tvm_device.device_name)
+            info["torch_cuda"] = torch.cuda.is_available()
+        return info
+
+    def log(self, message: str) -> None:
+        print(f"[{time.time() - self.start:6.1f}s] {message}", flush=True)
+
+    def time_left(self, step: str, needs: float) -> bool:
+        if time.time() - self.start + needs > self.args.budget_s:
+            self.results["skipped"].append(step)
+            self.log(f"skipping {step}: not enough of the time budget left")
+            return False
+        return True
+
+    # --- timing ------------------------------------------------------------------------
+    def time_torch(self, module, x) -> float:
+        def sync():
+            if self.gpu:
+                torch.cuda.synchronize()
+        with torch.no_grad():
+            for _ in range(self.args.warmup):
+                module(x)
+            sync()
+            times = []
+            for _ in range(self.args.repeat):
+                begin = time.perf_counter()
+                module(x)
+                sync()
+                times.append(time.perf_counter() - begin)
+        return statistics.median(times) * 1e3
+
+    def run_tvm(self, compiled, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """(median ms from TVM's time evaluator, output)."""
+        import tvm
+        from tvm import relax
+
+        vm = relax.VirtualMachine(compiled.executable, self.tvm_device)
+        data = tvm.runtime.tensor(x, self.tvm_device)
+        out = vm["main"](data).numpy()
+        vm.set_input("main", data)
+        timer = vm.time_evaluator("invoke_stateful", self.tvm_device, number=1,
+                                  repeat=self.args.repeat, min_repeat_ms=0)
+        return statistics.median(timer("main").results) * 1e3, out
+
+    # --- steps -------------------------------------------------------------------------
+    def compare(self, name: str, model: torch.nn.Module, x: torch.Tensor, extra: dict) -> dict:
+        """Compile ``model`` with and without the pass, check, and time every competitor."""
+        model = model.eval()
+        self.log(f"[{name}] compiling for {self.target.kind.name}")
+        fused = lego_tvm.compile(model, (x,), target=self.target, tuning_logs=extra.get("logs"))
+        plain = lego_tvm.compile(model, (x,), target=self.target, fuse_lego=False,
+                                 tuning_logs=None)
+        on_device = x.to(self.torch_device)
+        competitors = {"torch_lego": model, "torch_dense": fold_lego_to_dense(model),
+                       "torch_lego_best": extra.get("best") or fold_lego_to_batch_folded(model)}
+        with torch.no_grad():
+            reference = model.to(self.torch_device)(on_device).cpu().numpy()
+        times, errors = {}, {}
+        for key, compiled in (("lego_tvm", fused), ("tvm_no_pass", plain)):
+            times[key], out = self.run_tvm(compiled, x.numpy())
+            errors[key] = max_relative_error(out, reference)
+        for key, module in competitors.items():
+            times[key] = self.time_torch(module.to(self.torch_device), on_device)
+        for key, error in errors.items():
+            if error > TOLERANCE:
+                self.results["failures"].append(f"{name}: {key} error {error:.2e}")
+        self.log(f"[{name}] " + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
+                 + f"; max error {max(errors.values()):.1e}")
+        return {"name": name, "batch": int(x.shape[0]), "median_ms": times,
+                "max_rel_error": errors, "lego_layers_fused": len(fused.report.layers)}
+
+    def models(self) -> None:
+        names = ["lego_vgg16"] if self.args.quick else ["lego_vgg16", "lego_resnet50"]
+        batches = [1] if self.args.quick else [1, 32]
+        for name in names:
+            for batch in batches:
+                if not self.time_left(f"{name} batch {batch}", 40):
+                    continue
+                model, x = get_model(name, batch=batch)
+                self.results["models"].append(self.compare(f"{name} b{batch}", model, x, {}))
+
+    def layers(self) -> None:
+        cases = LAYERS[:1] if self.args.quick else LAYERS
+        batches = [1] if self.args.quick else [1, 32]
+        for case in cases:
+            for batch in batches:
+                size = 8 if self.args.quick else case.size
+                if not self.time_left(f"layer {case.name} batch {batch}", 15):
+                    continue
+                torch.manual_seed(0)
+                layer = LegoConv2d(case.channels, case.channels, 3, 2, 0.5, stride=case.stride)
+                x = torch.randn(batch, case.channels, size, size)
+                row = self.compare(f"{case.name} b{batch}", layer, x,
+                                   {"best": BatchFoldedLegoConv2d(layer.eval())})
+                self.results["layers"].append(row)
+
+    def fp16(self) -> None:
+        layer = LegoConv2d(32, 32, 3, 2, 0.5).eval().half()
+        x = torch.randn(1, 32, 8, 8).half()
+        try:
+            compiled = lego_tvm.compile(layer, (x,), target=self.target, tuning_logs=None)
+            _, out = self.run_tvm(compiled, x.numpy())
+            with torch.no_grad():
+                reference = layer.to(self.torch_device)(x.to(self.torch_device)).float()
+            error = max_relative_error(out.astype("float32"), reference.cpu().numpy())
+            self.results["fp16"] = {"supported": True, "fused": len(compiled.report.layers),
+                                    "max_rel_error": error}
+        except Exception as err:  # noqa: BLE001 - report whatever stops fp16
+            self.results["fp16"] = {"supported": False,
+                                    "reason": str(err).strip().splitlines()[-1][:300]}
+        self.log(f"fp16: {self.results['fp16']}")
+
+    def tuning(self) -> None:
+        from lego_tvm.tuning import target_key
+
+        case = LAYERS[1]                                   # 256ch 28x28 s1
+        if not self.time_left("tuning", 150):
+            return
+        torch.manual_seed(0)
+        layer = LegoConv2d(case.channels, case.channels, 3, 2, 0.5).eval()
+        size = 8 if self.args.quick else case.size
+        x = torch.randn(1, case.channels, size, size)
+        log_dir = os.path.join(self.args.out, "tuning", target_key(self.target),
+                               f"layer{case.channels}-{size}-b1")
+        self.log(f"tuning the fused operator of {case.name}: {self.args.trials} trials")
+        manifest = lego_tvm.tune(layer, x, log_dir, target=self.target,
+                                 trials=self.args.trials, model_name=f"layer {case.name}")
+        row = self.compare(f"{case.name} b1 tuned", layer, x,
+                           {"logs": [log_dir], "best": BatchFoldedLegoConv2d(layer)})
+        self.results["tuning"] = {"log": log_dir, "manifest": manifest, "row": row}
+
+    def write(self) -> None:
+        os.makedirs(self.args.out, exist_ok=True)
+        self.results["seconds"] = round(time.time() - self.start, 1)
+        with open(os.path.join(self.args.out, "results.json"), "w") as f:
+            json.dump(self.results, f, indent=1)
+        rows = self.results["models"] + self.results["layers"]
+        keys = [k for k in LABELS if any(k in r["median_ms"] for r in rows)]
+        lines = [f"device: {self.results['device']}; target {self.target.kind.name}; median "
+                 f"of {self.args.repeat} runs after {self.args.warmup} warm-up runs",
+                 "", "| case | " + " | ".join(LABELS[k] for k in keys)
+                 + " | lego-tvm vs dense | max error |", "|---|" + "---:|" * (len(keys) + 2)]
+        for r in rows:
+            t = r["median_ms"]
+            lines.append(f"| {r['name']} | " + " | ".join(
+                f"{t[k]:.3f} ms" if k in t else "-" for k in keys)
+                + f" | {t['torch_dense'] / t['lego_tvm']:.2f}x"
+                + f" | {max(r['max_rel_error'].values()):.1e} |")
+        lines += ["", f"fp16: {self.results['fp16']}", f"skipped: {self.results['skipped']}",
+                  f"failures: {self.results['failures']}"]
+        with open(os.path.join(self.args.out, "results.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="gpu-check")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--quick", action="store_true", help="small sizes (the CI run)")
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--budget-s", type=float, default=450)
+    args = parser.parse_args(argv)
+    if args.device == "cuda":
+        import tvm
+
+        if not tvm.cuda().exist:
+            print("gpu_check: TVM sees no CUDA GPU here (use --device cpu to try the flow)",
+                  file=sys.stderr)
+            return 2
+        # Compare fp32 with fp32: no TF32 in PyTorch's convs and matmuls.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    check = Check(args)
+    try:
+        check.models()
+        check.layers()
+        check.fp16()
+        check.tuning()
+    finally:
+        check.write()
+    return 1 if check.results["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
