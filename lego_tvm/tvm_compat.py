@@ -27,5 +27,27 @@ def static_shape(expr) -> tuple[int, ...] | None:
         return None
 
 
+def nchw_shape(expr) -> tuple | None:
+    """``(batch, c, h, w)`` of a 4-D tensor-typed expression: known integers, except that
+    the batch is None when it is symbolic (chosen at call time); None for anything else."""
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or len(shape) != 4:
+        return None
+    try:
+        rest = tuple(int(d) for d in shape[1:])
+    except (TypeError, ValueError):
+        return None
+    batch = int(shape[0]) if isinstance(shape[0], tvm.tirx.IntImm) else None
+    return (batch,) + rest
+
+
+def same_shape(a, b) -> bool:
+    """Whether two tensor-typed expressions have the same shape (symbolic dimensions
+    included: the same variable)."""
+    shape_a, shape_b = getattr(a.ty, "shape", None), getattr(b.ty, "shape", None)
+    return shape_a is not None and shape_b is not None and \
+        tvm.ir.structural_equal(shape_a, shape_b)
+
+
 def to_device(array: np.ndarray, device) -> tvm.runtime.Tensor:
     return tvm.runtime.tensor(np.ascontiguousarray(array), device)
