@@ -22,7 +22,7 @@ from tvm import relax
 from tvm.ir import Op
 
 from .fused_op import LegoConvSpec
-from .tvm_compat import const_array, static_shape
+from .tvm_compat import const_array, nchw_shape, same_shape, static_shape
 
 log = logging.getLogger("lego_tvm")
 
@@ -139,6 +139,13 @@ def _sum_terms(graph: _Graph, var, inner: list, root: bool = True) -> list:
             for t in _sum_terms(graph, a, inner, root=False)]
 
 
+def _adds_two_sums(graph: _Graph, var) -> bool:
+    """``var = add(s, t)`` with both ``s`` and ``t`` sums themselves (the splits of one
+    Lego layer are added one at a time; two sums added are two layers, or a near miss)."""
+    add = graph.call(var, "relax.add")
+    return add is not None and all(graph.call(a, "relax.add") is not None for a in add.args)
+
+
 def _check_conv_attrs(call: relax.Call, what: str) -> None:
     attrs = call.attrs
     if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
@@ -213,9 +220,10 @@ def _verify(graph: _Graph, units: list[_Unit]) -> tuple[LegoConvSpec, relax.Expr
         source_x, begin, end = _slice_range(graph, u.source, b)
         if x is None:
             x = source_x
-            x_shape = static_shape(x)
-            if x_shape is None or len(x_shape) != 4:
-                raise _NotLego(f"input shape {x.ty} is not a static 4-D NCHW shape")
+            x_shape = nchw_shape(x)
+            if x_shape is None:
+                raise _NotLego(f"input shape {x.ty} is not a 4-D NCHW shape with static "
+                               "channels, height and width")
         elif not source_x.same_as(x):
             raise _NotLego(f"split {i} reads a different tensor than split 0")
         if (begin, end) != (i * b, (i + 1) * b):
@@ -253,7 +261,6 @@ def _fold_epilogue(graph: _Graph, match: LegoMatch, claimed: set) -> None:
     A binding another match already folded (``claimed``) is never taken twice.
     """
     n = match.spec.out_channels
-    out_shape = static_shape(match.anchor)
     stage = 0          # 0: affine ops allowed, 1: residual done, 2: relu done
     while stage < 2:
         claimed.add(match.anchor)
@@ -287,7 +294,7 @@ def _fold_epilogue(graph: _Graph, match: LegoMatch, claimed: set) -> None:
         elif name == "relax.add" and stage == 0 and const_array(value.args[1]) is None \
                 and const_array(value.args[0]) is None:
             other = value.args[1] if value.args[0].same_as(match.anchor) else value.args[0]
-            if other.same_as(match.anchor) or static_shape(other) != out_shape \
+            if other.same_as(match.anchor) or not same_shape(other, match.anchor) \
                     or str(other.ty.dtype) != "float32":
                 return
             match.residual = other
@@ -328,13 +335,16 @@ def find_lego_layers(func: relax.Function) -> tuple[list[LegoMatch], list[Reject
         units = [_as_unit(graph, t) for t in terms]
         if not terms or any(u is None for u in units) or claimed.intersection(terms):
             continue
-        claimed.update(terms + inner)
         try:
             spec, x, bank, index, coef = _verify(graph, units)
         except _NotLego as err:
+            if _adds_two_sums(graph, var):
+                continue        # e.g. lego_a(x) + lego_b(x): each sum is tried on its own
+            claimed.update(terms + inner)
             log.info("lego-tvm: not rewriting %s: %s", var.name, err)
             rejections.append(Rejection(var.name, str(err)))
             continue
+        claimed.update(terms + inner)
         matches.append(_with_epilogue(graph, LegoMatch(
             spec=spec, data=x, bank=bank, index=index, coef=coef,
             bias=np.zeros(spec.out_channels, "float32"), residual=None, anchor=var,
@@ -361,8 +371,8 @@ def find_dense_convs(func: relax.Function) -> list[LegoMatch]:
     for var in reversed(graph.order):
         conv = graph.call(var, "relax.nn.conv2d")
         weight = const_array(conv.args[1]) if conv is not None else None
-        x_shape = static_shape(conv.args[0]) if conv is not None else None
-        if weight is None or var in claimed or x_shape is None or len(x_shape) != 4:
+        x_shape = nchw_shape(conv.args[0]) if conv is not None else None
+        if weight is None or var in claimed or x_shape is None:
             continue
         try:
             _check_conv_attrs(conv, "conv")

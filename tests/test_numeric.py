@@ -16,8 +16,9 @@ def randomize_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
     with torch.no_grad():
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.5, 0.5)
+        if bn.affine:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
     return bn
 
 
@@ -158,3 +159,29 @@ def test_slice_to_the_end_is_recognized():
     compiled = lego_tvm.compile(model, (x,))
     assert len(compiled.report.layers) == 1, compiled.report
     assert_matches_torch(compiled, model, (x,))
+
+
+class TwoLegoLayersAdded(nn.Module):
+    """``lego_a(x) + lego_b(y)`` with nothing in between: the sum holds the splits of both."""
+
+    def __init__(self, same_input: bool):
+        super().__init__()
+        self.a = LegoConv2d(8, 8, 3, 2, 0.5)
+        self.b = LegoConv2d(8, 8, 3, 4, 0.25)
+        self.same_input = same_input
+
+    def forward(self, x, y):
+        return torch.relu(self.a(x) + self.b(x if self.same_input else y))
+
+
+@pytest.mark.parametrize("same_input", [True, False])
+def test_two_lego_layers_added_together_are_both_fused(same_input):
+    """Found by the fuzz (case 5): the add tree of ``a(x) + b(x)`` was taken as one
+    6-split layer, rejected ("split 2 uses a different filter bank"), and neither was fused."""
+    model = TwoLegoLayersAdded(same_input).eval()
+    inputs = (torch.randn(1, 8, 6, 6), torch.randn(1, 8, 6, 6))
+    compiled = lego_tvm.compile(model, inputs)
+    assert sorted(layer.name for layer in compiled.report.layers) == ["a", "b"], compiled.report
+    assert compiled.report.skipped == []
+    assert ["residual_add", "relu"] in [layer.folded for layer in compiled.report.layers]
+    assert_matches_torch(compiled, model, inputs)
