@@ -18,11 +18,13 @@ log = logging.getLogger("lego_tvm")
 
 
 def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # noqa: A001
-            tuning_logs="auto") -> Model:
+            tuning_logs="auto", dynamic_batch: bool = False) -> Model:
     """Compile a PyTorch model (or a ``torch.export`` program) for ``target``.
 
     ``example_inputs``: a tensor or tuple of tensors; the compiled model takes inputs of
-    exactly these shapes and dtypes. ``target``: ``None`` for the host CPU, a preset name
+    exactly these shapes and dtypes, except that with ``dynamic_batch=True`` the first
+    dimension of every input is the batch size, chosen at each call (the same for all
+    inputs; tuned records, made for fixed shapes, then do not apply). ``target``: ``None`` for the host CPU, a preset name
     (see ``lego_tvm.targets.PRESETS``), a TVM target dict or ``tvm.target.Target``.
     ``fuse_lego=False`` compiles the same graph without the Lego pass (for comparison).
     ``tuning_logs``: ``"auto"`` applies the logs shipped for this target when their TVM
@@ -41,7 +43,7 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     if isinstance(model, torch.export.ExportedProgram):
         program = model
     else:
-        program = export_program(model, example_inputs)
+        program = export_program(model, example_inputs, dynamic_batch)
     mod = to_relax(program)
     mod, report = pipeline.fuse_convs(mod, tvm_target, lego=fuse_lego)
     if isinstance(model, torch.nn.Module):
@@ -57,8 +59,8 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     mod, report.tuned_kernels = pipeline.schedule(pipeline.lower(mod, tvm_target), tvm_target,
                                                   database)
     executable = pipeline.build(mod, tvm_target)
-    inputs = [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-              for t in example_inputs]
+    inputs = [{"shape": [None if dynamic_batch else t.shape[0], *t.shape[1:]],
+               "dtype": str(t.dtype).replace("torch.", "")} for t in example_inputs]
     device = tvm.cuda() if tvm_target.kind.name == "cuda" else tvm.cpu()
     compiled = Model(executable, inputs, report.as_dict(), str(tvm_target), device)
     compiled.report = report

@@ -110,7 +110,8 @@ class _Rewriter(PyExprMutator):
         if match.residual is not None:
             args.append(self.visit_expr(match.residual))
         s = match.spec
-        out_ty = relax.TensorType((s.batch, s.out_channels, s.out_height, s.out_width), s.dtype)
+        batch = match.data.ty.shape[0]          # an int, or the symbolic batch
+        out_ty = relax.TensorType((batch, s.out_channels, s.out_height, s.out_width), s.dtype)
         call = self.builder_.normalize(relax.call_tir(gvar, args, out_ty=out_ty))
         # Keep the variable: its users (and the function output) stay as they were.
         self.builder_.emit_normalized(relax.VarBinding(binding.var, call))

@@ -25,7 +25,7 @@ PAD_BLOCK, LEGO_BLOCK, GATHER_BLOCK = "lego_pad", "lego_feature", "lego_gather_s
 @dataclass(frozen=True)
 class LegoConvSpec:
     """Static description of one fused Lego convolution (all shapes NCHW)."""
-    batch: int
+    batch: int | None         # None: chosen at call time (a symbolic batch)
     in_channels: int          # c, channels of the input tensor (may exceed splits * split_channels)
     height: int
     width: int
@@ -71,13 +71,14 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     vb = s.bank_block
     if s.lego_filters % vb:
         raise ValueError(f"bank_block {vb} does not divide the {s.lego_filters} Lego filters")
-    x = te.placeholder((s.batch, s.in_channels, s.height, s.width), s.dtype, name="x")
+    batch = s.batch if s.batch is not None else tirx.Var("batch", "int64")
+    x = te.placeholder((batch, s.in_channels, s.height, s.width), s.dtype, name="x")
     bank = te.placeholder((s.lego_filters // vb, s.split_channels) + s.kernel + (vb,), s.dtype,
                           name="bank")
     index = te.placeholder((s.splits, s.out_channels), "int32", name="index")
     coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
     bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
-    residual = (te.placeholder((s.batch, s.out_channels, s.out_height, s.out_width), s.dtype,
+    residual = (te.placeholder((batch, s.out_channels, s.out_height, s.out_width), s.dtype,
                                name="residual") if s.has_residual else None)
 
     pt, pl, pb, pr = s.padding
@@ -89,7 +90,7 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     sh, sw = s.stride
     # Stage 1, compute once: every split convolved with the one shared bank.
     lego = te.compute(
-        (s.batch, s.splits, s.lego_filters // vb, s.out_height, s.out_width, vb),
+        (batch, s.splits, s.lego_filters // vb, s.out_height, s.out_width, vb),
         lambda nb, i, ko, h, w, ki: te.sum(
             padded[nb, i * s.split_channels + rc, h * sh + ry, w * sw + rx]
             * bank[ko, rc, ry, rx, ki],
@@ -108,7 +109,7 @@ def lego_conv2d_compute(spec: LegoConvSpec):
             acc = te.max(acc, tirx.const(0, s.dtype))
         return acc
 
-    out = te.compute((s.batch, s.out_channels, s.out_height, s.out_width), gather_sum,
+    out = te.compute((batch, s.out_channels, s.out_height, s.out_width), gather_sum,
                      name=GATHER_BLOCK, attrs={"schedule_rule": SCHEDULE_RULE})
     args = [x, bank, index, coef, bias] + ([residual] if residual is not None else []) + [out]
     return args

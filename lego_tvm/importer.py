@@ -36,8 +36,17 @@ def _restored_tensor_attributes(model: torch.nn.Module):
             vars(module).update(attrs)
 
 
-def export_program(model: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
-    """``torch.export`` the model in inference mode (non-strict; see the module docstring)."""
+def export_program(model: torch.nn.Module, example_inputs: tuple, dynamic_batch: bool = False
+                   ) -> torch.export.ExportedProgram:
+    """``torch.export`` the model in inference mode (non-strict; see the module docstring).
+
+    ``dynamic_batch``: dimension 0 of every input is one symbolic batch size."""
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=2 ** 20)
+        dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+        # torch.export specializes sizes 0 and 1: trace with two images.
+        example_inputs = tuple(torch.cat([t[:1], t[:1]]) for t in example_inputs)
     was_training = model.training
     model.eval()
     try:
@@ -45,7 +54,8 @@ def export_program(model: torch.nn.Module, example_inputs: tuple) -> torch.expor
             # The authors' module assigns a tensor attribute in forward; that is expected here.
             warnings.filterwarnings("ignore", message=".*was assigned during export.*")
             warnings.filterwarnings("ignore", category=FutureWarning)
-            return torch.export.export(model, tuple(example_inputs), strict=False)
+            return torch.export.export(model, tuple(example_inputs), strict=False,
+                                       dynamic_shapes=dynamic_shapes)
     except Exception as err:  # noqa: BLE001 - torch.export raises many error types
         raise ModelImportError(f"torch.export could not trace {type(model).__name__}: "
                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -22,7 +22,7 @@ from tvm import relax
 from tvm.ir import Op
 
 from .fused_op import LegoConvSpec
-from .tvm_compat import const_array, static_shape
+from .tvm_compat import const_array, nchw_shape, same_shape
 
 log = logging.getLogger("lego_tvm")
 
@@ -167,9 +167,10 @@ def _slice_range(graph: _Graph, source, channels: int) -> tuple[relax.Expr, int,
     if axes != [1] or strides != [1]:
         raise _NotLego(f"split input is a slice over axes {axes} with strides {strides}, "
                        "not a contiguous channel slice")
-    shape = static_shape(sl.args[0])
+    shape = nchw_shape(sl.args[0])
     if shape is None:
-        raise _NotLego("split input is a slice of a tensor without a static shape")
+        raise _NotLego(f"split input is a slice of {sl.args[0].ty}, not a 4-D tensor with a "
+                       "static channel count")
     # Python slice semantics, as strided_slice has them: negative from the end, clamped.
     begin_c, end_c = (min(max(v + shape[1] if v < 0 else v, 0), shape[1]) for v in (begin[0], end[0]))
     return sl.args[0], begin_c, end_c
@@ -220,9 +221,10 @@ def _verify(graph: _Graph, units: list[_Unit]) -> tuple[LegoConvSpec, relax.Expr
         source_x, begin, end = _slice_range(graph, u.source, b)
         if x is None:
             x = source_x
-            x_shape = static_shape(x)
-            if x_shape is None or len(x_shape) != 4:
-                raise _NotLego(f"input shape {x.ty} is not a static 4-D NCHW shape")
+            x_shape = nchw_shape(x)
+            if x_shape is None:
+                raise _NotLego(f"input shape {x.ty} is not a 4-D NCHW shape with static "
+                               "channels, height and width")
         elif not source_x.same_as(x):
             raise _NotLego(f"split {i} reads a different tensor than split 0")
         if (begin, end) != (i * b, (i + 1) * b):
@@ -260,7 +262,6 @@ def _fold_epilogue(graph: _Graph, match: LegoMatch, claimed: set) -> None:
     A binding another match already folded (``claimed``) is never taken twice.
     """
     n = match.spec.out_channels
-    out_shape = static_shape(match.anchor)
     stage = 0          # 0: affine ops allowed, 1: residual done, 2: relu done
     while stage < 2:
         claimed.add(match.anchor)
@@ -294,7 +295,7 @@ def _fold_epilogue(graph: _Graph, match: LegoMatch, claimed: set) -> None:
         elif name == "relax.add" and stage == 0 and const_array(value.args[1]) is None \
                 and const_array(value.args[0]) is None:
             other = value.args[1] if value.args[0].same_as(match.anchor) else value.args[0]
-            if other.same_as(match.anchor) or static_shape(other) != out_shape \
+            if other.same_as(match.anchor) or not same_shape(other, match.anchor) \
                     or str(other.ty.dtype) != "float32":
                 return
             match.residual = other
@@ -371,8 +372,8 @@ def find_dense_convs(func: relax.Function) -> list[LegoMatch]:
     for var in reversed(graph.order):
         conv = graph.call(var, "relax.nn.conv2d")
         weight = const_array(conv.args[1]) if conv is not None else None
-        x_shape = static_shape(conv.args[0]) if conv is not None else None
-        if weight is None or var in claimed or x_shape is None or len(x_shape) != 4:
+        x_shape = nchw_shape(conv.args[0]) if conv is not None else None
+        if weight is None or var in claimed or x_shape is None:
             continue
         try:
             _check_conv_attrs(conv, "conv")

@@ -26,13 +26,13 @@ class LegoLayerReport:
     @property
     def dense_macs(self) -> int:
         s = self.spec
-        return s.batch * s.out_height * s.out_width * self.dense_weights
+        return (s.batch or 1) * s.out_height * s.out_width * self.dense_weights
 
     @property
     def lego_macs(self) -> int:
         """Compute once (m filters over all o*b channels) plus the o-term gather-sum."""
         s = self.spec
-        pixels = s.batch * s.out_height * s.out_width
+        pixels = (s.batch or 1) * s.out_height * s.out_width
         once = s.lego_filters * s.splits * s.split_channels * s.kernel[0] * s.kernel[1]
         return pixels * (once + s.out_channels * s.splits)
 
@@ -102,6 +102,8 @@ class LegoReport:
                      f"{t['model_dense_macs'] / 1e6:.1f} M MACs dense-equivalent, "
                      f"{t['model_lego_macs'] / 1e6:.1f} M with lego-tvm "
                      f"({t['model_mac_ratio']:.2f}x)")
+        if any(layer.spec.batch is None for layer in self.layers):
+            lines.append("MACs are per image: the batch size is chosen at call time")
         if self.dense_convs:
             lines.append(f"ordinary convs run on the same fused kernel: {len(self.dense_convs)} "
                          f"({', '.join('+'.join(c.folded) or 'plain' for c in self.dense_convs[:3])}"
@@ -121,9 +123,20 @@ def _ratio(a: int, b: int) -> float:
 def count_other_layers(func) -> tuple[int, int]:
     """Weights and MACs of the convs and matmuls of a Relax function (after the pass these
     are the layers it left as they were)."""
+    import tvm
     from tvm import relax
 
     from .tvm_compat import const_array, static_shape
+
+    def per_image(expr):
+        """The static shape, a symbolic (call-time) batch counted as one image."""
+        shape = getattr(expr.ty, "shape", None)
+        dims = list(shape) if shape is not None else []
+        try:
+            return tuple(int(d) if i or isinstance(d, tvm.tirx.IntImm) else 1
+                         for i, d in enumerate(dims)) or None
+        except (TypeError, ValueError):
+            return None
 
     weights = macs = 0
     for block in func.body.blocks:
@@ -131,7 +144,7 @@ def count_other_layers(func) -> tuple[int, int]:
             call = binding.value
             if not isinstance(call, relax.Call) or not hasattr(call.op, "name"):
                 continue
-            out = static_shape(binding.var)
+            out = per_image(binding.var)
             if call.op.name in ("relax.nn.conv2d", "relax.matmul") and out is not None:
                 kernel = static_shape(call.args[1])
                 if kernel is None:

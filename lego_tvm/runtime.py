@@ -62,9 +62,10 @@ class Model:
                 torch_out = True
                 arg = arg.detach().cpu().numpy()
             arr = np.asarray(arg)
-            if list(arr.shape) != list(want["shape"]) or str(arr.dtype) != want["dtype"]:
+            if not _fits(list(arr.shape), want["shape"]) or str(arr.dtype) != want["dtype"]:
+                shape = ["batch" if d is None else d for d in want["shape"]]
                 raise InputError(f"input {i} has shape {list(arr.shape)} and dtype {arr.dtype}; "
-                                 f"the model was compiled for shape {want['shape']} and dtype "
+                                 f"the model was compiled for shape {shape} and dtype "
                                  f"{want['dtype']}")
             arrays.append(to_device(arr, self.device))
         outputs = _to_numpy(machine["main"](*arrays))
@@ -121,6 +122,12 @@ def load(path: str, device=None) -> Model:
         raise RuntimeError(f"{path} cannot be loaded on this machine: {reason}")
     return Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
                  meta.get("target", ""), device)
+
+
+def _fits(shape: list[int], wanted: list) -> bool:
+    """``wanted`` has None for a dimension chosen at call time (a batch of at least one)."""
+    return len(shape) == len(wanted) and all(
+        (w is None and d >= 1) or d == w for d, w in zip(shape, wanted))
 
 
 def _to_numpy(result) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+import tvm_ffi
 
 Constant = tvm.ir.Constant
 
@@ -31,13 +32,14 @@ def nchw_shape(expr) -> tuple | None:
     """``(batch, c, h, w)`` of a 4-D tensor-typed expression: known integers, except that
     the batch is None when it is symbolic (chosen at call time); None for anything else."""
     shape = getattr(expr.ty, "shape", None)
-    if shape is None or len(shape) != 4:
+    dims = list(shape) if shape is not None else []
+    if len(dims) != 4:
         return None
     try:
-        rest = tuple(int(d) for d in shape[1:])
+        rest = tuple(int(d) for d in dims[1:])
     except (TypeError, ValueError):
         return None
-    batch = int(shape[0]) if isinstance(shape[0], tvm.tirx.IntImm) else None
+    batch = int(dims[0]) if isinstance(dims[0], tvm.tirx.IntImm) else None
     return (batch,) + rest
 
 
@@ -46,7 +48,7 @@ def same_shape(a, b) -> bool:
     included: the same variable)."""
     shape_a, shape_b = getattr(a.ty, "shape", None), getattr(b.ty, "shape", None)
     return shape_a is not None and shape_b is not None and \
-        tvm.ir.structural_equal(shape_a, shape_b)
+        tvm_ffi.structural_equal(shape_a, shape_b)
 
 
 def to_device(array: np.ndarray, device) -> tvm.runtime.Tensor:

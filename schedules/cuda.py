@@ -56,7 +56,8 @@ def default_config(spec: LegoConvSpec, target: Target) -> LegoCudaConfig:
     sms = SMS_BY_ARCH.get(str(target.attrs.get("arch", "")), 108)
     tiles = [(th, tw) for th in divisors(s.out_height) for tw in divisors(s.out_width)
              if shared_bytes(s, th, tw) <= budget]
-    blocks = {t: s.batch * (s.out_height // t[0]) * (s.out_width // t[1]) for t in tiles}
+    # A batch chosen at call time is planned for as one image.
+    blocks = {t: (s.batch or 1) * (s.out_height // t[0]) * (s.out_width // t[1]) for t in tiles}
     # A tile worth sharing holds at least 4 pixels; prefer enough blocks for every SM, then
     # the largest tile (more reuse of each loaded input), then wide rows (coalescing).
     worth = [t for t in tiles if t[0] * t[1] >= min(4, s.out_height * s.out_width)]
@@ -133,8 +134,9 @@ def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """The fused operator indexes with int64 (FuseTIR needs it on CPUs); 64-bit index
     arithmetic is slow on GPUs, so a scheduled fused kernel whose buffers all have fewer
     than 2**31 elements gets int32 indices."""
-    spec = spec_of(func)
-    s = spec
+    s = spec_of(func)
+    if s.batch is None:
+        return func                 # any batch: int32 might overflow
     largest = max(s.batch * s.in_channels * s.height * s.width,
                   s.batch * max(s.out_channels, s.splits * s.lego_filters)
                   * s.out_height * s.out_width)

@@ -47,7 +47,8 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> LegoCpu
     row_bytes = s.splits * s.lego_filters * s.out_width * 4
     limit = max(1, simd.lego_tile_bytes // row_bytes)
     candidates = [t for t in range(1, s.out_height + 1) if s.out_height % t == 0 and t <= limit]
-    tasks = {t: s.batch * (s.out_height // t) for t in candidates}
+    # A batch chosen at call time is planned for as one image.
+    tasks = {t: (s.batch or 1) * (s.out_height // t) for t in candidates}
     # At least two tasks per core; then the best balance (7 tasks on 2 threads wastes an
     # eighth of the time, measured), then the largest tile.
     enough = [t for t in candidates if tasks[t] >= 2 * cores]
