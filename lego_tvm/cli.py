@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_target(comp)
     comp.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
     comp.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
+    comp.add_argument("--dynamic-batch", action="store_true",
+                      help="the batch size is chosen at each call (--batch is only the example)")
     comp.add_argument("--tuning-logs", nargs="*", default=None,
                       help="tuning log folders to apply (default: the logs shipped for this "
                            "target; give no folder to use only the default schedules)")
@@ -237,7 +239,8 @@ def _compile(args) -> None:
     model, inputs, run_torch = _model_and_inputs(args.model, args.batch)
     _progress(f"compiling {args.model} for {target or 'the host CPU'}")
     logs = "auto" if args.tuning_logs is None else args.tuning_logs
-    compiled = lego_compile(model, inputs, target=target, tuning_logs=logs)
+    compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
+                            dynamic_batch=args.dynamic_batch)
     print(compiled.report)
     elsewhere = why_not_runnable_here(parse_target(compiled.target))
     if elsewhere and not args.no_check:

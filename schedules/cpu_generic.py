@@ -130,7 +130,8 @@ def _schedule_leftover_blocks(sch: s_tir.Schedule, lanes: int, exclude: set[str]
             continue
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         extent = _extent(sch, fused)
-        if extent is None:
+        if extent is None:              # a batch chosen at call time: parallel, not vectorized
+            sch.parallel(fused)
             continue
         if extent >= 4 * lanes:
             chunk, lane = sch.split(fused, [None, lanes * largest_divisor_at_most(

@@ -57,3 +57,18 @@ def test_dynamic_batch_model_exports_and_loads(tmp_path):
     x = torch.randn(3, 8, 6, 6)
     with torch.no_grad():
         assert relative_error(loaded(x.numpy()), model(x).numpy()) <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_lego_vgg16_with_a_batch_chosen_at_call_time():
+    """Memory is planned per call: a symbolic batch with a huge upper bound once made the
+    VM plan for the bound and fail (std::bad_alloc)."""
+    from lego_tvm.zoo import get_model
+
+    model, x = get_model("lego_vgg16", batch=1)
+    compiled = lego_tvm.compile(model, x, dynamic_batch=True, tuning_logs=None)
+    assert len(compiled.report.layers) == 14
+    for batch in (1, 3):
+        xb = torch.randn(batch, *x.shape[1:])
+        with torch.no_grad():
+            assert relative_error(compiled(xb.numpy()), model(xb).numpy()) <= TOLERANCE
