@@ -18,20 +18,26 @@ log = logging.getLogger("lego_tvm")
 
 
 def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # noqa: A001
-            tuning_logs="auto", dynamic_batch: bool = False) -> Model:
+            tuning_logs="auto", dynamic_batch: bool = False,
+            lego_weight_tolerance: float = 0.0) -> Model:
     """Compile a PyTorch model (or a ``torch.export`` program) for ``target``.
 
     ``example_inputs``: a tensor or tuple of tensors; the compiled model takes inputs of
     exactly these shapes and dtypes, except that with ``dynamic_batch=True`` the first
     dimension of every input is the batch size, chosen at each call (the same for all
-    inputs; tuned records, made for fixed shapes, then do not apply). ``target``: ``None`` for the host CPU, a preset name
-    (see ``lego_tvm.targets.PRESETS``), a TVM target dict or ``tvm.target.Target``.
+    inputs; tuned records, made for fixed shapes, then do not apply). ``target``: ``None``
+    for the host CPU, a preset name (see ``lego_tvm.targets.PRESETS``), a TVM target dict or
+    ``tvm.target.Target``.
     ``fuse_lego=False`` compiles the same graph without the Lego pass (for comparison).
     ``tuning_logs``: ``"auto"`` applies the logs shipped for this target when their TVM
     version, target and compute version match (others are skipped, with a log line); a
     folder or list of folders (from ``lego-tvm tune``) must match or ``TuningLogError`` is
     raised; ``None`` uses only the hand-written default schedules. Kernels without a tuned
-    record always get the default schedules.
+    record always get the default schedules. ``lego_weight_tolerance``: ordinary convs
+    whose weights are Lego layers folded into dense weights are fused as Lego layers when
+    every weight block is a scaled copy of a shared filter, exactly (0, the default: up to
+    the rounding of one multiplication) or within this fraction of the largest weight
+    (opt-in; the output then moves by about as much).
 
     The returned model is called with numpy arrays or torch tensors; ``.report`` says which
     Lego layers were fused and why others were not; ``.export(path)`` writes a library.
@@ -45,7 +51,8 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     else:
         program = export_program(model, example_inputs, dynamic_batch)
     mod = to_relax(program)
-    mod, report = pipeline.fuse_convs(mod, tvm_target, lego=fuse_lego)
+    mod, report = pipeline.fuse_convs(mod, tvm_target, lego=fuse_lego,
+                                      weight_tolerance=lego_weight_tolerance)
     if isinstance(model, torch.nn.Module):
         _name_layers(report, model, example_inputs)
     log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))

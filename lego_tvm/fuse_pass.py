@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -31,12 +32,15 @@ class FuseLegoConv2d:
     skipped and why.
 
     ``simd_lanes``: fp32 lanes of the target's vectors; the bank is packed in blocks of that
-    many filters (or of the largest divisor of m below it).
+    many filters (or of the largest divisor of m below it). ``weight_tolerance``: ordinary
+    convs whose weights are folded Lego layers are fused too, exactly (0, the default) or
+    within this relative tolerance (see ``factor_weights``); None leaves them alone.
     """
 
-    def __init__(self, simd_lanes: int = 8):
+    def __init__(self, simd_lanes: int = 8, weight_tolerance: float | None = 0.0):
         self.report = LegoReport()
         self.simd_lanes = simd_lanes
+        self.weight_tolerance = weight_tolerance
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.report = report = LegoReport()
@@ -47,7 +51,13 @@ class FuseLegoConv2d:
             return matches
 
         mod, matches = _rewrite(mod, find, self.simd_lanes, "fused_lego_conv2d")
-        report.layers = [LegoLayerReport(m.var_name, m.spec, m.folded) for m in matches]
+        if self.weight_tolerance is not None:
+            mod, folded = _rewrite(
+                mod, lambda func: find_dense_convs(func, self.weight_tolerance),
+                self.simd_lanes, "fused_lego_conv2d")
+            matches += folded
+        report.layers = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, m.form)
+                         for m in matches]
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
                 weights, macs = count_other_layers(func)
@@ -67,7 +77,7 @@ class FuseDenseConv2d:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod, matches = _rewrite(mod, find_dense_convs, self.simd_lanes, "fused_conv2d")
-        self.convs = [LegoLayerReport(m.var_name, m.spec, m.folded) for m in matches]
+        self.convs = [LegoLayerReport(m.var_name, _model_spec(m), m.folded) for m in matches]
         return mod
 
 
@@ -81,14 +91,34 @@ def _rewrite(mod: tvm.IRModule, find: Callable[[relax.Function], list[LegoMatch]
             continue
         matches = find(func)
         for m in matches:
-            m.spec = replace(m.spec, bank_block=largest_divisor_at_most(m.spec.lego_filters,
-                                                                        simd_lanes))
+            _fit_bank_to_lanes(m, simd_lanes)
         if matches:
             rewriter.matches = {m.anchor: m for m in matches}
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         found += matches
     # The replaced slices, convs, sums and epilogue ops are now dead.
     return relax.transform.DeadCodeElimination()(rewriter.builder_.get()), found
+
+
+def _model_spec(match: LegoMatch):
+    """The spec as the model has it (without the bank's padding filters), for the report."""
+    return replace(match.spec, lego_filters=match.spec.lego_filters - match.padding_filters)
+
+
+def _fit_bank_to_lanes(match: LegoMatch, lanes: int) -> None:
+    """Choose the bank's packing block: the SIMD width, the bank padded with unused zero
+    filters to a multiple of it when that costs at most a quarter more compute-once work
+    (a recovered m of 31 would otherwise pack in blocks of 1: scalar code); else the
+    largest divisor of m up to the width."""
+    m = match.spec.lego_filters
+    padded = -(-m // lanes) * lanes
+    if padded != m and padded <= 1.25 * m:
+        extra = np.zeros((padded - m,) + match.bank.shape[1:], match.bank.dtype)
+        match.bank = np.concatenate([match.bank, extra])
+        match.padding_filters = padded - m
+        match.spec = replace(match.spec, lego_filters=padded, bank_block=lanes)
+    else:
+        match.spec = replace(match.spec, bank_block=largest_divisor_at_most(m, lanes))
 
 
 @mutator

@@ -24,14 +24,15 @@ class UnscheduledError(RuntimeError):
     """A PrimFunc got no schedule; it would run as naive serial loops."""
 
 
-def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True
+def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True,
+               weight_tolerance: float = 0.0
                ) -> tuple[tvm.IRModule, LegoReport]:
     """Recognize and fuse Lego convolutions (unless ``lego`` is False), then move every
     remaining ordinary conv onto the same kernel. ``mod`` is already constant-folded."""
     report = LegoReport()
     lanes = BANK_BLOCK if _is_gpu(target) else simd_profile(target).lanes
     if lego:
-        fuse = FuseLegoConv2d(simd_lanes=lanes)
+        fuse = FuseLegoConv2d(simd_lanes=lanes, weight_tolerance=weight_tolerance)
         mod = fuse(mod)
         report = fuse.report
     dense = FuseDenseConv2d(simd_lanes=lanes)

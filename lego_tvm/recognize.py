@@ -21,6 +21,7 @@ import numpy as np
 from tvm import relax
 from tvm.ir import Op
 
+from .factor_weights import factor_weight
 from .fused_op import LegoConvSpec
 from .tvm_compat import const_array, nchw_shape, same_shape
 
@@ -40,6 +41,8 @@ class LegoMatch:
     anchor: relax.Var                 # the binding the fused call replaces
     var_name: str                     # name of the Lego sum in the imported graph
     folded: list[str] = field(default_factory=list)   # epilogue ops folded, in order
+    form: str = "split convs"         # how the model wrote the layer
+    padding_filters: int = 0          # zero filters added to the bank for SIMD packing
 
 
 @dataclass
@@ -362,10 +365,14 @@ def _with_epilogue(graph: _Graph, match: LegoMatch, claimed: set) -> LegoMatch:
     return match
 
 
-def find_dense_convs(func: relax.Function) -> list[LegoMatch]:
+def find_dense_convs(func: relax.Function, lego_tolerance: float | None = None
+                     ) -> list[LegoMatch]:
     """Ordinary convolutions with constant weights, as degenerate Lego layers (one split,
     the whole weight as the bank, identity index, unit coefficients) so that they run on
-    the same fused kernel, with their BatchNorm / bias / residual / ReLU folded in."""
+    the same fused kernel, with their BatchNorm / bias / residual / ReLU folded in.
+
+    With ``lego_tolerance`` set, only the convs whose weight is a folded Lego layer
+    (``factor_weights.factor_weight`` with that tolerance; 0 is exact), as Lego layers."""
     graph = _Graph(func)
     matches: list[LegoMatch] = []
     claimed: set = set()
@@ -382,15 +389,24 @@ def find_dense_convs(func: relax.Function) -> list[LegoMatch]:
         if {str(weight.dtype), str(var.ty.dtype)} != {"float32"}:
             continue
         n, c, kh, kw = weight.shape
+        bank, index, coef, form = weight, np.arange(n, dtype="int32")[None], \
+            np.ones((1, n), "float32"), "dense"
+        if lego_tolerance is not None:
+            found = factor_weight(weight, lego_tolerance)
+            if found is None:
+                continue
+            bank, index, coef = found.bank, found.index, found.coef
+            form = (f"dense-folded (recovered o={found.splits}, m={found.lego_filters}"
+                    + (f", deviation {found.deviation:.1e})" if lego_tolerance else ")"))
         pad = _ints(conv.attrs.padding)
         spec = LegoConvSpec(batch=x_shape[0], in_channels=x_shape[1], height=x_shape[2],
-                            width=x_shape[3], out_channels=n, splits=1, lego_filters=n,
-                            split_channels=c, kernel=(kh, kw),
-                            stride=tuple(_ints(conv.attrs.strides)),
+                            width=x_shape[3], out_channels=n, splits=index.shape[0],
+                            lego_filters=bank.shape[0], split_channels=c // index.shape[0],
+                            kernel=(kh, kw), stride=tuple(_ints(conv.attrs.strides)),
                             padding=tuple(pad * 2 if len(pad) == 2 else pad))
         matches.append(_with_epilogue(graph, LegoMatch(
-            spec=spec, data=conv.args[0], bank=weight, index=np.arange(n, dtype="int32")[None],
-            coef=np.ones((1, n), "float32"), bias=np.zeros(n, "float32"), residual=None,
-            anchor=var, var_name=var.name), claimed))
+            spec=spec, data=conv.args[0], bank=bank, index=index, coef=coef,
+            bias=np.zeros(n, "float32"), residual=None, anchor=var, var_name=var.name,
+            form=form), claimed))
     matches.reverse()
     return matches

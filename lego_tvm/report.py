@@ -11,6 +11,7 @@ class LegoLayerReport:
     name: str                 # the PyTorch module, when known, else the graph variable
     spec: LegoConvSpec
     folded: list[str]         # epilogue ops folded into the fused operator
+    form: str = "split convs"  # how the model wrote it: split convs, dense-folded, ...
 
     @property
     def dense_weights(self) -> int:
@@ -38,6 +39,7 @@ class LegoLayerReport:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "spec": self.spec.as_dict(), "folded": self.folded,
+                "form": self.form,
                 "dense_weights": self.dense_weights, "lego_weights": self.lego_weights,
                 "dense_macs": self.dense_macs, "lego_macs": self.lego_macs}
 
@@ -90,7 +92,8 @@ class LegoReport:
                 f"{layer.name[:28]:<28} {s.in_channels:>5} {s.out_channels:>5} {s.kernel[0]:>2} "
                 f"{s.stride[0]:>2} {s.splits:>2} {s.lego_filters:>5} {layer.dense_weights:>14,} "
                 f"{layer.lego_weights:>10,} {layer.dense_macs:>14,} {layer.lego_macs:>13,}  "
-                f"{'+'.join(layer.folded) or '-'}")
+                f"{'+'.join(layer.folded) or '-'}"
+                + ("" if layer.form == "split convs" else f"  [{layer.form}]"))
         t = self.totals
         lines.append("-" * len(head))
         lines.append(f"{'total':<28} {'':>5} {'':>5} {'':>2} {'':>2} {'':>2} {'':>5} "

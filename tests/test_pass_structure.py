@@ -12,7 +12,9 @@ X = (1, 8, 6, 6)
 
 
 def run_pass(mod, lanes=8):
-    fuse = FuseLegoConv2d(simd_lanes=lanes)
+    """The split-conv recognition alone: these graphs' merge kernels and all-ones weights
+    are, as dense convs, trivially Lego-structured (test_folded_weights.py covers that)."""
+    fuse = FuseLegoConv2d(simd_lanes=lanes, weight_tolerance=None)
     return fuse(mod), fuse.report
 
 
