@@ -22,6 +22,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .fused_op import lego_conv2d_prim_func, pack_bank
 from .recognize import LegoMatch, find_dense_convs, find_lego_layers
+from .recognize_gather import find_gather_lego_layers
 from .report import LegoLayerReport, LegoReport, SkippedLayer, count_other_layers
 from .schedules.tiling import largest_divisor_at_most
 
@@ -47,8 +48,10 @@ class FuseLegoConv2d:
 
         def find(func):
             matches, rejections = find_lego_layers(func)
-            report.skipped += [SkippedLayer(r.var_name, r.reason) for r in rejections]
-            return matches
+            gathered, gather_rejections = find_gather_lego_layers(func)
+            report.skipped += [SkippedLayer(r.var_name, r.reason)
+                               for r in rejections + gather_rejections]
+            return matches + gathered
 
         mod, matches = _rewrite(mod, find, self.simd_lanes, "fused_lego_conv2d")
         if self.weight_tolerance is not None:

@@ -28,12 +28,13 @@ def static_shape(expr) -> tuple[int, ...] | None:
         return None
 
 
-def nchw_shape(expr) -> tuple | None:
-    """``(batch, c, h, w)`` of a 4-D tensor-typed expression: known integers, except that
-    the batch is None when it is symbolic (chosen at call time); None for anything else."""
+def nchw_shape(expr, rank: int = 4) -> tuple | None:
+    """``(batch, c, h, w)`` of a 4-D (or ``rank``-D) tensor-typed expression: known
+    integers, except that the batch is None when it is symbolic (chosen at call time);
+    None for anything else."""
     shape = getattr(expr.ty, "shape", None)
     dims = list(shape) if shape is not None else []
-    if len(dims) != 4:
+    if len(dims) != rank:
         return None
     try:
         rest = tuple(int(d) for d in dims[1:])
@@ -41,6 +42,14 @@ def nchw_shape(expr) -> tuple | None:
         return None
     batch = int(dims[0]) if isinstance(dims[0], tvm.tirx.IntImm) else None
     return (batch,) + rest
+
+
+def shape_list(expr) -> list | None:
+    """The shape of a tensor-typed expression for messages: ints, symbolic dimensions by name."""
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None:
+        return None
+    return [int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in shape]
 
 
 def same_shape(a, b) -> bool:
