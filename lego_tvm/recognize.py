@@ -23,7 +23,7 @@ from tvm.ir import Op
 
 from .factor_weights import factor_weight
 from .fused_op import LegoConvSpec
-from .tvm_compat import const_array, nchw_shape, same_shape
+from .tvm_compat import const_array, nchw_shape, same_shape, shape_list
 
 log = logging.getLogger("lego_tvm")
 
@@ -179,6 +179,40 @@ def _slice_range(graph: _Graph, source, channels: int) -> tuple[relax.Expr, int,
     return sl.args[0], begin_c, end_c
 
 
+def _difference(a: np.ndarray, b: np.ndarray) -> str:
+    """Where two filter banks differ, with the values."""
+    if a.shape != b.shape:
+        return f"shapes {list(a.shape)} and {list(b.shape)}"
+    where = np.argwhere(a != b)
+    first = tuple(int(k) for k in where[0])
+    return (f"shape {list(a.shape)} in both; {len(where)} of {a.size} weights differ, the "
+            f"first at {list(first)}: {float(a[first])} and {float(b[first])}")
+
+
+def _describe(graph: _Graph, expr) -> str:
+    """A term of the graph in a few words: what computes it and its shape."""
+    array = const_array(expr)
+    if array is not None:
+        return f"a constant of shape {list(array.shape)}"
+    op = _op_name(graph.value.get(expr)) if expr in graph.value else "an input"
+    name = getattr(expr, "name", type(expr).__name__)
+    return f"{name} ({op}, shape {shape_list(expr)})"
+
+
+def _check_mixed_sum(graph: _Graph, terms: list, units: list, inner: list) -> None:
+    """A sum of two or more Lego splits and other terms is a near miss (``_NotLego``) unless
+    the splits form a sum of their own (a layer, then an add: that sum is tried on its own).
+    Anything else with non-split terms does not look like a Lego layer."""
+    splits = sum(u is not None for u in units)
+    if splits < 2 or any(all(_as_unit(graph, t) is not None for t in _sum_terms(graph, s, []))
+                         for s in inner):
+        return
+    others = [_describe(graph, t) for t, u in zip(terms, units) if u is None]
+    raise _NotLego(f"the sum of its {splits} Lego splits also adds {', '.join(others)}; a "
+                   "Lego layer's sum holds only its splits, conv2d(conv2d(slice(x), bank), "
+                   "1x1 merge) (a bias or residual added after the sum is folded in)")
+
+
 def _merge_rows(merge: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarray]:
     """Index and coefficient of each one-hot row of a ``[n, m]`` merge kernel."""
     nonzero = np.count_nonzero(merge, axis=1)
@@ -213,8 +247,8 @@ def _verify(graph: _Graph, units: list[_Unit]) -> tuple[LegoConvSpec, relax.Expr
         other = const_array(u.bank_conv.args[1])
         if other.shape != bank.shape or not np.array_equal(other, bank):
             raise _NotLego(f"split {i} uses a different filter bank than split 0 "
-                           f"(shapes {list(other.shape)} and {list(bank.shape)}); "
-                           "a Lego layer shares one bank across splits")
+                           f"({_difference(other, bank)}); a Lego layer shares one bank "
+                           "across splits")
     dtypes = {str(u.var.ty.dtype) for u in units} | {str(bank.dtype)}
     if dtypes != {"float32"}:
         raise _NotLego(f"dtype {sorted(dtypes)}; only float32 is supported")
@@ -229,13 +263,15 @@ def _verify(graph: _Graph, units: list[_Unit]) -> tuple[LegoConvSpec, relax.Expr
                 raise _NotLego(f"input shape {x.ty} is not a 4-D NCHW shape with static "
                                "channels, height and width")
         elif not source_x.same_as(x):
-            raise _NotLego(f"split {i} reads a different tensor than split 0")
+            raise _NotLego(f"split {i} reads a different tensor than split 0 "
+                           f"({_describe(graph, source_x)} and {_describe(graph, x)})")
         if (begin, end) != (i * b, (i + 1) * b):
             raise _NotLego(f"split {i} reads channels [{begin}, {end}); a Lego layer's split {i} "
                            f"reads [{i * b}, {(i + 1) * b}) (slices must be contiguous, "
                            "in order and non-overlapping)")
         if u.source.same_as(x) and len(units) > 1:
-            raise _NotLego(f"split {i} reads the whole input, not a channel slice")
+            raise _NotLego(f"split {i} reads the whole input ({x_shape[1]} channels), "
+                           "not a channel slice")
 
     merges = [const_array(u.merge_conv.args[1])[:, :, 0, 0] for u in units]
     n = merges[0].shape[0]
@@ -337,9 +373,12 @@ def find_lego_layers(func: relax.Function) -> tuple[list[LegoMatch], list[Reject
         inner: list = []
         terms = _sum_terms(graph, var, inner)
         units = [_as_unit(graph, t) for t in terms]
-        if not terms or any(u is None for u in units) or claimed.intersection(terms):
+        if not terms or claimed.intersection(terms):
             continue
         try:
+            if any(u is None for u in units):
+                _check_mixed_sum(graph, terms, units, inner)
+                continue
             spec, x, bank, index, coef = _verify(graph, units)
         except _NotLego as err:
             if _adds_two_sums(graph, var):

@@ -185,3 +185,32 @@ def test_two_lego_layers_added_together_are_both_fused(same_input):
     assert compiled.report.skipped == []
     assert ["residual_add", "relu"] in [layer.folded for layer in compiled.report.layers]
     assert_matches_torch(compiled, model, inputs)
+
+
+class SumStartsFromABias(nn.Module):
+    """A Lego layer written ``out = bias; out = out + split_i``: the bias is inside the sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = LegoConv2d(8, 8, 3, 2, 0.5)
+        self.bias = nn.Parameter(torch.randn(1, 8, 1, 1))
+
+    def forward(self, x):
+        kernels = self.inner.merge_kernels()
+        out = self.bias
+        for i in range(2):
+            lego = torch.nn.functional.conv2d(x[:, 4 * i:4 * (i + 1)], self.inner.lego, padding=1)
+            out = out + torch.nn.functional.conv2d(lego, kernels[i])
+        return out
+
+
+def test_lego_sum_with_a_bias_inside_is_left_whole_and_explained():
+    """Found by the near-miss fuzz: split 0 alone was fused as a one-split Lego layer and
+    split 1 reported with a misleading reason ("split 0 reads channels [4, 8)")."""
+    model = SumStartsFromABias().eval()
+    x = torch.randn(1, 8, 6, 6)
+    compiled = lego_tvm.compile(model, (x,))
+    assert [layer.form for layer in compiled.report.layers if layer.form == "split convs"] == []
+    assert [s.reason.split(";")[0] for s in compiled.report.skipped] == [
+        "the sum of its 2 Lego splits also adds a constant of shape [1, 8, 1, 1]"]
+    assert_matches_torch(compiled, model, (x,))

@@ -74,7 +74,9 @@ def _dense_merge(merges):
 NEAR_MISSES = {
     "two-hot merge row": (lambda b, m: dict(banks=b, merges=_two_hot(m)), "not one-hot"),
     "merge not one-hot": (lambda b, m: dict(banks=b, merges=_dense_merge(m)), "not one-hot"),
-    "different banks": (lambda b, m: dict(banks=[b, b * 1.5], merges=m), "different filter bank"),
+    "different banks": (lambda b, m: dict(banks=[b, b * 1.5], merges=m),
+                        "different filter bank than split 0 (shape [3, 4, 3, 3] in both; 108 of "
+                        "108 weights differ, the first at [0, 0, 0, 0]"),
     "overlapping slices": (lambda b, m: dict(banks=b, merges=m, slices=[(0, 4), (2, 6)]),
                            "reads channels [2, 6)"),
     "out-of-order slices": (lambda b, m: dict(banks=b, merges=m, slices=[(4, 8), (0, 4)]),
