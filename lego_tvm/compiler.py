@@ -45,6 +45,10 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
+    for i, t in enumerate(example_inputs):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"example input {i} is a {type(t).__name__}; compile takes torch "
+                            "tensors (torch.from_numpy converts a numpy array)")
     tvm_target = resolve_target(target)
     if isinstance(model, torch.export.ExportedProgram):
         program = model

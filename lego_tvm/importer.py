@@ -17,6 +17,8 @@ from tvm import relax
 from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
 from tvm.relax.frontend.torch import from_exported_program
 
+from .zoo import is_lego_module
+
 
 class ModelImportError(RuntimeError):
     """The model could not be traced or translated; the message says which step failed."""
@@ -47,6 +49,7 @@ def export_program(model: torch.nn.Module, example_inputs: tuple, dynamic_batch:
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
         # torch.export specializes sizes 0 and 1: trace with two images.
         example_inputs = tuple(torch.cat([t[:1], t[:1]]) for t in example_inputs)
+    _check_lego_modules(model)
     was_training = model.training
     model.eval()
     try:
@@ -64,6 +67,34 @@ def export_program(model: torch.nn.Module, example_inputs: tuple, dynamic_batch:
         model.train(was_training)
 
 
+def _check_lego_modules(model: torch.nn.Module) -> None:
+    """The authors' module accepts sizes it cannot run (fewer input channels than splits);
+    say so instead of tracing into PyTorch's conv error."""
+    for name, module in model.named_modules():
+        if is_lego_module(module) and min(module.lego.shape[:2]) < 1:
+            raise ModelImportError(
+                f"{name or 'the model'} ({type(module).__name__}, in_channels="
+                f"{module.in_channels}, n_split={module.n_split}) has {module.basic_channels} "
+                f"input channels per split and {module.lego.shape[0]} Lego filters; a Lego "
+                "layer needs at least one of each (in_channels >= n_split)")
+
+
+def _check_dtypes(program: torch.export.ExportedProgram) -> None:
+    """lego-tvm compiles float32 models: TVM's PyTorch import computes other float types in
+    float32 (a float64 or float16 model would silently give float32 results), or fails."""
+    kinds = {spec.arg.name: spec for spec in program.graph_signature.input_specs}
+    for node in program.graph.nodes:
+        value = node.meta.get("val") if node.op == "placeholder" else None
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and value.dtype != torch.float32:
+            spec = kinds.get(node.name)
+            what = (f"input {node.name}" if spec is None or spec.kind == InputKind.USER_INPUT
+                    else f"{spec.kind.name.lower()} {spec.target}")
+            raise ModelImportError(
+                f"{what} is {str(value.dtype).replace('torch.', '')}; lego-tvm compiles float32 "
+                "models with float32 inputs (convert with model.float() and tensor.float())")
+
+
 def to_relax(program: torch.export.ExportedProgram) -> tvm.IRModule:
     """Translate an exported program to Relax with its parameters folded in as constants.
 
@@ -73,6 +104,7 @@ def to_relax(program: torch.export.ExportedProgram) -> tvm.IRModule:
     momentum read as epsilon), and its default decomposition turns ``F.one_hot`` into
     ``assert_op`` checks that make ``main`` impure and stop ``FoldConstant``.
     """
+    _check_dtypes(program)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)

@@ -7,6 +7,7 @@ import torch
 
 import lego_tvm
 from lego_tvm.cli import main
+from lego_tvm.importer import ModelImportError
 from lego_tvm.runtime import InputError
 from lego_tvm.targets import TargetError, resolve_target
 
@@ -76,8 +77,10 @@ def test_untraceable_model_is_a_clear_error():
         def forward(self, x):
             return x * 2 if x.sum() > 0 else x
 
-    with pytest.raises(Exception, match="torch.export could not trace DataDependent"):
+    with pytest.raises(ModelImportError, match="torch.export could not trace DataDependent: "
+                                               ".*data-dependent expression") as error:
         lego_tvm.compile(DataDependent(), torch.randn(1, 4))
+    assert error.value.__cause__ is not None          # torch's own error, chained
 
 
 def test_cli_compiles_a_pt2_file_and_exports(tmp_path, capsys):
