@@ -7,6 +7,7 @@ lego-tvm report. The library alone also runs with plain TVM:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -87,6 +88,9 @@ class Model:
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise OSError(f"cannot write the exported model to {path}: "
                           f"{folder} is not a writable folder")
+        if os.path.isdir(path):
+            raise OSError(f"cannot write the exported model to {path}: it is a folder; give "
+                          "a file name such as model.so")
         meta = {"format": "lego-tvm/1", "inputs": self.inputs, "target": self.target,
                 "report": self.report_dict}
         suffix = os.path.splitext(path)[1] or ".so"
@@ -94,6 +98,7 @@ class Model:
         meta_tmp = lib_tmp + ".json"
         try:
             self._executable.export_library(lib_tmp, **({"cc": cc} if cc else {}))
+            meta["library"] = _fingerprint(lib_tmp)
             with open(meta_tmp, "w") as f:
                 json.dump(meta, f, indent=1)
             os.replace(lib_tmp, path)
@@ -113,15 +118,29 @@ def load(path: str, device=None) -> Model:
     if not os.path.exists(meta_path):
         raise FileNotFoundError(f"{meta_path} is missing; it holds the input signature written "
                                 "by lego-tvm's export next to the library")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != "lego-tvm/1":
+    try:
+        with open(meta_path, errors="replace") as f:
+            meta = json.load(f)
+    except ValueError as err:
+        raise ValueError(f"{meta_path} is corrupt ({err}); export the model again") from None
+    if not isinstance(meta, dict) or meta.get("format") != "lego-tvm/1":
         raise ValueError(f"{meta_path} is not a lego-tvm model description")
+    # Loading a truncated library can kill the process (SIGBUS), so it is checked first.
+    found, wanted = _fingerprint(path), meta.get("library")
+    if wanted and found != wanted:
+        raise ValueError(f"{path} is not the library exported with {meta_path} ({found['bytes']} "
+                         f"bytes, {wanted['bytes']} exported): truncated or changed since; "
+                         "export the model again")
     reason = meta.get("target") and why_not_runnable_here(parse_target(meta["target"]))
     if reason:
         raise RuntimeError(f"{path} cannot be loaded on this machine: {reason}")
     return Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
                  meta.get("target", ""), device)
+
+
+def _fingerprint(path: str) -> dict:
+    with open(path, "rb") as f:
+        return {"bytes": os.path.getsize(path), "sha256": hashlib.sha256(f.read()).hexdigest()}
 
 
 def _fits(shape: list[int], wanted: list) -> bool:

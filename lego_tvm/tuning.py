@@ -65,7 +65,7 @@ def _identity(target: Target) -> dict:
 def read_manifest(log_dir: str | Path) -> dict:
     path = Path(log_dir) / MANIFEST
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:     # bytes that are not text: corrupt JSON
             manifest = json.load(f)
     except FileNotFoundError:
         raise TuningLogError(f"{log_dir} is not a lego-tvm tuning log: {MANIFEST} is missing") \
@@ -89,11 +89,20 @@ def check_log(log_dir: str | Path, target: Target) -> dict:
             raise TuningLogError(f"tuning log {log_dir} was made for {label} {manifest[key]!r}, "
                                  f"not {want[key]!r}; it is not applied (retune with "
                                  "`lego-tvm tune`)")
+    check_records(log_dir, complete=True)
+    return manifest
+
+
+def check_records(log_dir: str | Path, complete: bool) -> None:
+    """Every line of the database files is JSON (an interrupted run can leave a truncated
+    one); with ``complete``, both files exist."""
     for name in DATABASE_FILES:
         path = Path(log_dir) / name
         if not path.exists():
-            raise TuningLogError(f"tuning log {log_dir} is incomplete: {name} is missing")
-        with open(path) as f:
+            if complete:
+                raise TuningLogError(f"tuning log {log_dir} is incomplete: {name} is missing")
+            continue
+        with open(path, errors="replace") as f:
             for number, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -101,7 +110,6 @@ def check_log(log_dir: str | Path, target: Target) -> dict:
                     except json.JSONDecodeError as err:
                         raise TuningLogError(f"{path} line {number} is corrupt or truncated "
                                              f"({err.msg}); delete the line or retune") from None
-    return manifest
 
 
 def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
@@ -198,6 +206,8 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     log_dir.mkdir(parents=True, exist_ok=True)
     if (log_dir / MANIFEST).exists():
         check_log(log_dir, tvm_target)          # never mix records of another target/TVM
+    else:
+        check_records(log_dir, complete=False)  # a first run stopped half-way, resumed
     program = model if isinstance(model, torch.export.ExportedProgram) else \
         export_program(model, tuple(example_inputs))
     mod, _ = pipeline.fuse_convs(to_relax(program), tvm_target, lego=lego)

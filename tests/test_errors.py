@@ -1,0 +1,188 @@
+"""Bad input gets a clear error, with the message a user sees: never a crash, a half-written
+artifact or a silently different result.
+
+Elsewhere: call-time shapes, dtypes and input counts, an untraceable model, unknown presets
+and target kinds, an export folder that does not exist (test_api.py); tuning logs made for
+another TVM version, target or compute version, truncated records and a folder without a
+manifest (test_tuning.py).
+"""
+import json
+import shutil
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+import torch
+from tvm.target import Target
+
+import lego_tvm
+from lego_tvm.importer import ModelImportError
+from lego_tvm.targets import TargetError
+from lego_tvm.tuning import DATABASE_FILES, MANIFEST, TuningLogError, read_manifest
+from reference_lego import AuthorsLegoConv2d
+
+
+def _lego():
+    return lego_tvm.LegoConv2d(8, 8, 3).eval()
+
+
+X = torch.randn(1, 8, 5, 5)
+
+
+# compile: the model and its example inputs
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+def test_model_of_another_dtype_is_refused_naming_it(dtype):
+    """TVM's import would compute float64/float16 convs in float32 and return float32."""
+    dtype = getattr(torch, dtype)
+    with pytest.raises(ModelImportError, match=f"parameter lego is {str(dtype)[6:]}; lego-tvm "
+                                               "compiles float32 models with float32 inputs"):
+        lego_tvm.compile(_lego().to(dtype), X.to(dtype), tuning_logs=None)
+
+
+def test_example_input_of_another_dtype_is_refused_naming_it():
+    with pytest.raises(ModelImportError, match="input x is float64; lego-tvm compiles float32"):
+        lego_tvm.compile(_lego(), X.double(), tuning_logs=None)
+
+
+def test_numpy_example_input_is_a_clear_error():
+    with pytest.raises(TypeError, match="example input 0 is a ndarray; compile takes torch "
+                                        "tensors"):
+        lego_tvm.compile(_lego(), (X.numpy(),), tuning_logs=None)
+
+
+def test_authors_module_with_fewer_input_channels_than_splits():
+    """Our module refuses this when built (test_lego_conv.py); the authors' accepts it."""
+    with pytest.raises(ModelImportError, match=r"in_channels=2, n_split=4\) has 0 input "
+                                               "channels per split"):
+        lego_tvm.compile(AuthorsLegoConv2d(2, 8, 3, 4, 0.5).eval(), torch.randn(1, 2, 5, 5))
+
+
+def test_op_tvm_cannot_translate_is_named():
+    class CumulativeMax(torch.nn.Module):
+        def forward(self, x):
+            return torch.cummax(x, 1)[0]
+
+    with pytest.raises(ModelImportError, match="PyTorch frontend could not translate the "
+                                               "model: .*cummax"):
+        lego_tvm.compile(CumulativeMax(), X, tuning_logs=None)
+
+
+def test_unknown_preset_is_refused_by_compile_before_any_work():
+    with pytest.raises(TargetError, match="unknown target preset 'x86-avx9'"):
+        lego_tvm.compile(_lego(), X, target="x86-avx9")
+
+
+# Tuning logs: a shipped log, copied and damaged
+
+SHIPPED = sorted(p.parent for p in Path(str(files("lego_tvm.tuning_logs"))).glob(
+    f"*/*/{MANIFEST}"))
+
+
+@pytest.fixture
+def log_copy(tmp_path):
+    log = tmp_path / "log"
+    shutil.copytree(SHIPPED[0], log)
+    return log
+
+
+def _replace_first_line(path: Path, line: str) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([line] + lines[1:]) + "\n")
+
+
+def _drop_key(path: Path, key: str) -> None:
+    manifest = json.loads(path.read_text())
+    del manifest[key]
+    path.write_text(json.dumps(manifest))
+
+
+DAMAGE = {
+    "manifest is not text": (lambda log: (log / MANIFEST).write_bytes(b"\xff\xfe\x00garbage"),
+                             "manifest.json is corrupt"),
+    "manifest lacks a key": (lambda log: _drop_key(log / MANIFEST, "compute_version"),
+                             "manifest.json lacks compute_version"),
+    "workload file missing": (lambda log: (log / DATABASE_FILES[0]).unlink(),
+                              "is incomplete: database_workload.json is missing"),
+    "record edited by hand": (lambda log: _replace_first_line(log / DATABASE_FILES[1],
+                                                              '["x", 1]'),
+                              "cannot be read by MetaSchedule"),
+    "workload edited by hand": (lambda log: _replace_first_line(log / DATABASE_FILES[0],
+                                                                '["abc", "def"]'),
+                                "cannot be read by MetaSchedule"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_tuning_log_is_refused(log_copy, damage):
+    edit, message = DAMAGE[damage]
+    target = Target(read_manifest(log_copy)["target"])    # the log's own target: only the damage differs
+    edit(log_copy)
+    with pytest.raises(TuningLogError, match=message):
+        lego_tvm.compile(_lego(), X, target=target, tuning_logs=str(log_copy))
+
+
+def test_tune_does_not_resume_a_first_run_cut_mid_record(tmp_path):
+    """A run stopped while writing its first records leaves no manifest and a cut line;
+    MetaSchedule itself would fail on it with 'Unexpected token'."""
+    records = (SHIPPED[0] / DATABASE_FILES[1]).read_text()
+    (tmp_path / DATABASE_FILES[1]).write_text(records[:-40])
+    with pytest.raises(TuningLogError, match=r"line \d+ is corrupt or truncated"):
+        lego_tvm.tune(_lego(), X, tmp_path, trials=2)
+
+
+# export and load
+
+@pytest.fixture(scope="module")
+def compiled():
+    return lego_tvm.compile(_lego(), X, tuning_logs=None)
+
+
+def test_export_to_a_folder_is_a_clear_error(compiled, tmp_path):
+    with pytest.raises(OSError, match="it is a folder; give a file name"):
+        compiled.export(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_export_leaves_nothing_behind(compiled, tmp_path, monkeypatch):
+    class FailingExecutable:
+        def export_library(self, path, **_):
+            Path(path).write_bytes(b"\x7fELF half")
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(compiled, "_executable", FailingExecutable())
+    with pytest.raises(RuntimeError, match="disk full"):
+        compiled.export(str(tmp_path / "model.so"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def exported(compiled, tmp_path_factory):
+    return Path(compiled.export(str(tmp_path_factory.mktemp("export") / "model.so")))
+
+
+def test_truncated_library_is_refused_before_loading(exported, tmp_path):
+    """Loading it would kill the process (SIGBUS) as the loader maps past its end."""
+    shutil.copy(f"{exported}.json", tmp_path / "model.so.json")
+    (tmp_path / "model.so").write_bytes(exported.read_bytes()[:20000])
+    with pytest.raises(ValueError, match=r"is not the library exported with .*\(20000 bytes, "
+                                         r"\d+ exported\): truncated or changed since"):
+        lego_tvm.load(str(tmp_path / "model.so"))
+
+
+def test_library_from_another_export_is_refused(exported, tmp_path):
+    other = lego_tvm.compile(torch.nn.Sequential(_lego(), torch.nn.ReLU()).eval(), X,
+                             tuning_logs=None)
+    other.export(str(tmp_path / "model.so"))
+    shutil.copy(f"{exported}.json", tmp_path / "model.so.json")
+    with pytest.raises(ValueError, match="truncated or changed since"):
+        lego_tvm.load(str(tmp_path / "model.so"))
+
+
+@pytest.mark.parametrize("text,message", [('{"format": "lego-tv', "is corrupt"),
+                                          ("[1, 2]", "is not a lego-tvm model description")])
+def test_damaged_model_description_is_refused(exported, tmp_path, text, message):
+    shutil.copy(exported, tmp_path / "model.so")
+    (tmp_path / "model.so.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        lego_tvm.load(str(tmp_path / "model.so"))
