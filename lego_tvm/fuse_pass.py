@@ -46,17 +46,21 @@ class FuseLegoConv2d:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.report = report = LegoReport()
 
+        near_misses: set[str] = set()
+
         def find(func):
             matches, rejections = find_lego_layers(func)
             gathered, gather_rejections = find_gather_lego_layers(func)
             report.skipped += [SkippedLayer(r.var_name, r.reason)
                                for r in rejections + gather_rejections]
+            near_misses.update(name for r in rejections for name in r.convs)
             return matches + gathered
 
         mod, matches = _rewrite(mod, find, self.simd_lanes, "fused_lego_conv2d")
         if self.weight_tolerance is not None:
             mod, folded = _rewrite(
-                mod, lambda func: find_dense_convs(func, self.weight_tolerance),
+                mod, lambda func: find_dense_convs(func, self.weight_tolerance,
+                                                   frozenset(near_misses)),
                 self.simd_lanes, "fused_lego_conv2d")
             matches += folded
         report.layers = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, m.form)

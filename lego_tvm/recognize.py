@@ -50,6 +50,7 @@ class Rejection:
     """A convolution that looks like part of a Lego layer but was left as it was."""
     var_name: str
     reason: str
+    convs: tuple[str, ...] = ()       # its convs' variables: left alone by later finders
 
 
 class _NotLego(Exception):
@@ -385,7 +386,9 @@ def find_lego_layers(func: relax.Function) -> tuple[list[LegoMatch], list[Reject
                 continue        # e.g. lego_a(x) + lego_b(x): each sum is tried on its own
             claimed.update(terms + inner)
             log.info("lego-tvm: not rewriting %s: %s", var.name, err)
-            rejections.append(Rejection(var.name, str(err)))
+            convs = tuple(v.name for u in units if u is not None
+                          for v in (u.var, u.merge_conv.args[0]) if isinstance(v, relax.Var))
+            rejections.append(Rejection(var.name, str(err), convs))
             continue
         claimed.update(terms + inner)
         matches.append(_with_epilogue(graph, LegoMatch(
@@ -404,14 +407,16 @@ def _with_epilogue(graph: _Graph, match: LegoMatch, claimed: set) -> LegoMatch:
     return match
 
 
-def find_dense_convs(func: relax.Function, lego_tolerance: float | None = None
-                     ) -> list[LegoMatch]:
+def find_dense_convs(func: relax.Function, lego_tolerance: float | None = None,
+                     leave_alone: frozenset[str] = frozenset()) -> list[LegoMatch]:
     """Ordinary convolutions with constant weights, as degenerate Lego layers (one split,
     the whole weight as the bank, identity index, unit coefficients) so that they run on
     the same fused kernel, with their BatchNorm / bias / residual / ReLU folded in.
 
     With ``lego_tolerance`` set, only the convs whose weight is a folded Lego layer
-    (``factor_weights.factor_weight`` with that tolerance; 0 is exact), as Lego layers."""
+    (``factor_weights.factor_weight`` with that tolerance; 0 is exact), as Lego layers,
+    except those named in ``leave_alone`` (the convs of rejected near misses: a one-hot
+    merge kernel is trivially Lego-structured, and a near miss stays as it was)."""
     graph = _Graph(func)
     matches: list[LegoMatch] = []
     claimed: set = set()
@@ -431,6 +436,8 @@ def find_dense_convs(func: relax.Function, lego_tolerance: float | None = None
         bank, index, coef, form = weight, np.arange(n, dtype="int32")[None], \
             np.ones((1, n), "float32"), "dense"
         if lego_tolerance is not None:
+            if var.name in leave_alone:
+                continue
             found = factor_weight(weight, lego_tolerance)
             if found is None:
                 continue
