@@ -13,8 +13,10 @@ every one of them by module name. Environment:
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +61,13 @@ def check(entries: list[Entry]) -> list[str]:
     """Compile ``entries`` as one model; what is wrong, per entry. When a failure cannot be
     told apart per entry (the compile fails, or the report does not line up), every entry
     is checked on its own."""
+    # PyTorch's own convs, not oneDNN's: on hundreds of tiny new shapes oneDNN spends
+    # seconds creating kernels (compile runs the model once too, to name the layers).
+    with torch.backends.mkldnn.flags(enabled=False):
+        return _check(entries)
+
+
+def _check(entries: list[Entry]) -> list[str]:
     packed = Packed([e.module for e in entries], [len(e.inputs) for e in entries]).eval()
     inputs = [t for e in entries for t in e.inputs]
     try:
@@ -66,7 +75,7 @@ def check(entries: list[Entry]) -> list[str]:
         outputs = compiled(*[t.numpy() for t in inputs])
     except Exception as err:  # noqa: BLE001 - any failure is a finding
         if len(entries) > 1:
-            return [f for e in entries for f in check([e])]
+            return [f for e in entries for f in _check([e])]
         return [f"{entries[0].label}: {type(err).__name__}: {err}"]
     report = compiled.report
     # Other forms may claim pieces of a near miss (a one-hot 1x1 merge conv alone is a
@@ -77,7 +86,7 @@ def check(entries: list[Entry]) -> list[str]:
     expected_layers = sum(len(e.lego_layers) for e in entries)
     matched = _match_reasons([e.reason for e in entries if e.reason], reasons)
     if len(entries) > 1 and (len(split_layers) != expected_layers or not matched):
-        return [f for e in entries for f in check([e])]
+        return [f for e in entries for f in _check([e])]
 
     failures = []
     outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
@@ -111,22 +120,54 @@ def _match_reasons(expected: list[str], reasons: list[str]) -> bool:
     return not left
 
 
-@pytest.mark.parametrize("seeds", _batches(CASES), ids=lambda s: f"cases{s[0]}-{s[-1]}")
-def test_random_lego_networks_match_pytorch(seeds):
-    entries = []
-    for seed in seeds:
-        draw = draw_case(seed)
-        module, inputs = build_case(draw)
-        entries.append(Entry(str(draw), module, inputs, draw.lego_modules()))
-    failures = check(entries)
+def check_batch(kind: str, seeds: list[int]) -> list[str]:
+    """Build and check one batch of random cases ("cases") or near misses ("near")."""
+    if kind == "cases":
+        draws = [draw_case(seed) for seed in seeds]
+        entries = [Entry(str(d), *build_case(d), d.lego_modules()) for d in draws]
+    else:   # near-miss seeds walk through the kinds in turn, so every kind is drawn
+        misses = [draw_near_miss(seed, NEAR_MISS_KINDS[seed % len(NEAR_MISS_KINDS)])
+                  for seed in seeds]
+        entries = [Entry(str(m), m.module, m.inputs, reason=m.reason) for m in misses]
+    return check(entries)
+
+
+CASE_BATCHES = [("cases", seeds) for seeds in _batches(CASES)]
+NEAR_MISS_BATCHES = [("near", seeds) for seeds in _batches(NEAR_MISSES)]
+
+
+@pytest.fixture(scope="module")
+def running(request):
+    """The selected batches, all started at once on one worker process per core (a compile
+    runs on one core), so that each test below only waits for its own batch."""
+    batches = [item.callspec.params["batch"] for item in request.session.items
+               if item.module is request.module]
+    context = multiprocessing.get_context("spawn")     # no fork of a process holding TVM threads
+    with ProcessPoolExecutor(min(2, os.cpu_count() or 1, len(batches)), mp_context=context,
+                             initializer=_one_thread) as pool:
+        yield {(kind, seeds[0]): pool.submit(check_batch, kind, seeds) for kind, seeds in batches}
+
+
+def _one_thread() -> None:
+    os.environ["TVM_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def _assert_passes(running, batch) -> None:
+    kind, seeds = batch
+    failures = running[kind, seeds[0]].result()
     assert not failures, "\n".join(failures + [REPRODUCE])
 
 
-@pytest.mark.parametrize("seeds", _batches(NEAR_MISSES), ids=lambda s: f"near{s[0]}-{s[-1]}")
-def test_random_near_misses_are_left_alone_and_explained(seeds):
-    # Near-miss seeds walk through the kinds in turn, so every kind is drawn.
-    misses = [draw_near_miss(seed, NEAR_MISS_KINDS[seed % len(NEAR_MISS_KINDS)])
-              for seed in seeds]
-    failures = check([Entry(str(miss), miss.module, miss.inputs, reason=miss.reason)
-                      for miss in misses])
-    assert not failures, "\n".join(failures + [REPRODUCE])
+def _name(batch) -> str:
+    return f"{batch[0]}{batch[1][0]}-{batch[1][-1]}"
+
+
+@pytest.mark.parametrize("batch", CASE_BATCHES, ids=_name)
+def test_random_lego_networks_match_pytorch(running, batch):
+    _assert_passes(running, batch)
+
+
+@pytest.mark.parametrize("batch", NEAR_MISS_BATCHES, ids=_name)
+def test_random_near_misses_are_left_alone_and_explained(running, batch):
+    _assert_passes(running, batch)
