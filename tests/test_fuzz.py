@@ -7,7 +7,7 @@ fraction of that). A case counts only if its Lego layers were fused: the report 
 every one of them by module name. Environment:
 
 - ``LEGO_FUZZ_CASES`` (default 500): how many random cases; ``LEGO_FUZZ_NEAR_MISSES``
-  (default 40: four of each kind) how many near misses.
+  (default 44: four of each kind) how many near misses.
 - ``LEGO_FUZZ_SEED`` (default 0): which cases; case seeds are ``SEED * 1_000_000 + i``.
 - ``LEGO_FUZZ_CASE=<case seed>``: run that one case (a failure prints its seed).
 """
@@ -28,7 +28,7 @@ from conftest import TOLERANCE, relative_error
 from fuzz_cases import NEAR_MISS_KINDS, Packed, build_case, draw_case, draw_near_miss
 
 CASES = int(os.environ.get("LEGO_FUZZ_CASES", 500))
-NEAR_MISSES = int(os.environ.get("LEGO_FUZZ_NEAR_MISSES", 40))
+NEAR_MISSES = int(os.environ.get("LEGO_FUZZ_NEAR_MISSES", 44))
 SEED = int(os.environ.get("LEGO_FUZZ_SEED", 0))
 ONE_CASE = os.environ.get("LEGO_FUZZ_CASE")
 PER_COMPILE = 100           # cases per compiled model: 100 ran 15% faster per case than 50
