@@ -44,18 +44,16 @@ class LayerDraw:
 
     def __str__(self) -> str:
         module = "AuthorsLego" if self.authors else "Lego"
-        epilogue = [e for e, on in ((f"bias{self.bias}", self.bias and not self.bias_after_bn),
-                                    (f"bn({self.bn})", self.bn),
-                                    (f"bias{self.bias}", self.bias and self.bias_after_bn),
-                                    ("relu", self.relu and self.relu_first),
-                                    (f"residual({self.residual}"
-                                     + (f" o={self.branch_o} ratio={self.branch_ratio})"
-                                        if self.residual == "lego" else ")"), self.residual),
-                                    ("relu", self.relu and not self.relu_first),
-                                    ("tap", self.tap)) if on]
+        bias = [f"bias{self.bias}"] if self.bias else []
+        steps = ([] if self.bias_after_bn else bias) + ([f"bn({self.bn})"] if self.bn else [])
+        steps += (bias if self.bias_after_bn else []) + ["relu"] * (self.relu and self.relu_first)
+        if self.residual:
+            branch = f" o={self.branch_o} ratio={self.branch_ratio}" * (self.residual == "lego")
+            steps.append(f"residual({self.residual}{branch})")
+        steps += ["relu"] * (self.relu and not self.relu_first) + ["tap"] * self.tap
         return (f"{module}Conv2d(c={self.c}, n={self.n}, d={self.d}, o={self.o}, "
                 f"ratio={self.ratio}, stride={self.stride}, padding={self.padding}) "
-                f"{self.in_hw}->{self.out_hw} {'+'.join(epilogue) or 'plain'}")
+                f"{self.in_hw}->{self.out_hw} {'+'.join(steps) or 'plain'}")
 
 
 @dataclass
@@ -87,7 +85,8 @@ def draw_case(seed: int) -> CaseDraw:
         o = rng.choice([1, 2, 2, 3, 4])
         if c is None:
             # Now and then channels past the last split, which the layer ignores.
-            c = o * rng.randint(1, 6) + (rng.randint(1, o - 1) if o > 1 and rng.random() < 0.2 else 0)
+            c = o * rng.randint(1, 6)
+            c += rng.randint(1, o - 1) if o > 1 and rng.random() < 0.2 else 0
         o = min(o, c)
         n = c if rng.random() < 0.25 else rng.randint(1, 16)     # c == n: a skip can be added
         ratio = rng.choice([0.25, 0.5, 0.75, 1.0, 1.5])

@@ -116,7 +116,7 @@ DAMAGE = {
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_tuning_log_is_refused(log_copy, damage):
     edit, message = DAMAGE[damage]
-    target = Target(read_manifest(log_copy)["target"])    # the log's own target: only the damage differs
+    target = Target(read_manifest(log_copy)["target"])    # only the damage differs
     edit(log_copy)
     with pytest.raises(TuningLogError, match=message):
         lego_tvm.compile(_lego(), X, target=target, tuning_logs=str(log_copy))
