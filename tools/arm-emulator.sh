@@ -83,7 +83,7 @@ arm64_wheels() {
   rm -rf "$ROOT/wheels" "$ROOT/site"
   local platform=(--only-binary=:all: --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64
                   --platform manylinux2014_aarch64 --python-version "$PYVER" --implementation cp)
-  "$PYTHON" -m pip download --disable-pip-version-check --root-user-action=ignore -q -d "$ROOT/wheels" "${platform[@]}" --no-deps $WHEELS
+  "$PYTHON" -m pip download --disable-pip-version-check -q -d "$ROOT/wheels" "${platform[@]}" --no-deps $WHEELS
   "$PYTHON" -m pip install --disable-pip-version-check --root-user-action=ignore -q --no-index --no-deps --target "$ROOT/site" \
     "${platform[@]}" "$ROOT"/wheels/*.whl
   mark_done wheels
