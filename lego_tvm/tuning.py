@@ -243,10 +243,25 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
 def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
                 remote) -> None:
     """``tune_relax`` minus its own task extraction (minutes for ResNet-50), on ``tasks``."""
+    # MetaSchedule's logging setup reads every handler's name from its logger and fails on
+    # an unnamed one (another tool's, pytest's): keep those off it while it tunes.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in ms_logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        ms_logger.removeHandler(handler)
+    try:
+        _run_tuning(tasks, log_dir, trials, seed, cc, remote)
+    finally:
+        for handler in unnamed:
+            ms_logger.addHandler(handler)
+
+
+def _run_tuning(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
+                remote) -> None:
+    from functools import partial
+
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
-
-    from functools import partial
 
     from . import measure
 
