@@ -70,7 +70,7 @@ def bench_layer(case: LayerCase, repeat: int, warmup: int, use_torch_compile: bo
     once_conv = torch.nn.Conv2d(best.split_channels, best.lego_filters, 3, case.stride, 1,
                                 bias=False).eval()
     once_conv.weight.data.copy_(best.bank)
-    x_once = x.reshape(2, case.channels // 2, case.size, case.size)
+    x_once = x.reshape(best.splits, best.split_channels, case.size, case.size)   # batch 1
     once = lego_compile(once_conv, (x_once,))
     x_once_n = x_once.numpy()
     runs = {"torch_lego": lambda: layer(x), "torch_dense": lambda: dense(x),
