@@ -6,9 +6,11 @@ Attributes are imported lazily so that ``load`` never pulls in PyTorch.
 """
 from importlib import import_module
 
-from .threads import use_physical_cores
+from .threads import no_spinning_workers, use_physical_cores
 
-use_physical_cores()   # before any kernel runs: TVM's pool reads the setting once
+# Before any kernel runs: TVM's pool reads these settings once.
+use_physical_cores()
+no_spinning_workers()
 
 _LAZY = {
     "compile": "compiler",

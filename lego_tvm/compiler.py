@@ -7,6 +7,7 @@ import os
 import torch
 import tvm
 
+from . import compute_once as compute_once_backends
 from . import pipeline, tuning
 from .importer import export_program, to_relax
 from .report import LegoReport
@@ -19,7 +20,8 @@ log = logging.getLogger("lego_tvm")
 
 def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # noqa: A001
             tuning_logs="auto", dynamic_batch: bool = False,
-            lego_weight_tolerance: float = 0.0) -> Model:
+            lego_weight_tolerance: float = 0.0, compute_once: str = "tvm",
+            progress=None) -> Model:
     """Compile a PyTorch model (or a ``torch.export`` program) for ``target``.
 
     ``example_inputs``: a tensor or tuple of tensors; the compiled model takes inputs of
@@ -37,7 +39,11 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     whose weights are Lego layers folded into dense weights are fused as Lego layers when
     every weight block is a scaled copy of a shared filter, exactly (0, the default: up to
     the rounding of one multiplication) or within this fraction of the largest weight
-    (opt-in; the output then moves by about as much).
+    (opt-in; the output then moves by about as much). ``compute_once``: what computes each
+    fused kernel's Lego feature maps: ``"tvm"`` (the default, TVM's generated kernel),
+    ``"onednn"`` (oneDNN, host CPU only; raises ``OneDNNUnavailable`` if oneDNN is missing)
+    or ``"auto"`` (each kernel timed both ways now, the faster used; TVM wherever oneDNN
+    cannot be used). ``progress``: called with a line of text as the "auto" timing goes.
 
     The returned model is called with numpy arrays or torch tensors; ``.report`` says which
     Lego layers were fused and why others were not; ``.export(path)`` writes a library.
@@ -67,6 +73,8 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
         database = tuning.open_database(dirs, tvm_target, strict=True)
     else:
         database = None
+    mod, report.compute_once = compute_once_backends.choose(mod, tvm_target, compute_once,
+                                                            database, progress)
     mod, report.tuned_kernels = pipeline.schedule(pipeline.lower(mod, tvm_target), tvm_target,
                                                   database)
     executable = pipeline.build(mod, tvm_target)

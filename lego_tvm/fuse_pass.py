@@ -63,7 +63,7 @@ class FuseLegoConv2d:
                                                    frozenset(near_misses)),
                 self.simd_lanes, "fused_lego_conv2d")
             matches += folded
-        report.layers = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, m.form)
+        report.layers = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, m.form, m.kernel)
                          for m in matches]
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
@@ -84,7 +84,8 @@ class FuseDenseConv2d:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod, matches = _rewrite(mod, find_dense_convs, self.simd_lanes, "fused_conv2d")
-        self.convs = [LegoLayerReport(m.var_name, _model_spec(m), m.folded) for m in matches]
+        self.convs = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, kernel=m.kernel)
+                      for m in matches]
         return mod
 
 
@@ -141,6 +142,7 @@ class _Rewriter(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         gvar = self.builder_.add_func(lego_conv2d_prim_func(match.spec), self.name)
+        match.kernel = gvar.name_hint
         bank = pack_bank(match.bank, match.spec.bank_block)
         args = [self.visit_expr(match.data), relax.const(bank), relax.const(match.index),
                 relax.const(match.coef), relax.const(match.bias)]

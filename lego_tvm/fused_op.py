@@ -16,10 +16,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tvm import s_tir, te, tirx, topi
 
+from .schedules.tiling import has_block
+
 COMPUTE_VERSION = 1
 SCHEDULE_RULE = "lego_tvm.fused_lego_conv2d"
 # Block names the schedules look up.
 PAD_BLOCK, LEGO_BLOCK, GATHER_BLOCK = "lego_pad", "lego_feature", "lego_gather_sum"
+# The attribute naming the spec of a gather-sum stage alone (its maps come from oneDNN).
+GATHER_SPEC_ATTR = "lego_tvm.gather_spec"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,12 @@ def pack_bank(bank: np.ndarray, block: int) -> np.ndarray:
                                 .transpose(0, 2, 3, 4, 1))
 
 
+def unpack_bank(packed: np.ndarray, block: int) -> np.ndarray:
+    """The inverse of ``pack_bank``: ``[m/block, b, kh, kw, block]`` -> ``[m, b, kh, kw]``."""
+    blocks, b, kh, kw, _ = packed.shape
+    return np.ascontiguousarray(packed.transpose(0, 4, 1, 2, 3).reshape(blocks * block, b, kh, kw))
+
+
 def lego_conv2d_compute(spec: LegoConvSpec):
     """TE tensors ``(x, bank, index, coef, bias[, residual], out)`` of the fused operator.
 
@@ -98,6 +108,14 @@ def lego_conv2d_compute(spec: LegoConvSpec):
         name=LEGO_BLOCK)
 
     # Stage 2, gather-sum with the fused epilogue.
+    out = _gather_sum(s, lego, index, coef, bias, residual)
+    args = [x, bank, index, coef, bias] + ([residual] if residual is not None else []) + [out]
+    return args
+
+
+def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
+    vb = s.bank_block
+
     def gather_sum(nb, j, h, w):
         acc = bias[j]
         for i in range(s.splits):
@@ -109,34 +127,59 @@ def lego_conv2d_compute(spec: LegoConvSpec):
             acc = te.max(acc, tirx.const(0, s.dtype))
         return acc
 
-    out = te.compute((batch, s.out_channels, s.out_height, s.out_width), gather_sum,
-                     name=GATHER_BLOCK, attrs={"schedule_rule": SCHEDULE_RULE})
-    args = [x, bank, index, coef, bias] + ([residual] if residual is not None else []) + [out]
-    return args
+    return te.compute((lego.shape[0], s.out_channels, s.out_height, s.out_width), gather_sum,
+                      name=GATHER_BLOCK, attrs={"schedule_rule": SCHEDULE_RULE})
+
+
+def lego_gather_compute(spec: LegoConvSpec):
+    """TE tensors ``(lego, index, coef, bias[, residual], out)`` of the gather-sum stage alone,
+    for Lego feature maps computed elsewhere (the oneDNN backend), in the packed layout."""
+    s = spec
+    batch = s.batch if s.batch is not None else tirx.Var("batch", "int64")
+    lego = te.placeholder((batch, s.splits, s.lego_filters // s.bank_block, s.out_height,
+                           s.out_width, s.bank_block), s.dtype, name="lego")
+    index = te.placeholder((s.splits, s.out_channels), "int32", name="index")
+    coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
+    bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
+    residual = (te.placeholder((batch, s.out_channels, s.out_height, s.out_width), s.dtype,
+                               name="residual") if s.has_residual else None)
+    out = _gather_sum(s, lego, index, coef, bias, residual)
+    return [lego, index, coef, bias] + ([residual] if residual is not None else []) + [out]
 
 
 def lego_conv2d_prim_func(spec: LegoConvSpec) -> tirx.PrimFunc:
     """The fused operator as a PrimFunc; opaque to FuseOps so it keeps its own schedule."""
+    return _prim_func(lego_conv2d_compute(spec), spec, "lego_tvm.spec")
+
+
+def lego_gather_prim_func(spec: LegoConvSpec) -> tirx.PrimFunc:
+    """The gather-sum stage alone (``lego_gather_compute``) as an opaque PrimFunc."""
+    return _prim_func(lego_gather_compute(spec), spec, GATHER_SPEC_ATTR)
+
+
+def _prim_func(tensors, spec: LegoConvSpec, spec_attr: str) -> tirx.PrimFunc:
     # int64 indices: int32 ones break FuseTIR when fused with int64 neighbours.
-    func = te.create_prim_func(lego_conv2d_compute(spec), index_dtype_override="int64")
+    func = te.create_prim_func(tensors, index_dtype_override="int64")
     # MetaSchedule: only the custom rule (on the gather-sum block) schedules this function;
     # "None" keeps the generic rules off the other blocks and the root.
     sch = s_tir.Schedule(func)
     for name in ("root", PAD_BLOCK, LEGO_BLOCK):
-        if name != PAD_BLOCK or any(spec.padding):
+        if has_block(sch, name):
             sch.annotate(sch.get_sblock(name), "schedule_rule", "None")
     func = sch.mod["main"]
     # No global_symbol: the pipeline names each copy after its GlobalVar.
     return func.without_attr("global_symbol").with_attrs({
         "op_pattern": 8,   # kOpaque: FuseOps must not merge neighbours into it
         "lego_tvm.compute_version": COMPUTE_VERSION,
-        "lego_tvm.spec": json.dumps(spec.as_dict()),
+        spec_attr: json.dumps(spec.as_dict()),
     })
 
 
-def spec_of(func: tirx.PrimFunc) -> LegoConvSpec | None:
-    """The spec a fused Lego PrimFunc was made from, or None for any other PrimFunc."""
-    text = func.attrs.get("lego_tvm.spec") if func.attrs is not None else None
+
+def spec_of(func: tirx.PrimFunc, attr: str = "lego_tvm.spec") -> LegoConvSpec | None:
+    """The spec a fused Lego PrimFunc was made from (or, with ``attr=GATHER_SPEC_ATTR``, a
+    gather-sum stage alone), or None for any other PrimFunc."""
+    text = func.attrs.get(attr) if func.attrs is not None else None
     if text is None:
         return None
     fields = json.loads(str(text))

@@ -43,6 +43,7 @@ class LegoMatch:
     folded: list[str] = field(default_factory=list)   # epilogue ops folded, in order
     form: str = "split convs"         # how the model wrote the layer
     padding_filters: int = 0          # zero filters added to the bank for SIMD packing
+    kernel: str = ""                  # the fused PrimFunc it became (set by the rewrite)
 
 
 @dataclass

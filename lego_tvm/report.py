@@ -12,6 +12,7 @@ class LegoLayerReport:
     spec: LegoConvSpec
     folded: list[str]         # epilogue ops folded into the fused operator
     form: str = "split convs"  # how the model wrote it: split convs, dense-folded, ...
+    kernel: str = ""          # the fused PrimFunc it runs on (shared by equal shapes)
 
     @property
     def dense_weights(self) -> int:
@@ -39,7 +40,7 @@ class LegoLayerReport:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "spec": self.spec.as_dict(), "folded": self.folded,
-                "form": self.form,
+                "form": self.form, "kernel": self.kernel,
                 "dense_weights": self.dense_weights, "lego_weights": self.lego_weights,
                 "dense_macs": self.dense_macs, "lego_macs": self.lego_macs}
 
@@ -58,6 +59,11 @@ class LegoReport:
     other_macs: int = 0
     dense_convs: list[LegoLayerReport] = field(default_factory=list)   # ordinary convs on the kernel
     tuned_kernels: list[str] = field(default_factory=list)   # scheduled from a tuning log
+    compute_once: list = field(default_factory=list)   # compute_once.KernelChoice per kernel
+
+    def backend_of(self, layer: LegoLayerReport) -> str:
+        """What computed this layer's Lego feature maps: "tvm" or "onednn"."""
+        return next((c.backend for c in self.compute_once if c.kernel == layer.kernel), "tvm")
 
     @property
     def totals(self) -> dict:
@@ -79,6 +85,7 @@ class LegoReport:
                 "other_weights": self.other_weights, "other_macs": self.other_macs,
                 "dense_convs": [c.as_dict() for c in self.dense_convs],
                 "tuned_kernels": self.tuned_kernels,
+                "compute_once": [c.as_dict() for c in self.compute_once],
                 "totals": self.totals}
 
     def __str__(self) -> str:
@@ -93,7 +100,8 @@ class LegoReport:
                 f"{s.stride[0]:>2} {s.splits:>2} {s.lego_filters:>5} {layer.dense_weights:>14,} "
                 f"{layer.lego_weights:>10,} {layer.dense_macs:>14,} {layer.lego_macs:>13,}  "
                 f"{'+'.join(layer.folded) or '-'}"
-                + ("" if layer.form == "split convs" else f"  [{layer.form}]"))
+                + ("" if layer.form == "split convs" else f"  [{layer.form}]")
+                + ("  [maps: oneDNN]" if self.backend_of(layer) == "onednn" else ""))
         t = self.totals
         lines.append("-" * len(head))
         lines.append(f"{'total':<28} {'':>5} {'':>5} {'':>2} {'':>2} {'':>2} {'':>5} "
@@ -114,9 +122,26 @@ class LegoReport:
         tuned = ", ".join(self.tuned_kernels[:4]) + (", ..." if len(self.tuned_kernels) > 4 else "")
         lines.append(f"kernels scheduled from tuning logs: {len(self.tuned_kernels)}"
                      + (f" ({tuned})" if tuned else "; all use the hand-written default schedules"))
+        if self.compute_once:
+            lines.append(_compute_once_summary(self.compute_once))
         for skip in self.skipped:
             lines.append(f"not rewritten: {skip.name}: {skip.reason}")
         return "\n".join(lines)
+
+
+def _compute_once_summary(choices: list) -> str:
+    on = [c for c in choices if c.backend == "onednn"]
+    impls = sorted({c.note for c in on})
+    line = (f"Lego feature maps computed by oneDNN in {len(on)} of {len(choices)} kernels"
+            + (f" ({', '.join(impls)})" if impls else "") + ", by TVM in the others")
+    timed = [c for c in choices if c.tvm_ms is not None]
+    if timed:
+        line += "; timed each way (TVM / oneDNN ms): " + ", ".join(
+            f"{c.kernel} {c.tvm_ms:.2f}/{c.onednn_ms:.2f}" for c in timed)
+    not_used = sorted({c.note for c in choices if c.note.startswith("not oneDNN")})
+    if not_used:
+        line += "; " + "; ".join(not_used)
+    return line
 
 
 def _ratio(a: int, b: int) -> float:

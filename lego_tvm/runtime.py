@@ -44,12 +44,20 @@ class Model:
         """The TVM Relax VM executable (for ``relax.VirtualMachine`` and its time evaluator)."""
         return self._executable
 
+    @property
+    def uses_onednn(self) -> bool:
+        """Whether some Lego feature maps are computed by oneDNN (see ``compute_once``): the
+        lego-tvm oneDNN extension must then be loaded before the model runs."""
+        return any(c.get("backend") == "onednn" for c in self.report_dict.get("compute_once", []))
+
     def _machine(self):
         if self._vm is None:
             reason = why_not_runnable_here(parse_target(self.target))
             if reason:
                 raise RuntimeError(f"this model cannot run on this machine: {reason}. Export it "
                                    "(model.export('model.so')) and run it where it belongs.")
+            if self.uses_onednn:
+                _load_onednn()
             self._vm = relax.VirtualMachine(self._executable, self.device)
         return self._vm
 
@@ -92,7 +100,7 @@ class Model:
             raise OSError(f"cannot write the exported model to {path}: it is a folder; give "
                           "a file name such as model.so")
         meta = {"format": "lego-tvm/1", "inputs": self.inputs, "target": self.target,
-                "report": self.report_dict}
+                "report": self.report_dict, "needs": self.runtime_needs()}
         suffix = os.path.splitext(path)[1] or ".so"
         lib_tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False).name
         meta_tmp = lib_tmp + ".json"
@@ -108,6 +116,26 @@ class Model:
                 if os.path.exists(leftover):
                     os.remove(leftover)
         return path
+
+
+    def runtime_needs(self) -> list[str]:
+        """What the exported library needs at run time besides the TVM runtime."""
+        if not self.uses_onednn:
+            return []
+        from .onednn import find_onednn
+        return [f"oneDNN ({find_onednn()[1]}, Debian package libdnnl2 or PyPI onednn) and "
+                "the lego-tvm oneDNN extension: lego_tvm.load() builds and loads it; plain TVM "
+                "must load it first (ctypes.CDLL(lego_tvm.onednn.extension_path()))"]
+
+
+def _load_onednn() -> None:
+    from .onednn import OneDNNUnavailable, load
+
+    try:
+        load()
+    except OneDNNUnavailable as err:
+        raise RuntimeError("this model computes Lego feature maps with oneDNN, which cannot be "
+                           f"loaded here: {err}") from None
 
 
 def load(path: str, device=None) -> Model:

@@ -27,7 +27,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
+from ..fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
+                        spec_of)
 from .simd import simd_profile
 from .tiling import SimdProfile, has_block, largest_divisor_at_most, num_cores, sample_divisor
 
@@ -105,6 +106,14 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig) -> None:
     sch.vectorize(col)
 
 
+def apply_gather_schedule(sch: s_tir.Schedule) -> None:
+    """The gather-sum stage alone (its Lego maps computed by oneDNN): parallel over images x
+    output channels, vectorized along the row, as in the stage-by-stage schedule above."""
+    image, channel, _row, col = sch.get_loops(sch.get_sblock(GATHER_BLOCK))
+    sch.parallel(sch.fuse(image, channel))
+    sch.vectorize(col)
+
+
 def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
                       ) -> list[s_tir.Schedule]:
     """The MetaSchedule design spaces: the default schedule's body with sampled tile sizes,
@@ -133,8 +142,12 @@ class FusedLegoRule(ScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         spec = spec_of(func)
-        if spec is None:
-            return None
-        sch = s_tir.Schedule(func)
-        apply_lego_schedule(sch, default_config(spec, num_cores(target), simd_profile(target)))
-        return sch
+        if spec is not None:
+            sch = s_tir.Schedule(func)
+            apply_lego_schedule(sch, default_config(spec, num_cores(target), simd_profile(target)))
+            return sch
+        if spec_of(func, GATHER_SPEC_ATTR) is not None:
+            sch = s_tir.Schedule(func)
+            apply_gather_schedule(sch)
+            return sch
+        return None

@@ -7,6 +7,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))   # tests/reference_lego.py
 
+# Prepended to a script run in a fresh process: torch cannot be imported there (TVM itself
+# would import it when it is installed), as on a machine with only TVM and numpy.
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is not allowed here")
+sys.meta_path.insert(0, NoTorch())
+"""
+
 # A tight fp32 bound on max |error| / max |reference| (the issue's acceptance criterion).
 TOLERANCE = 1e-4
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lego_tvm
-from conftest import TOLERANCE, assert_matches_torch, relative_error
+from conftest import NO_TORCH, TOLERANCE, assert_matches_torch, relative_error
 from lego_tvm.zoo import get_model
 
 
@@ -53,13 +53,7 @@ def test_exported_library_runs_without_torch(vgg, tmp_path):
     path = compiled.export(str(tmp_path / "vgg.so"))
     assert sorted(os.listdir(tmp_path)) == ["vgg.so", "vgg.so.json"]
     np.save(tmp_path / "x.npy", x.numpy())
-    script = textwrap.dedent(f"""
-        import sys
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is not allowed here")
-        sys.meta_path.insert(0, NoTorch())
+    script = NO_TORCH + textwrap.dedent(f"""
         import numpy as np
         import lego_tvm
         model = lego_tvm.load({path!r})
