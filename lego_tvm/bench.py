@@ -10,7 +10,10 @@ same random input with the same thread count, each the median of ``repeat`` runs
 - ``tvm_no_pass``: TVM on the same imported model without the Lego pass, same schedules,
   and ``tvm_no_pass_tuned`` with the shipped tuning logs for it, when there are any;
 - ``lego_tvm``: the compiled model with default schedules, and ``lego_tvm_tuned`` with the
-  shipped tuning logs, when there are any for this machine.
+  shipped tuning logs, when there are any for this machine;
+- ``lego_tvm_onednn``: as tuned (or default), with each kernel's Lego maps computed by
+  oneDNN where that measured faster at compile time (``compute_once="auto"``), when oneDNN
+  is installed.
 """
 from __future__ import annotations
 
@@ -28,15 +31,16 @@ from .targets import TargetError, host_target, resolve_target, why_not_runnable_
 from .tuning import TuningLogError, check_log, shipped_logs
 
 COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass",
-               "tvm_no_pass_tuned", "lego_tvm", "lego_tvm_tuned")
+               "tvm_no_pass_tuned", "lego_tvm", "lego_tvm_tuned", "lego_tvm_onednn")
 LABELS = {"torch_lego": "PyTorch eager, Lego module",
           "torch_dense": "PyTorch eager, dense-folded",
           "torch_compile_dense": "torch.compile, dense-folded",
           "tvm_no_pass": "TVM without the Lego pass",
           "tvm_no_pass_tuned": "TVM without the pass, tuned",
           "lego_tvm": "lego-tvm, default schedules",
-          "lego_tvm_tuned": "lego-tvm, tuned"}
-OURS = ("lego_tvm", "lego_tvm_tuned")
+          "lego_tvm_tuned": "lego-tvm, tuned",
+          "lego_tvm_onednn": "lego-tvm, tuned, oneDNN maps where faster"}
+OURS = ("lego_tvm", "lego_tvm_tuned", "lego_tvm_onednn")
 
 
 def set_threads(threads: int) -> None:
@@ -102,19 +106,28 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     if why_not_runnable_here(target):
         raise TargetError(f"cannot time {name} for this target here: "
                           f"{why_not_runnable_here(target)}; give an RPC tracker or server")
-    for key, fuse, tuned in (("lego_tvm", True, False), ("lego_tvm_tuned", True, True),
-                             ("tvm_no_pass", False, False), ("tvm_no_pass_tuned", False, True)):
+    from .onednn import why_unavailable
+
+    variants = (("lego_tvm", True, False), ("lego_tvm_tuned", True, True),
+                ("lego_tvm_onednn", True, True), ("tvm_no_pass", False, False),
+                ("tvm_no_pass_tuned", False, True))
+    for key, fuse, tuned in variants:
+        compute_once = "auto" if key == "lego_tvm_onednn" else "tvm"
+        if compute_once == "auto" and why_unavailable():
+            progress(f"[{name}] skipping {LABELS[key]}: {why_unavailable()}")
+            continue
         logs = None
         if tuned:
             manifests = {d: _manifest_if_applies(d, target) for d in shipped_logs(target, fuse)}
             logs = [d for d, m in manifests.items()
                     if (m.get("model"), m.get("batch")) == (name, batch)]
-            if not logs:
+            if not logs and compute_once == "tvm":
                 progress(f"[{name}] no tuning log for this model and machine: skipping "
                          f"{LABELS[key]}")
                 continue
         progress(f"[{name}] compiling: {LABELS[key]}")
-        candidate = lego_compile(model, (example,), target, fuse_lego=fuse, tuning_logs=logs)
+        candidate = lego_compile(model, (example,), target, fuse_lego=fuse, tuning_logs=logs,
+                                 compute_once=compute_once, progress=progress)
         compiled[key] = candidate
         runs[key] = (lambda c: lambda: c(x))(candidate)
     fused = compiled["lego_tvm"]
@@ -125,9 +138,15 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
              f"|output| = {error:.2e} ({'ok' if error <= 1e-4 else 'MISMATCH'})")
     times = time_side_by_side(name, runs, COMPETITORS, LABELS, dense, example,
                               use_torch_compile, repeat, warmup, progress)
-    return {"model": name, "batch": batch, "input_shape": list(example.shape),
-            "median_ms": times, "max_rel_error": error,
-            "lego_layers_fused": len(fused.report.layers)}
+    result = {"model": name, "batch": batch, "input_shape": list(example.shape),
+              "median_ms": times, "max_rel_error": error,
+              "lego_layers_fused": len(fused.report.layers)}
+    if "lego_tvm_onednn" in compiled:
+        with torch.no_grad():
+            result["max_rel_error_onednn"] = max_relative_error(compiled["lego_tvm_onednn"](x),
+                                                                model(example).numpy())
+        result["compute_once"] = [c.as_dict() for c in compiled["lego_tvm_onednn"].report.compute_once]
+    return result
 
 
 def time_side_by_side(name: str, runs: dict, order, labels: dict, dense: torch.nn.Module,
@@ -173,14 +192,15 @@ def format_model_table(results: list[dict]) -> str:
 
 
 def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir: str,
-                  info: dict) -> dict[str, str]:
+                  info: dict, scaling: list[dict] | None = None) -> dict[str, str]:
     """``bench.json`` (everything), ``bench.md`` (the tables) and ``bench.png`` (charts)."""
     from .layer_bench import LAYER_LABELS
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"bench.{ext}") for ext in ("json", "md", "png")}
     with open(paths["json"], "w") as f:
-        json.dump({"machine": info, "models": models, "layers": layers}, f, indent=1)
+        json.dump({"machine": info, "models": models, "layers": layers,
+                   "scaling": scaling or []}, f, indent=1)
     with open(paths["md"], "w") as f:
         f.write(markdown + "\n")
     import matplotlib
@@ -190,6 +210,8 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
     panels = [("model", r, LABELS) for r in models]
     if layers:
         panels.append(("layers", layers, LAYER_LABELS))
+    if scaling:
+        panels.append(("scaling", scaling, None))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (kind, data, labels) in zip(axes[0], panels):
         if kind == "model":
@@ -201,6 +223,18 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
                 ax.text(v, y, f" {v:.1f}", va="center")
             ax.set_title(f"{data['model']} (batch {data['batch']})")
             ax.set_xlabel("median latency, ms (lower is better)")
+        elif kind == "scaling":
+            for count in sorted({r["threads"] for r in data}):
+                points = [r for r in data if r["threads"] == count]
+                ax.plot([r["batch"] for r in points],
+                        [r["median_ms"]["torch_dense"] / r["median_ms"]["lego_tvm"]
+                         for r in points], marker="o", label=f"{count} thread(s)")
+            ax.set_xscale("log", base=2)
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("lego-tvm speed-up vs PyTorch dense-folded")
+            ax.set_title(f"{data[0]['model']}: scaling")
+            ax.legend(fontsize=8)
         else:
             names = [r["layer"] for r in data]
             for offset, key in ((-0.2, "torch_dense"), (0.2, "torch_lego_best")):

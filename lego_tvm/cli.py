@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
     comp.add_argument("--dynamic-batch", action="store_true",
                       help="the batch size is chosen at each call (--batch is only the example)")
+    comp.add_argument("--compute-once", choices=["tvm", "onednn", "auto"], default="tvm",
+                      help="what computes the Lego feature maps: TVM's kernel (default), oneDNN, "
+                           "or per kernel whichever measures faster now (auto)")
     comp.add_argument("--tuning-logs", nargs="*", default=None,
                       help="tuning log folders to apply (default: the logs shipped for this "
                            "target; give no folder to use only the default schedules)")
@@ -100,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-layers", action="store_true", help="skip the per-layer benchmark")
     bench.add_argument("--no-torch-compile", action="store_true",
                        help="skip the torch.compile competitor (it compiles for minutes)")
+    bench.add_argument("--scaling", action="store_true",
+                       help="also time --scaling-model at batch 1, 8 and 32 on 1 and 2 threads "
+                            "against PyTorch dense-folded (minutes)")
+    bench.add_argument("--scaling-model", default="lego_resnet50")
+    bench.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 8, 32])
     bench.add_argument("--repeat", type=int, default=30)
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--out-dir", default=DEFAULT_OUT)
@@ -132,7 +140,7 @@ def _remote(args):
 
 def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads: int,
                out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
-               target=None) -> None:
+               target=None, scaling: tuple[str, list[int]] | None = None) -> None:
     from .bench import bench_model, format_model_table, machine, write_outputs
     from .layer_bench import LAYERS, bench_layer, format_layer_table
     from .peak import fma_peak_gflops
@@ -143,6 +151,11 @@ def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, thread
                                  show=print if show_report else None) for m in models]
     layer_results = [bench_layer(case, repeat, warmup, use_torch_compile, _progress)
                      for case in LAYERS] if layers else []
+    scaling_results = []
+    if scaling:
+        from .scaling_bench import THREADS, bench_scaling
+        scaling_results = bench_scaling(scaling[0], scaling[1], sorted({1, threads, *THREADS}),
+                                        repeat, warmup, _progress)
     # The machine is shared and its clock varies: the peak is the best of a measurement
     # before and one after the benchmarks.
     peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]
@@ -156,9 +169,12 @@ def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, thread
         sections.append(format_model_table(model_results))
     if layer_results:
         sections.append(format_layer_table(layer_results, peak))
+    if scaling_results:
+        from .scaling_bench import format_scaling_table
+        sections.append(format_scaling_table(scaling_results))
     markdown = "\n\n".join(sections)
     print("\n" + markdown)
-    paths = write_outputs(model_results, layer_results, markdown, out_dir, info)
+    paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results)
     print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
 
 
@@ -233,14 +249,19 @@ def _compile(args) -> None:
 
     from .bench import max_relative_error
     from .compiler import compile as lego_compile
+    from .onednn import OneDNNUnavailable
     from .targets import parse_target, why_not_runnable_here
 
     target = _target(args)
     model, inputs, run_torch = _model_and_inputs(args.model, args.batch)
     _progress(f"compiling {args.model} for {target or 'the host CPU'}")
     logs = "auto" if args.tuning_logs is None else args.tuning_logs
-    compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
-                            dynamic_batch=args.dynamic_batch)
+    try:
+        compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
+                                dynamic_batch=args.dynamic_batch,
+                                compute_once=args.compute_once, progress=_progress)
+    except OneDNNUnavailable as err:
+        raise SystemExit(f"lego-tvm: {err}") from None
     print(compiled.report)
     elsewhere = why_not_runnable_here(parse_target(compiled.target))
     if elsewhere and not args.no_check:
@@ -274,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "bench":
         _run_bench(args.models, not args.no_layers, args.repeat, args.warmup, args.threads,
                    args.out_dir, use_torch_compile=not args.no_torch_compile,
-                   target=_target(args))
+                   target=_target(args),
+                   scaling=(args.scaling_model, args.scaling_batches) if args.scaling else None)
     elif args.command == "demo":
         _run_bench(["lego_vgg16"], False, args.repeat, 5, args.threads, args.out_dir,
                    use_torch_compile=False, show_report=True)

@@ -3,12 +3,11 @@
 ``"tvm"`` (the default): TVM's generated kernel does the whole layer. ``"onednn"``: oneDNN
 computes the ``o*m`` maps (the splits folded into the batch, one convolution with the bank;
 see ``onednn.py``) and a TVM kernel does the gather-sum and its epilogue. ``"auto"``: each
-fused kernel is built and timed both ways, here and now, and the faster one is used. The
-choice is per kernel (layers with the same shapes share one); the report says which ran.
+fused kernel is built and timed both ways, here and now, and oneDNN is used where it is at
+least ``ONEDNN_MARGIN`` (10%) faster. The choice is per kernel (layers with the same shapes share one); the report says which ran.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -22,8 +21,6 @@ from . import onednn
 from .fused_op import LegoConvSpec, lego_gather_prim_func, spec_of, unpack_bank
 from .targets import why_not_runnable_here
 from .tvm_compat import const_array
-
-log = logging.getLogger("lego_tvm")
 
 CHOICES = ("tvm", "onednn", "auto")
 ONEDNN_BLOCKS = (1, 4, 8, 16)      # Lego-map layouts oneDNN writes: NCHW and nChw{4,8,16}c
@@ -80,9 +77,8 @@ def choose(mod: tvm.IRModule, target: Target, mode: str, database=None,
             if progress:
                 progress(f"compute-once backend: timing kernel {number}/{len(kernels)} "
                          f"({gvar.name_hint}) on TVM and on oneDNN")
-            choice.tvm_ms = _time_tvm(mod[gvar], spec, target, database)
-            choice.onednn_ms = _time_onednn(spec, target)
-            if choice.tvm_ms <= choice.onednn_ms:
+            choice.tvm_ms, choice.onednn_ms = _time_both(mod[gvar], spec, target, database)
+            if choice.onednn_ms > (1 - ONEDNN_MARGIN) * choice.tvm_ms:
                 choice.backend = "tvm"
         if choice.backend == "onednn":
             chosen[gvar] = spec
@@ -168,8 +164,13 @@ def _referenced(mod: tvm.IRModule, gvar) -> bool:
     return any(found)
 
 
-# Timing: each kernel alone on random data, both ways, the same way (median of Python calls).
-REPEAT, WARMUP = 10, 2
+# Timing: each kernel alone on random data, both ways, the same way (median of Python calls),
+# in alternating rounds; each way keeps its best round, so a burst of load elsewhere on a
+# shared machine does not decide. oneDNN must win by ONEDNN_MARGIN: in a whole model, the
+# hand-off between its OpenMP threads and TVM's pool costs more than the kernel alone shows
+# (measured: single layers 0.02-0.4 ms slower on oneDNN in the model than alone).
+ROUNDS, REPEAT, WARMUP = 3, 7, 2
+ONEDNN_MARGIN = 0.1
 
 
 def _random_inputs(spec: LegoConvSpec, rng) -> dict[str, np.ndarray]:
@@ -196,20 +197,30 @@ def _build_alone(func: tirx.PrimFunc, target: Target, database=None):
     return tvm.compile(mod, target=target)["main"]
 
 
-def _time_tvm(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database) -> float:
+def _time_both(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database
+               ) -> tuple[float, float]:
+    """Milliseconds of the TVM kernel and of oneDNN + the gather-sum kernel."""
     from .bench import median_ms
+
+    runs = (_tvm_run(func, spec, target, database), _onednn_run(spec, target))
+    best = [float("inf")] * len(runs)
+    for _ in range(ROUNDS):
+        for i, run in enumerate(runs):
+            best[i] = min(best[i], median_ms(run, REPEAT, WARMUP))
+    return best[0], best[1]
+
+
+def _tvm_run(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database):
     from .fused_op import pack_bank
 
     a = _random_inputs(spec, np.random.default_rng(0))
     a["bank"] = pack_bank(a["bank"], spec.bank_block)
     kernel = _build_alone(func, target, database)
     args = [tvm.runtime.tensor(v) for v in a.values()]
-    return median_ms(lambda: kernel(*args), REPEAT, WARMUP)
+    return lambda: kernel(*args)
 
 
-def _time_onednn(spec: LegoConvSpec, target: Target) -> float:
-    from .bench import median_ms
-
+def _onednn_run(spec: LegoConvSpec, target: Target):
     a = _random_inputs(spec, np.random.default_rng(0))
     gather = _build_alone(lego_gather_prim_func(spec), target)
     conv = tvm.get_global_func(onednn.FUNCTION)
@@ -221,4 +232,4 @@ def _time_onednn(spec: LegoConvSpec, target: Target) -> float:
     def run():
         conv(t["x"], t["bank"], params, maps)
         gather(maps, *rest)
-    return median_ms(run, REPEAT, WARMUP)
+    return run

@@ -27,13 +27,14 @@ class LayerCase:
 LAYERS = [LayerCase(128, 56, 1), LayerCase(256, 28, 1), LayerCase(512, 14, 1),
           LayerCase(128, 56, 2), LayerCase(256, 28, 2), LayerCase(512, 14, 2)]
 LAYER_COMPETITORS = ("torch_lego", "torch_dense", "torch_lego_best", "torch_compile_dense",
-                     "tvm_no_pass", "lego_tvm", "lego_tvm_once")
+                     "tvm_no_pass", "lego_tvm", "lego_tvm_onednn", "lego_tvm_once")
 LAYER_LABELS = {"torch_lego": "PyTorch, authors' formulation",
                 "torch_dense": "PyTorch, dense-folded (oneDNN)",
                 "torch_lego_best": "PyTorch, batch-folded Lego",
                 "torch_compile_dense": "torch.compile, dense-folded",
                 "tvm_no_pass": "TVM without the Lego pass",
                 "lego_tvm": "lego-tvm",
+                "lego_tvm_onednn": "lego-tvm, maps on oneDNN",
                 "lego_tvm_once": "lego-tvm compute-once stage alone"}
 
 
@@ -46,6 +47,7 @@ def _macs(case: LayerCase) -> dict[str, int]:
     return {"torch_lego": once + n * o * m * pixels, "tvm_no_pass": once + n * o * m * pixels,
             "torch_dense": dense, "torch_compile_dense": dense,
             "torch_lego_best": once + n * o * pixels, "lego_tvm": once + n * o * pixels,
+            "lego_tvm_onednn": once + n * o * pixels,
             "lego_tvm_once": once}
 
 
@@ -53,6 +55,7 @@ def bench_layer(case: LayerCase, repeat: int, warmup: int, use_torch_compile: bo
                 progress: Callable[[str], None]) -> dict:
     from .compiler import compile as lego_compile
     from .lego_conv import BatchFoldedLegoConv2d, LegoConv2d
+    from .onednn import why_unavailable
     from .zoo import fold_lego_to_dense
 
     torch.manual_seed(0)
@@ -76,9 +79,13 @@ def bench_layer(case: LayerCase, repeat: int, warmup: int, use_torch_compile: bo
     runs = {"torch_lego": lambda: layer(x), "torch_dense": lambda: dense(x),
             "torch_lego_best": lambda: best(x), "tvm_no_pass": lambda: plain(xn),
             "lego_tvm": lambda: fused(xn), "lego_tvm_once": lambda: once(x_once_n)}
+    if why_unavailable() is None:
+        on_onednn = lego_compile(layer, (x,), compute_once="onednn")
+        runs["lego_tvm_onednn"] = lambda: on_onednn(xn)
     with torch.no_grad():
         reference = layer(x).numpy()
-    error = max_relative_error(fused(xn), reference)
+    error = max(max_relative_error(runs[k](), reference)
+                for k in ("lego_tvm", "lego_tvm_onednn") if k in runs)
     times = time_side_by_side(case.name, runs, LAYER_COMPETITORS, LAYER_LABELS, dense, x,
                               use_torch_compile, repeat, warmup, progress)
     macs = _macs(case)
