@@ -194,7 +194,7 @@ def format_model_table(results: list[dict]) -> str:
 def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir: str,
                   info: dict, scaling: list[dict] | None = None) -> dict[str, str]:
     """``bench.json`` (everything), ``bench.md`` (the tables) and ``bench.png`` (charts)."""
-    from .layer_bench import LAYER_LABELS
+    from .layer_bench import LAYER_LABELS, ours_ms
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"bench.{ext}") for ext in ("json", "md", "png")}
@@ -239,7 +239,7 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
             names = [r["layer"] for r in data]
             for offset, key in ((-0.2, "torch_dense"), (0.2, "torch_lego_best")):
                 ax.barh(np.arange(len(data)) + offset,
-                        [r["median_ms"][key] / r["median_ms"]["lego_tvm"] for r in data],
+                        [r["median_ms"][key] / ours_ms(r) for r in data],
                         height=0.4, label=f"vs {labels[key]}")
             ax.axvline(1.0, color="black", linewidth=0.8)
             ax.set_yticks(np.arange(len(data)), names)

@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                     "(MetaSchedule's JSON database plus manifest.json) goes to --log-dir; rerun "
                     "the same command to continue an interrupted run. compile applies the log "
                     "with --tuning-logs DIR (and shipped logs automatically).")
-    tune.add_argument("model", help="zoo model name or path to a .pt2 file")
+    tune.add_argument("model", help="zoo model name, path to a .pt2 file, or bench_layers "
+                                    "(the kernels of bench's single-layer table)")
     tune.add_argument("--trials", type=int, default=64, help="total trial budget (default: 64)")
     tune.add_argument("--log-dir", help="where the log goes (default: "
                                         "tuning_logs/<target key>/<model>-b<batch>)")
@@ -198,6 +199,10 @@ def _model_and_inputs(name: str, batch: int):
     if name in MODELS:
         model, example = get_model(name, batch=batch)
         return model, (example,), model
+    if name == "bench_layers":          # the layer benchmark's kernels, for tuning (batch 1)
+        from .layer_bench import BenchLayers
+        model = BenchLayers().eval()
+        return model, model.example, model
     program, inputs = _load_program(name)
     return program, inputs, program.module()
 

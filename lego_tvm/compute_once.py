@@ -95,11 +95,30 @@ def _why_not_onednn(target: Target) -> str | None:
     return onednn.why_unavailable()
 
 
+def weight_block(spec: LegoConvSpec) -> int:
+    """The block of the bank's layout for oneDNN: that of its fast AVX2 (8) or AVX-512 (16)
+    kernels, the bank's SIMD packing, where both channel counts divide; else 1 (plain)."""
+    block = spec.bank_block
+    fits = block in (8, 16) and spec.split_channels % block == 0
+    return block if fits and spec.lego_filters % block == 0 else 1
+
+
+def onednn_bank(bank: np.ndarray, block: int) -> np.ndarray:
+    """``[m, b, kh, kw]`` -> oneDNN's ``OIhw<B>i<B>o``, ``[m/B, b/B, kh, kw, B(i), B(o)]``,
+    done once here instead of on every call (block 1: unchanged)."""
+    if block == 1:
+        return bank
+    m, b, kh, kw = bank.shape
+    return np.ascontiguousarray(bank.reshape(m // block, block, b // block, block, kh, kw)
+                                .transpose(0, 2, 4, 5, 3, 1))
+
+
 def _implementation(spec: LegoConvSpec) -> str:
     """oneDNN's implementation for this shape, e.g. "jit:avx2"."""
     s = spec
     dims = [(s.batch or 1) * s.splits, s.split_channels, s.height, s.width, s.lego_filters,
-            *s.kernel, s.out_height, s.out_width, *s.stride, *s.padding[:2], *s.padding[2:]]
+            *s.kernel, s.out_height, s.out_width, *s.stride, *s.padding[:2], *s.padding[2:],
+            weight_block(s)]
     return "oneDNN " + str(tvm.get_global_func("lego_tvm.onednn_implementation")(
         tvm.runtime.ShapeTuple(dims)))
 
@@ -134,10 +153,11 @@ class _UseOneDNN(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         x, bank, *rest = [self.visit_expr(a) for a in call.args[1].fields]
-        plain = relax.const(unpack_bank(const_array(bank), spec.bank_block))
+        weights = onednn_bank(unpack_bank(const_array(bank), spec.bank_block),
+                              weight_block(spec))
         batch = binding.var.ty.shape[0]
         maps = self.builder_.emit(relax.call_dps_packed(
-            onednn.FUNCTION, [x, plain, relax.ShapeExpr(_params(spec))],
+            onednn.FUNCTION, [x, relax.const(weights), relax.ShapeExpr(_params(spec))],
             out_ty=relax.TensorType(_maps_shape(spec, batch), spec.dtype)), "lego_maps")
         gather = self.builder_.add_func(lego_gather_prim_func(spec), "lego_gather_sum")
         new = self.builder_.normalize(relax.call_tir(gather, [maps, *rest], out_ty=binding.var.ty))
@@ -200,14 +220,18 @@ def _build_alone(func: tirx.PrimFunc, target: Target, database=None):
 def _time_both(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database
                ) -> tuple[float, float]:
     """Milliseconds of the TVM kernel and of oneDNN + the gather-sum kernel."""
+    best = _best_of_rounds([_tvm_run(func, spec, target, database), _onednn_run(spec, target)])
+    return best[0], best[1]
+
+
+def _best_of_rounds(runs: list) -> list[float]:
     from .bench import median_ms
 
-    runs = (_tvm_run(func, spec, target, database), _onednn_run(spec, target))
     best = [float("inf")] * len(runs)
     for _ in range(ROUNDS):
         for i, run in enumerate(runs):
             best[i] = min(best[i], median_ms(run, REPEAT, WARMUP))
-    return best[0], best[1]
+    return best
 
 
 def _tvm_run(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database):
@@ -222,6 +246,7 @@ def _tvm_run(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database):
 
 def _onednn_run(spec: LegoConvSpec, target: Target):
     a = _random_inputs(spec, np.random.default_rng(0))
+    a["bank"] = onednn_bank(a["bank"], weight_block(spec))
     gather = _build_alone(lego_gather_prim_func(spec), target)
     conv = tvm.get_global_func(onednn.FUNCTION)
     t = {k: tvm.runtime.tensor(v) for k, v in a.items()}
@@ -233,3 +258,16 @@ def _onednn_run(spec: LegoConvSpec, target: Target):
         conv(t["x"], t["bank"], params, maps)
         gather(maps, *rest)
     return run
+
+
+def time_models(executables: list, example_inputs) -> list[float]:
+    """Median milliseconds of each VM executable on random inputs shaped like
+    ``example_inputs`` (torch tensors), in alternating rounds, best round each."""
+    rng = np.random.default_rng(0)
+    arrays = [tvm.runtime.tensor(rng.standard_normal(tuple(t.shape)).astype(np.float32))
+              for t in example_inputs]
+    runs = []
+    for executable in executables:
+        main = relax.VirtualMachine(executable, tvm.cpu())["main"]
+        runs.append(lambda main=main: main(*arrays))
+    return _best_of_rounds(runs)

@@ -60,6 +60,7 @@ class LegoReport:
     dense_convs: list[LegoLayerReport] = field(default_factory=list)   # ordinary convs on the kernel
     tuned_kernels: list[str] = field(default_factory=list)   # scheduled from a tuning log
     compute_once: list = field(default_factory=list)   # compute_once.KernelChoice per kernel
+    compute_once_check: dict = field(default_factory=dict)   # "auto": whole-model times
 
     def backend_of(self, layer: LegoLayerReport) -> str:
         """What computed this layer's Lego feature maps: "tvm" or "onednn"."""
@@ -86,6 +87,7 @@ class LegoReport:
                 "dense_convs": [c.as_dict() for c in self.dense_convs],
                 "tuned_kernels": self.tuned_kernels,
                 "compute_once": [c.as_dict() for c in self.compute_once],
+                "compute_once_check": self.compute_once_check,
                 "totals": self.totals}
 
     def __str__(self) -> str:
@@ -124,6 +126,10 @@ class LegoReport:
                      + (f" ({tuned})" if tuned else "; all use the hand-written default schedules"))
         if self.compute_once:
             lines.append(_compute_once_summary(self.compute_once))
+        if self.compute_once_check:
+            c = self.compute_once_check
+            lines.append(f"whole model: {c['onednn_ms']:.2f} ms with oneDNN where it was faster "
+                         f"alone, {c['tvm_only_ms']:.2f} ms on TVM only")
         for skip in self.skipped:
             lines.append(f"not rewritten: {skip.name}: {skip.reason}")
         return "\n".join(lines)

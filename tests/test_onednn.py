@@ -54,10 +54,19 @@ def test_auto_times_each_kernel_and_takes_onednn_only_when_clearly_faster():
     compiled = lego_tvm.compile(model, (x,), compute_once="auto", progress=lines.append)
     choices = compiled.report.compute_once
     assert len(choices) == 2 and len(lines) == 2
+    check = compiled.report.compute_once_check
     for choice in choices:
         assert choice.tvm_ms > 0 and choice.onednn_ms > 0
         faster = choice.onednn_ms <= (1 - compute_once.ONEDNN_MARGIN) * choice.tvm_ms
-        assert choice.backend == ("onednn" if faster else "tvm")
+        if faster:
+            # Then the whole model is timed both ways, and that decides.
+            assert check["onednn_ms"] > 0 and check["tvm_only_ms"] > 0
+            kept = check["onednn_ms"] < check["tvm_only_ms"]
+            assert choice.backend == ("onednn" if kept else "tvm")
+            assert kept or "whole model was not" in choice.note
+        else:
+            assert choice.backend == "tvm"
+    assert compiled.uses_onednn == any(c.backend == "onednn" for c in choices)
     assert "timed each way" in str(compiled.report)
     assert_matches_torch(compiled, model, (x,))
 
@@ -133,3 +142,20 @@ def test_missing_onednn_is_a_clear_error_and_auto_falls_back(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, timeout=300,
                             capture_output=True, text=True)
     assert result.stdout.strip().endswith("OK"), result.stderr[-2000:]
+
+
+def test_auto_lets_the_whole_model_overrule_kernels_timed_alone(monkeypatch):
+    """Kernels timed alone say oneDNN (forced here); the whole model, timed both ways for
+    real, decides whether that stands, and the output is right either way."""
+    monkeypatch.setattr(compute_once, "_time_both", lambda *args: (1.0, 0.5))
+    model = nn.Sequential(LegoConv2d(16, 16, 3, 2, 0.5), nn.ReLU(),
+                          LegoConv2d(16, 16, 3, 2, 0.5)).eval()
+    x = torch.randn(1, 16, 12, 12)
+    compiled = lego_tvm.compile(model, (x,), compute_once="auto")
+    check = compiled.report.compute_once_check
+    assert check["onednn_ms"] > 0 and check["tvm_only_ms"] > 0
+    kept = check["onednn_ms"] < check["tvm_only_ms"]
+    assert {c.backend for c in compiled.report.compute_once} == {"onednn" if kept else "tvm"}
+    assert compiled.uses_onednn == kept
+    assert "whole model:" in str(compiled.report)
+    assert_matches_torch(compiled, model, (x,))

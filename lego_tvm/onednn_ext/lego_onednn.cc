@@ -2,7 +2,9 @@
 //
 // lego_tvm.onednn_conv2d(x, bank, params, out):
 //   x      float32 [N, o*b, H, W] (NCHW, compact)
-//   bank   float32 [m, b, kh, kw]
+//   bank   float32 [m, b, kh, kw] (oihw), or blocked by B = 8 or 16 as oneDNN's AVX2 / AVX-512
+//          kernels want it, [m/B, b/B, kh, kw, B, B] (OIhw8i8o / OIhw16i16o), packed once
+//          at compile time so that no call reorders the weights
 //   params [o, stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, block]
 //   out    float32 [N, o, m/block, OH, OW, block]: the o*m Lego feature maps in the layout the
 //          TVM gather-sum reads (nChw<block>c of the [N*o, m, OH, OW] maps; block 1 is NCHW)
@@ -33,6 +35,18 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+Tag WeightTag(int64_t block) {
+  switch (block) {
+    case 1: return Tag::oihw;
+    case 8: return Tag::OIhw8i8o;
+    case 16: return Tag::OIhw16i16o;
+    default:
+      TVM_FFI_THROW(ValueError) << "lego_tvm.onednn_conv2d: weight block " << block
+                                << " is not one of 1, 8, 16";
+  }
+  return Tag::oihw;
+}
+
 Tag BlockedTag(int64_t block) {
   switch (block) {
     case 1: return Tag::nchw;
@@ -52,7 +66,7 @@ struct Conv {
   dnnl::convolution_forward primitive;
   memory::desc user_src, user_weights, user_dst;
   memory src, weights, dst;           // the primitive's own, when they differ from ours
-  bool reorder_src, reorder_dst;
+  bool reorder_src, reorder_weights, reorder_dst;
   std::string impl;
 };
 
@@ -62,29 +76,32 @@ std::map<std::vector<int64_t>, std::unique_ptr<Conv>> cache;
 std::unique_ptr<Conv> MakeConv(const memory::dims& src_dims, const memory::dims& weight_dims,
                                const memory::dims& dst_dims, const memory::dims& strides,
                                const memory::dims& pad_l, const memory::dims& pad_r,
-                               int64_t block) {
+                               int64_t block, int64_t weight_block) {
   auto f32 = memory::data_type::f32;
-  memory::desc src_any(src_dims, f32, Tag::any), weights_any(weight_dims, f32, Tag::any),
-      dst_any(dst_dims, f32, Tag::any);
+  // The weights come in the layout given (chosen at compile time for this CPU's kernels);
+  // where no fast kernel takes it, oneDNN picks a slower one, never a wrong one.
+  memory::desc src_any(src_dims, f32, Tag::any),
+      weights_given(weight_dims, f32, WeightTag(weight_block)), dst_any(dst_dims, f32, Tag::any);
 #if DNNL_VERSION_MAJOR >= 3
   dnnl::convolution_forward::primitive_desc pd(
       Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-      src_any, weights_any, dst_any, strides, pad_l, pad_r);
+      src_any, weights_given, dst_any, strides, pad_l, pad_r);
 #else
   dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference,
-                                       dnnl::algorithm::convolution_direct, src_any, weights_any,
-                                       dst_any, strides, pad_l, pad_r);
+                                       dnnl::algorithm::convolution_direct, src_any,
+                                       weights_given, dst_any, strides, pad_l, pad_r);
   dnnl::convolution_forward::primitive_desc pd(desc, Engine());
 #endif
   auto conv = std::make_unique<Conv>();
   conv->primitive = dnnl::convolution_forward(pd);
   conv->user_src = memory::desc(src_dims, f32, Tag::nchw);
-  conv->user_weights = memory::desc(weight_dims, f32, Tag::oihw);
+  conv->user_weights = weights_given;
   conv->user_dst = memory::desc(dst_dims, f32, BlockedTag(block));
   conv->reorder_src = pd.src_desc() != conv->user_src;
+  conv->reorder_weights = pd.weights_desc() != conv->user_weights;
   conv->reorder_dst = pd.dst_desc() != conv->user_dst;
   if (conv->reorder_src) conv->src = memory(pd.src_desc(), Engine());
-  conv->weights = memory(pd.weights_desc(), Engine());
+  if (conv->reorder_weights) conv->weights = memory(pd.weights_desc(), Engine());
   if (conv->reorder_dst) conv->dst = memory(pd.dst_desc(), Engine());
   conv->impl = pd.impl_info_str();
   return conv;
@@ -105,14 +122,20 @@ void* Data(const tvm::ffi::TensorView& t) {
 void Conv2d(tvm::ffi::TensorView x, tvm::ffi::TensorView bank, tvm::ffi::Shape params,
             tvm::ffi::TensorView out) {
   CheckTensor(x, "x", 4);
-  CheckTensor(bank, "bank", 4);
+  CheckTensor(bank, "bank", bank.ndim() == 6 ? 6 : 4);
   CheckTensor(out, "out", 6);
   if (params.size() != 8) {
     TVM_FFI_THROW(ValueError) << "lego_tvm.onednn_conv2d: params has " << params.size()
                               << " values, expected 8";
   }
   int64_t splits = params[0], block = params[7];
-  int64_t n = x.size(0), c = x.size(1), m = bank.size(0), b = bank.size(1);
+  int64_t weight_block = bank.ndim() == 6 ? bank.size(4) : 1;
+  if (bank.ndim() == 6 && bank.size(5) != weight_block) {
+    TVM_FFI_THROW(ValueError) << "lego_tvm.onednn_conv2d: blocked bank must be [m/B, b/B, kh, "
+                                 "kw, B, B]";
+  }
+  int64_t n = x.size(0), c = x.size(1), m = bank.size(0) * weight_block,
+          b = bank.size(1) * weight_block;
   if (splits < 1 || c != splits * b || out.size(0) != n || out.size(1) != splits ||
       out.size(2) * out.size(5) != m || out.size(5) != block) {
     TVM_FFI_THROW(ValueError) << "lego_tvm.onednn_conv2d: shapes do not agree (x channels " << c
@@ -127,22 +150,28 @@ void Conv2d(tvm::ffi::TensorView x, tvm::ffi::TensorView bank, tvm::ffi::Shape p
 
   std::lock_guard<std::mutex> lock(mutex);
   std::vector<int64_t> key{src_dims[0], src_dims[1], src_dims[2], src_dims[3], m,
-                           bank.size(2), bank.size(3), dst_dims[2], dst_dims[3]};
+                           bank.size(2), bank.size(3), dst_dims[2], dst_dims[3], weight_block};
   key.insert(key.end(), params.begin(), params.end());
   auto& conv = cache[key];
   try {
-    if (!conv) conv = MakeConv(src_dims, weight_dims, dst_dims, strides, pad_l, pad_r, block);
+    if (!conv) {
+      conv = MakeConv(src_dims, weight_dims, dst_dims, strides, pad_l, pad_r, block,
+                      weight_block);
+    }
     dnnl::stream stream(Engine());
     memory user_src(conv->user_src, Engine(), Data(x));
     memory user_weights(conv->user_weights, Engine(), Data(bank));
     memory user_dst(conv->user_dst, Engine(), Data(out));
     memory src = conv->reorder_src ? conv->src : user_src;
+    memory weights = conv->reorder_weights ? conv->weights : user_weights;
     memory dst = conv->reorder_dst ? conv->dst : user_dst;
     if (conv->reorder_src) dnnl::reorder(user_src, src).execute(stream, user_src, src);
-    // The weights are reordered on every call: a cached copy keyed by address could go stale.
-    dnnl::reorder(user_weights, conv->weights).execute(stream, user_weights, conv->weights);
+    // Reordered on every call if ever needed: a copy cached by address could go stale.
+    if (conv->reorder_weights) {
+      dnnl::reorder(user_weights, weights).execute(stream, user_weights, weights);
+    }
     conv->primitive.execute(stream, {{DNNL_ARG_SRC, src},
-                                     {DNNL_ARG_WEIGHTS, conv->weights},
+                                     {DNNL_ARG_WEIGHTS, weights},
                                      {DNNL_ARG_DST, dst}});
     if (conv->reorder_dst) dnnl::reorder(dst, user_dst).execute(stream, dst, user_dst);
     stream.wait();
@@ -153,16 +182,18 @@ void Conv2d(tvm::ffi::TensorView x, tvm::ffi::TensorView bank, tvm::ffi::Shape p
 }
 
 // The oneDNN implementation chosen for a shape (for the report), e.g. "jit:avx2".
+// The oneDNN implementation chosen for a shape (for the report), e.g. "jit:avx2", and
+// whether it reorders the weights on every call (" (reorders weights)").
 tvm::ffi::String Implementation(tvm::ffi::Shape dims) {
-  if (dims.size() != 15) {
-    TVM_FFI_THROW(ValueError) << "lego_tvm.onednn_implementation: expected 15 values, got "
+  if (dims.size() != 16) {
+    TVM_FFI_THROW(ValueError) << "lego_tvm.onednn_implementation: expected 16 values, got "
                               << dims.size();
   }
-  // dims: N*o, b, H, W, m, kh, kw, OH, OW, sh, sw, pt, pl, pb, pr
+  // dims: N*o, b, H, W, m, kh, kw, OH, OW, sh, sw, pt, pl, pb, pr, weight block
   auto conv = MakeConv({dims[0], dims[1], dims[2], dims[3]}, {dims[4], dims[1], dims[5], dims[6]},
                        {dims[0], dims[4], dims[7], dims[8]}, {dims[9], dims[10]},
-                       {dims[11], dims[12]}, {dims[13], dims[14]}, 1);
-  return conv->impl;
+                       {dims[11], dims[12]}, {dims[13], dims[14]}, 1, dims[15]);
+  return conv->impl + (conv->reorder_weights ? " (reorders weights)" : "");
 }
 
 tvm::ffi::String Version() {
