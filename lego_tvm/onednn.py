@@ -104,8 +104,10 @@ def load() -> str:
         raise OneDNNUnavailable(_failure)
     try:
         path = extension_path()
-        # oneDNN's OpenMP threads must not spin between calls: TVM's own thread pool runs the
-        # kernels around them on the same cores. Read by libgomp when it loads.
+        # oneDNN's OpenMP threads should not spin between calls: TVM's own thread pool runs
+        # the kernels around them on the same cores. libgomp reads this when it loads; where
+        # PyTorch's libgomp.so.1 is loaded already, oneDNN shares it and its setting (which
+        # is why compile(compute_once="auto") times the whole model too).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if "TVM_NUM_THREADS" in os.environ:
             os.environ.setdefault("OMP_NUM_THREADS", os.environ["TVM_NUM_THREADS"])

@@ -6,6 +6,7 @@ from tvm.target import Target
 
 from lego_tvm import pipeline
 from lego_tvm.importer import export_program, to_relax
+from lego_tvm.layer_bench import BenchLayers
 from lego_tvm.tuning import check_log, open_database, read_manifest
 from lego_tvm.zoo import MODELS, get_model
 
@@ -28,9 +29,8 @@ def test_every_lego_kernel_finds_its_record(log_dir):
     manifest = read_manifest(log_dir)
     target = Target(manifest["target"])
     check_log(log_dir, target)
-    assert manifest["model"] in MODELS
-    model, x = get_model(manifest["model"], batch=manifest["batch"])
-    mod, report = pipeline.fuse_convs(to_relax(export_program(model, (x,))), target,
+    model, inputs = _tuned_model(manifest)
+    mod, report = pipeline.fuse_convs(to_relax(export_program(model, inputs)), target,
                                       lego=manifest.get("lego_pass", True))
     mod = pipeline.lower(mod, target)
     lego_kernels = {gv.name_hint for gv in mod.get_global_vars()
@@ -39,6 +39,16 @@ def test_every_lego_kernel_finds_its_record(log_dir):
     _, tuned = pipeline.schedule(mod, target, open_database([log_dir], target, strict=True))
     missing = sorted(lego_kernels - set(tuned))
     assert not missing, f"no tuned record in {log_dir} for {missing}"
+
+
+def _tuned_model(manifest: dict):
+    """The model a log was tuned for: a zoo model, or the layer benchmark's kernels."""
+    if manifest["model"] == "bench_layers":
+        model = BenchLayers().eval()
+        return model, model.example
+    assert manifest["model"] in MODELS
+    model, x = get_model(manifest["model"], batch=manifest["batch"])
+    return model, (x,)
 
 
 def test_every_shipped_log_comes_from_real_hardware_that_its_manifest_names():
