@@ -145,7 +145,9 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
         with torch.no_grad():
             result["max_rel_error_onednn"] = max_relative_error(compiled["lego_tvm_onednn"](x),
                                                                 model(example).numpy())
-        result["compute_once"] = [c.as_dict() for c in compiled["lego_tvm_onednn"].report.compute_once]
+        report = compiled["lego_tvm_onednn"].report
+        result["compute_once"] = [c.as_dict() for c in report.compute_once]
+        result["compute_once_check"] = report.compute_once_check
     return result
 
 
