@@ -132,7 +132,8 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
         runs[key] = (lambda c: lambda: c(x))(candidate)
     fused = compiled["lego_tvm"]
     with torch.no_grad():
-        error = max_relative_error(fused(x), model(example).numpy())
+        reference = model(example).numpy()
+    error = max_relative_error(fused(x), reference)
     if show is not None:
         show(f"{fused.report}\ncheck against PyTorch on a random input: max error / max "
              f"|output| = {error:.2e} ({'ok' if error <= 1e-4 else 'MISMATCH'})")
@@ -142,9 +143,8 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
               "median_ms": times, "max_rel_error": error,
               "lego_layers_fused": len(fused.report.layers)}
     if "lego_tvm_onednn" in compiled:
-        with torch.no_grad():
-            result["max_rel_error_onednn"] = max_relative_error(compiled["lego_tvm_onednn"](x),
-                                                                model(example).numpy())
+        result["max_rel_error_onednn"] = max_relative_error(compiled["lego_tvm_onednn"](x),
+                                                            reference)
         report = compiled["lego_tvm_onednn"].report
         result["compute_once"] = [c.as_dict() for c in report.compute_once]
         result["compute_once_check"] = report.compute_once_check

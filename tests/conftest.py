@@ -1,5 +1,7 @@
 import os
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -17,6 +19,24 @@ class NoTorch:
             raise ImportError("torch is not allowed here")
 sys.meta_path.insert(0, NoTorch())
 """
+
+def run_exported_without_torch(path: str, x: np.ndarray, folder) -> np.ndarray:
+    """Load the model exported at ``path`` with ``lego_tvm.load`` in a fresh process where
+    torch cannot be imported, run it on ``x`` and return its output. Runs outside the
+    checkout: the installed package (the checkout's lego_tvm lacks the schedules/ mapping
+    that installing adds)."""
+    np.save(os.path.join(folder, "x.npy"), x)
+    out = os.path.join(folder, "out.npy")
+    script = NO_TORCH + textwrap.dedent(f"""
+        import numpy as np
+        import lego_tvm
+        model = lego_tvm.load({str(path)!r})
+        np.save({out!r}, model(np.load({os.path.join(folder, 'x.npy')!r})))
+        assert "torch" not in sys.modules
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, cwd=folder)
+    return np.load(out)
+
 
 # A tight fp32 bound on max |error| / max |reference| (the issue's acceptance criterion).
 TOLERANCE = 1e-4

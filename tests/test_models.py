@@ -2,16 +2,14 @@
 totals as in LEGONET.md, and an exported library that runs in a process without torch."""
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
 import lego_tvm
-from conftest import NO_TORCH, TOLERANCE, assert_matches_torch, relative_error
+from conftest import (TOLERANCE, assert_matches_torch, relative_error,
+                      run_exported_without_torch)
 from lego_tvm.zoo import get_model
 
 
@@ -52,18 +50,7 @@ def test_exported_library_runs_without_torch(vgg, tmp_path):
     model, x, compiled = vgg
     path = compiled.export(str(tmp_path / "vgg.so"))
     assert sorted(os.listdir(tmp_path)) == ["vgg.so", "vgg.so.json"]
-    np.save(tmp_path / "x.npy", x.numpy())
-    script = NO_TORCH + textwrap.dedent(f"""
-        import numpy as np
-        import lego_tvm
-        model = lego_tvm.load({path!r})
-        np.save({str(tmp_path / 'out.npy')!r}, model(np.load({str(tmp_path / 'x.npy')!r})))
-        assert "torch" not in sys.modules
-    """)
-    # Outside the checkout: the installed package (the checkout's lego_tvm lacks the
-    # schedules/ mapping that installing adds).
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, cwd=tmp_path)
-    out = np.load(tmp_path / "out.npy")
+    out = run_exported_without_torch(path, x.numpy(), tmp_path)
     np.testing.assert_array_equal(out, compiled(x.numpy()))
     with open(path + ".json") as f:
         assert len(json.load(f)["report"]["layers"]) == 14

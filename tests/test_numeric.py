@@ -41,6 +41,15 @@ class LegoBlock(nn.Module):
         return torch.relu(y) if self.relu else y
 
 
+def block_inputs(block: LegoBlock, batch: int, c: int, size: int) -> tuple:
+    """A random input, and a random residual of the output's shape when the block adds one."""
+    x = torch.randn(batch, c, size, size)
+    if not block.residual:
+        return (x,)
+    with torch.no_grad():
+        return (x, torch.randn_like(block.conv(x)))
+
+
 EPILOGUES = ["", "bn", "bn+relu", "bn+residual+relu", "relu", "residual"]
 # Every (o, kernel, stride, batch) combination; c, n, ratio, size and epilogue cycle through.
 GRID = [(o, d, s, batch, [4, 8, 12][i % 3] * o // (o if i % 2 else 1), [4, 8, 16][i % 3],
@@ -58,11 +67,7 @@ def _channels(c, o):
 def test_single_lego_layer(o, d, stride, batch, c, n, ratio, size, epilogue):
     c = _channels(c, o)
     block = LegoBlock(c, n, d, o, ratio, stride, epilogue).eval()
-    x = torch.randn(batch, c, size, size)
-    inputs = (x,)
-    if block.residual:
-        with torch.no_grad():
-            inputs = (x, torch.randn_like(block.conv(x)))
+    inputs = block_inputs(block, batch, c, size)
     compiled = lego_tvm.compile(block, inputs)
     assert len(compiled.report.layers) == 1, compiled.report
     layer = compiled.report.layers[0]

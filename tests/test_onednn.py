@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 import lego_tvm
-from conftest import NO_TORCH, assert_matches_torch
+from conftest import assert_matches_torch, run_exported_without_torch
 from lego_tvm import LegoConv2d, compute_once, onednn
 from lego_tvm.targets import PRESETS
 from reference_lego import AuthorsLegoConv2d
-from test_numeric import LegoBlock
+from test_numeric import LegoBlock, block_inputs
 
 # (c, n, kernel, splits, ratio, stride, batch, size, epilogue): blocks of 8 (AVX2), 4 and 1
 # Lego filters, 1x1 / 3x3 / 5x5, strides, batches, every epilogue.
@@ -33,11 +33,7 @@ CASES = [(16, 16, 3, 2, 0.5, 1, 1, 9, "bn+relu"),
                               for c in CASES])
 def test_onednn_maps_match_torch(c, n, d, o, ratio, stride, batch, size, epilogue):
     block = LegoBlock(c, n, d, o, ratio, stride, epilogue).eval()
-    x = torch.randn(batch, c, size, size)
-    inputs = (x,)
-    if block.residual:
-        with torch.no_grad():
-            inputs = (x, torch.randn_like(block.conv(x)))
+    inputs = block_inputs(block, batch, c, size)
     compiled = lego_tvm.compile(block, inputs, compute_once="onednn")
     [layer] = compiled.report.layers
     assert compiled.report.backend_of(layer) == "onednn", compiled.report
@@ -99,16 +95,9 @@ def test_exported_model_says_what_it_needs_and_loads_it(tmp_path):
     with open(path + ".json") as f:
         needs = json.load(f)["needs"]
     assert len(needs) == 1 and "oneDNN" in needs[0] and "libdnnl" in needs[0]
-    np.save(tmp_path / "x.npy", x.numpy())
-    script = NO_TORCH + textwrap.dedent(f"""
-        import numpy as np
-        import lego_tvm
-        model = lego_tvm.load({path!r})
-        np.save({str(tmp_path / 'out.npy')!r}, model(np.load({str(tmp_path / 'x.npy')!r})))
-        assert "torch" not in sys.modules
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, cwd=tmp_path)
-    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), compiled(x.numpy()))
+    out = run_exported_without_torch(path, x.numpy(), tmp_path)
+    np.testing.assert_array_equal(out, compiled(x.numpy()))
+
 
 
 def test_unknown_choice_and_other_targets_are_refused():
