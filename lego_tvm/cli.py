@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--compute-once", choices=["tvm", "onednn", "auto"], default="tvm",
                       help="what computes the Lego feature maps: TVM's kernel (default), oneDNN, "
                            "or per kernel whichever measures faster now (auto)")
+    _add_layout(comp)
     comp.add_argument("--tuning-logs", nargs="*", default=None,
                       help="tuning log folders to apply (default: the logs shipped for this "
                            "target; give no folder to use only the default schedules)")
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--all-kernels", action="store_true",
                       help="also tune pooling, matmul and elementwise kernels (default: only "
                            "the fused conv kernels)")
+    _add_layout(tune)
     tune.add_argument("--no-lego-pass", action="store_true",
                       help="tune the model without the Lego pass (the comparison baseline)")
     _add_remote(tune)
@@ -230,6 +232,12 @@ def _run_remote_bench(args) -> None:
     print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
 
 
+def _add_layout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", choices=["NCHW", "NCHWc"], default="NCHW",
+                   help="tensors between fused kernels: NCHW (default) or NCHWc, blocked "
+                        "channels (NCHW8c on AVX2) carried from kernel to kernel")
+
+
 def _tune(args) -> None:
     from .targets import resolve_target
     from .tuning import target_key, tune
@@ -239,12 +247,13 @@ def _tune(args) -> None:
     target = _target(args)
     log_dir = args.log_dir or os.path.join(
         "tuning_logs", target_key(resolve_target(target)),
-        f"{name}-b{args.batch}{'-nopass' if args.no_lego_pass else ''}")
+        f"{name}-b{args.batch}{'-nopass' if args.no_lego_pass else ''}"
+        f"{'-nchwc' if args.layout == 'NCHWc' else ''}")
     # MetaSchedule prints its per-task progress table through Python logging.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
     manifest = tune(model, inputs, log_dir, target=target, trials=args.trials, model_name=name,
                     lego=not args.no_lego_pass, all_kernels=args.all_kernels,
-                    remote=_remote(args))
+                    remote=_remote(args), layout=args.layout)
     print(f"{log_dir}: {manifest['trials']} records for {manifest['model']} "
           f"({manifest['target']}); compile applies them with --tuning-logs {log_dir}")
 
@@ -264,7 +273,8 @@ def _compile(args) -> None:
     try:
         compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
                                 dynamic_batch=args.dynamic_batch,
-                                compute_once=args.compute_once, progress=_progress)
+                                compute_once=args.compute_once, layout=args.layout,
+                                progress=_progress)
     except OneDNNUnavailable as err:
         raise SystemExit(f"lego-tvm: {err}") from None
     print(compiled.report)

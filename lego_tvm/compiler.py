@@ -21,7 +21,7 @@ log = logging.getLogger("lego_tvm")
 def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # noqa: A001
             tuning_logs="auto", dynamic_batch: bool = False,
             lego_weight_tolerance: float = 0.0, compute_once: str = "tvm",
-            progress=None) -> Model:
+            layout: str = "NCHW", progress=None) -> Model:
     """Compile a PyTorch model (or a ``torch.export`` program) for ``target``.
 
     ``example_inputs``: a tensor or tuple of tensors; the compiled model takes inputs of
@@ -43,7 +43,10 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     fused kernel's Lego feature maps: ``"tvm"`` (the default, TVM's generated kernel),
     ``"onednn"`` (oneDNN, host CPU only; raises ``OneDNNUnavailable`` if oneDNN is missing)
     or ``"auto"`` (each kernel timed both ways now, the faster used; TVM wherever oneDNN
-    cannot be used). ``progress``: called with a line of text as the "auto" timing goes.
+    cannot be used). ``layout``: ``"NCHW"`` (the default) or ``"NCHWc"``: chains of fused
+    kernels hand each other NCHW[x]c tensors (x = SIMD lanes; CPU targets; see
+    ``layout_pass``; the shipped tuning logs are for NCHW kernels). ``progress``: called
+    with a line of text as the "auto" timing goes.
 
     The returned model is called with numpy arrays or torch tensors; ``.report`` says which
     Lego layers were fused and why others were not; ``.export(path)`` writes a library.
@@ -62,7 +65,7 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
         program = export_program(model, example_inputs, dynamic_batch)
     mod = to_relax(program)
     mod, report = pipeline.fuse_convs(mod, tvm_target, lego=fuse_lego,
-                                      weight_tolerance=lego_weight_tolerance)
+                                      weight_tolerance=lego_weight_tolerance, layout=layout)
     if isinstance(model, torch.nn.Module):
         _name_layers(report, model, example_inputs)
     log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))

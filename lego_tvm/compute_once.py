@@ -45,6 +45,8 @@ def onednn_unsupported(spec: LegoConvSpec) -> str | None:
     if spec.in_channels != spec.splits * spec.split_channels:
         return (f"the input has {spec.in_channels} channels, more than the "
                 f"{spec.splits} x {spec.split_channels} the splits read")
+    if spec.in_block != 1 or spec.out_block != 1:
+        return "blocked (NCHW[x]c) input or output"
     if spec.bank_block not in ONEDNN_BLOCKS:
         return f"bank packed in blocks of {spec.bank_block}"
     return None

@@ -63,8 +63,8 @@ class FuseLegoConv2d:
                                                    frozenset(near_misses)),
                 self.simd_lanes, "fused_lego_conv2d")
             matches += folded
-        report.layers = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, m.form, m.kernel)
-                         for m in matches]
+        report.layers = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, m.form, m.kernel,
+                                         m.anchor.name) for m in matches]
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
                 weights, macs = count_other_layers(func)
@@ -84,7 +84,8 @@ class FuseDenseConv2d:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod, matches = _rewrite(mod, find_dense_convs, self.simd_lanes, "fused_conv2d")
-        self.convs = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, kernel=m.kernel)
+        self.convs = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, kernel=m.kernel,
+                                      output=m.anchor.name)
                       for m in matches]
         return mod
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import tvm
 from tvm import relax, tirx
@@ -10,6 +11,7 @@ from tvm.s_tir import dlight
 from tvm.target import Target
 
 from .fuse_pass import FuseDenseConv2d, FuseLegoConv2d
+from .layout_pass import LAYOUTS, PropagateBlockedLayout
 from .report import LegoReport
 from .schedules.cpu_generic import ParallelInjective, TiledReduction
 from .fused_op import spec_of
@@ -25,10 +27,17 @@ class UnscheduledError(RuntimeError):
 
 
 def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True,
-               weight_tolerance: float = 0.0
+               weight_tolerance: float = 0.0, layout: str = "NCHW"
                ) -> tuple[tvm.IRModule, LegoReport]:
     """Recognize and fuse Lego convolutions (unless ``lego`` is False), then move every
-    remaining ordinary conv onto the same kernel. ``mod`` is already constant-folded."""
+    remaining ordinary conv onto the same kernel; with ``layout="NCHWc"``, chains of fused
+    kernels pass tensors to each other in NCHW[x]c (x = SIMD lanes; CPU targets only).
+    ``mod`` is already constant-folded."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if layout != "NCHW" and _is_gpu(target):
+        raise ValueError(f"layout={layout!r}: blocked layouts are for CPU targets; the CUDA "
+                         "kernel reads and writes NCHW")
     report = LegoReport()
     lanes = BANK_BLOCK if _is_gpu(target) else simd_profile(target).lanes
     if lego:
@@ -38,6 +47,13 @@ def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True,
     dense = FuseDenseConv2d(simd_lanes=lanes)
     mod = dense(mod)
     report.dense_convs = dense.convs
+    if layout == "NCHWc":
+        propagate = PropagateBlockedLayout(lanes)
+        mod = propagate(mod)
+        for layer in report.layers + report.dense_convs:
+            if layer.output in propagate.changed:
+                in_block, out_block, layer.kernel = propagate.changed[layer.output]
+                layer.spec = replace(layer.spec, in_block=in_block, out_block=out_block)
     return mod, report
 
 

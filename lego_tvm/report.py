@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, asdict
 
-from .fused_op import LegoConvSpec
+from .fused_op import LegoConvSpec, layout_name
 
 
 @dataclass
@@ -13,6 +13,7 @@ class LegoLayerReport:
     folded: list[str]         # epilogue ops folded into the fused operator
     form: str = "split convs"  # how the model wrote it: split convs, dense-folded, ...
     kernel: str = ""          # the fused PrimFunc it runs on (shared by equal shapes)
+    output: str = ""          # the graph variable the fused call binds
 
     @property
     def dense_weights(self) -> int:
@@ -103,7 +104,8 @@ class LegoReport:
                 f"{layer.lego_weights:>10,} {layer.dense_macs:>14,} {layer.lego_macs:>13,}  "
                 f"{'+'.join(layer.folded) or '-'}"
                 + ("" if layer.form == "split convs" else f"  [{layer.form}]")
-                + ("  [maps: oneDNN]" if self.backend_of(layer) == "onednn" else ""))
+                + ("  [maps: oneDNN]" if self.backend_of(layer) == "onednn" else "")
+                + _layout_note(s))
         t = self.totals
         lines.append("-" * len(head))
         lines.append(f"{'total':<28} {'':>5} {'':>5} {'':>2} {'':>2} {'':>2} {'':>5} "
@@ -133,6 +135,12 @@ class LegoReport:
         for skip in self.skipped:
             lines.append(f"not rewritten: {skip.name}: {skip.reason}")
         return "\n".join(lines)
+
+
+def _layout_note(spec: LegoConvSpec) -> str:
+    if spec.in_block == spec.out_block == 1:
+        return ""
+    return f"  [{layout_name(spec.in_block)} -> {layout_name(spec.out_block)}]"
 
 
 def _compute_once_summary(choices: list) -> str:

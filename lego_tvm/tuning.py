@@ -169,7 +169,7 @@ def count_records(log_dir: str | Path) -> int:
 
 def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 64,
          model_name: str | None = None, lego: bool = True, seed: int | None = None,
-         all_kernels: bool = False, remote=None) -> dict:
+         all_kernels: bool = False, remote=None, layout: str = "NCHW") -> dict:
     """Tune ``model`` with MetaSchedule + XGBoost and write the log to ``log_dir``.
 
     ``remote``: a ``lego_tvm.remote.Remote`` (an RPC tracker + device key, or an RPC
@@ -178,6 +178,7 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
 
     Only the fused conv kernels (Lego and ordinary convs) are tuned unless ``all_kernels``:
     pooling, matmuls and elementwise functions are small and keep their default schedules.
+    ``layout``: as for ``compile`` (the records are for the kernels that layout makes).
     Resumable: records already in ``log_dir`` count towards ``trials`` and seed the search;
     an interrupted run keeps every record it finished. Returns the manifest.
     """
@@ -210,7 +211,7 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
         check_records(log_dir, complete=False)  # a first run stopped half-way, resumed
     program = model if isinstance(model, torch.export.ExportedProgram) else \
         export_program(model, tuple(example_inputs))
-    mod, _ = pipeline.fuse_convs(to_relax(program), tvm_target, lego=lego)
+    mod, _ = pipeline.fuse_convs(to_relax(program), tvm_target, lego=lego, layout=layout)
     mod = pipeline.lower(mod, tvm_target)
     done = count_records(log_dir)
     remaining = trials - done
@@ -231,7 +232,7 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     batch = int(example_inputs[0].shape[0]) if example_inputs else None
     manifest = {**_identity(tvm_target), "model": model_name or type(model).__name__,
                 "batch": batch, "trials": count_records(log_dir),
-                "date": time.strftime("%Y-%m-%d"), "lego_pass": lego,
+                "date": time.strftime("%Y-%m-%d"), "lego_pass": lego, "layout": layout,
                 **device}
     tmp = log_dir / (MANIFEST + ".tmp")
     with open(tmp, "w") as f:

@@ -69,10 +69,10 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig) -> None:
     pad = sch.get_sblock(PAD_BLOCK) if has_block(sch, PAD_BLOCK) else None
 
     # Step 1: where the Lego tile lives.
-    image, channel, row, col = sch.get_loops(gather)
+    image, channel, row, col, *lane = sch.get_loops(gather)   # lane: NCHW[x]c output
     if config.fuse_stages:
         row_tile, row_in = sch.split(row, [None, config.tile_rows])
-        sch.reorder(image, row_tile, channel, row_in, col)
+        sch.reorder(image, row_tile, channel, row_in, col, *lane)
         task = sch.fuse(image, row_tile)
         sch.parallel(task)
         sch.compute_at(lego, task, preserve_unit_loops=True)
@@ -84,13 +84,16 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig) -> None:
             sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
 
     # Step 2: register tile (rows x cols) x V filters; the whole reduction runs on it.
+    # An NCHW[x]c input reduces over channel blocks, lanes, then the kernel window.
     lego_loops = sch.get_loops(lego)
-    split, filt, lrow, lcol, lanes, rc, ry, rx = lego_loops[-8:]
+    reduction = sum(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(lego).iter_vars)
+    outer = lego_loops[:-5 - reduction]
+    split, filt, lrow, lcol, lanes = lego_loops[-5 - reduction:-reduction]
     row_o, row_i = sch.split(lrow, [None, config.reg_rows])
     col_o, col_i = sch.split(lcol, [None, config.reg_cols])
-    sch.reorder(split, filt, row_o, col_o, rc, ry, rx, row_i, col_i, lanes)
+    sch.reorder(split, filt, row_o, col_o, *lego_loops[-reduction:], row_i, col_i, lanes)
     if not config.fuse_stages:
-        sch.parallel(sch.fuse(*lego_loops[:-8], split, filt))
+        sch.parallel(sch.fuse(*outer, split, filt))
     acc = sch.cache_write(lego, 0, "local")
     sch.reverse_compute_at(acc, col_o, preserve_unit_loops=True)
     sch.unroll(row_i)
@@ -98,12 +101,12 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig) -> None:
     sch.vectorize(lanes)
     sch.vectorize(sch.get_loops(acc)[-1])
     # Vectorize first: after decompose_reduction the update block is no longer a reduction.
-    sch.decompose_reduction(lego, rc)
+    sch.decompose_reduction(lego, lego_loops[-reduction])
     if pad is not None:
         sch.vectorize(sch.get_loops(pad)[-1])
 
-    # Step 3: gather-sum, vectorized along the row.
-    sch.vectorize(col)
+    # Step 3: gather-sum, vectorized along the row (NCHW) or the channel lanes (NCHW[x]c).
+    sch.vectorize(lane[0] if lane else col)
 
 
 def apply_gather_schedule(sch: s_tir.Schedule) -> None:

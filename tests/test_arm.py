@@ -13,6 +13,7 @@ from conftest import TOLERANCE, relative_error
 from emulator import run_exported_on_arm
 from lego_tvm.targets import PRESETS, ToolchainError, resolve_target
 from lego_tvm.zoo import get_model
+from test_layout import bottlenecks
 from test_numeric import LegoBlock
 
 ARM_PRESETS = [name for name in PRESETS if name.startswith("arm-")]
@@ -27,8 +28,8 @@ LAYERS = [
 ]
 
 
-def _export_case(folder, name, model, inputs, target):
-    compiled = lego_tvm.compile(model, inputs, target=target, tuning_logs=None)
+def _export_case(folder, name, model, inputs, target, layout="NCHW"):
+    compiled = lego_tvm.compile(model, inputs, target=target, tuning_logs=None, layout=layout)
     compiled.export(os.path.join(folder, f"{name}.so"))
     np.savez(os.path.join(folder, f"{name}.in.npz"),
              **{f"arg{i}": t.numpy() for i, t in enumerate(inputs)})
@@ -56,6 +57,11 @@ def test_lego_layers_and_vgg16_are_correct_on_emulated_aarch64(tmp_path):
     vgg, x = get_model("lego_vgg16", batch=1)
     compiled, references["vgg16"] = _export_case(folder, "vgg16", vgg, (x,), "arm-cortex-a72")
     assert len(compiled.report.layers) == 14
+    # NCHW4c (NEON's 4 lanes) carried between ResNet blocks.
+    blocks, x = bottlenecks(), torch.randn(1, 32, 16, 16)
+    compiled, references["blocks_nchw4c"] = _export_case(folder, "blocks_nchw4c", blocks, (x,),
+                                                         "arm-cortex-a72", layout="NCHWc")
+    assert "[NCHW4c -> NCHW4c]" in str(compiled.report)
 
     log = run_exported_on_arm(folder)
     for name, reference in references.items():
