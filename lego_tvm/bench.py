@@ -11,6 +11,8 @@ same random input with the same thread count, each the median of ``repeat`` runs
   and ``tvm_no_pass_tuned`` with the shipped tuning logs for it, when there are any;
 - ``lego_tvm``: the compiled model with default schedules, and ``lego_tvm_tuned`` with the
   shipped tuning logs, when there are any for this machine;
+- ``lego_tvm_nchwc``: default schedules, NCHW[x]c tensors between fused kernels
+  (``layout="NCHWc"``);
 - ``lego_tvm_onednn``: as tuned (or default), with each kernel's Lego maps computed by
   oneDNN where that measured faster at compile time (``compute_once="auto"``), when oneDNN
   is installed.
@@ -31,16 +33,18 @@ from .targets import TargetError, host_target, resolve_target, why_not_runnable_
 from .tuning import TuningLogError, check_log, shipped_logs
 
 COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass",
-               "tvm_no_pass_tuned", "lego_tvm", "lego_tvm_tuned", "lego_tvm_onednn")
+               "tvm_no_pass_tuned", "lego_tvm", "lego_tvm_nchwc", "lego_tvm_tuned",
+               "lego_tvm_onednn")
 LABELS = {"torch_lego": "PyTorch eager, Lego module",
           "torch_dense": "PyTorch eager, dense-folded",
           "torch_compile_dense": "torch.compile, dense-folded",
           "tvm_no_pass": "TVM without the Lego pass",
           "tvm_no_pass_tuned": "TVM without the pass, tuned",
           "lego_tvm": "lego-tvm, default schedules",
+          "lego_tvm_nchwc": "lego-tvm, default schedules, NCHWc between layers",
           "lego_tvm_tuned": "lego-tvm, tuned",
           "lego_tvm_onednn": "lego-tvm, tuned, oneDNN maps where faster"}
-OURS = ("lego_tvm", "lego_tvm_tuned", "lego_tvm_onednn")
+OURS = ("lego_tvm", "lego_tvm_nchwc", "lego_tvm_tuned", "lego_tvm_onednn")
 
 
 def set_threads(threads: int) -> None:
@@ -108,10 +112,11 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
                           f"{why_not_runnable_here(target)}; give an RPC tracker or server")
     from .onednn import why_unavailable
 
-    variants = (("lego_tvm", True, False), ("lego_tvm_tuned", True, True),
-                ("lego_tvm_onednn", True, True), ("tvm_no_pass", False, False),
-                ("tvm_no_pass_tuned", False, True))
+    variants = (("lego_tvm", True, False), ("lego_tvm_nchwc", True, False),
+                ("lego_tvm_tuned", True, True), ("lego_tvm_onednn", True, True),
+                ("tvm_no_pass", False, False), ("tvm_no_pass_tuned", False, True))
     for key, fuse, tuned in variants:
+        layout = "NCHWc" if key == "lego_tvm_nchwc" else "NCHW"
         compute_once = "auto" if key == "lego_tvm_onednn" else "tvm"
         if compute_once == "auto" and why_unavailable():
             progress(f"[{name}] skipping {LABELS[key]}: {why_unavailable()}")
@@ -127,7 +132,7 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
                 continue
         progress(f"[{name}] compiling: {LABELS[key]}")
         candidate = lego_compile(model, (example,), target, fuse_lego=fuse, tuning_logs=logs,
-                                 compute_once=compute_once, progress=progress)
+                                 compute_once=compute_once, layout=layout, progress=progress)
         compiled[key] = candidate
         runs[key] = (lambda c: lambda: c(x))(candidate)
     fused = compiled["lego_tvm"]
@@ -142,6 +147,7 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     result = {"model": name, "batch": batch, "input_shape": list(example.shape),
               "median_ms": times, "max_rel_error": error,
               "lego_layers_fused": len(fused.report.layers)}
+    result["max_rel_error_nchwc"] = max_relative_error(compiled["lego_tvm_nchwc"](x), reference)
     if "lego_tvm_onednn" in compiled:
         result["max_rel_error_onednn"] = max_relative_error(compiled["lego_tvm_onednn"](x),
                                                             reference)
@@ -194,7 +200,8 @@ def format_model_table(results: list[dict]) -> str:
 
 
 def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir: str,
-                  info: dict, scaling: list[dict] | None = None) -> dict[str, str]:
+                  info: dict, scaling: list[dict] | None = None,
+                  stages: list[dict] | None = None) -> dict[str, str]:
     """``bench.json`` (everything), ``bench.md`` (the tables) and ``bench.png`` (charts)."""
     from .layer_bench import LAYER_LABELS, ours_ms
 
@@ -202,7 +209,7 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
     paths = {ext: os.path.join(out_dir, f"bench.{ext}") for ext in ("json", "md", "png")}
     with open(paths["json"], "w") as f:
         json.dump({"machine": info, "models": models, "layers": layers,
-                   "scaling": scaling or []}, f, indent=1)
+                   "scaling": scaling or [], "stages": stages or []}, f, indent=1)
     with open(paths["md"], "w") as f:
         f.write(markdown + "\n")
     import matplotlib
@@ -214,6 +221,8 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
         panels.append(("layers", layers, LAYER_LABELS))
     if scaling:
         panels.append(("scaling", scaling, None))
+    if stages:
+        panels.append(("stages", stages, None))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (kind, data, labels) in zip(axes[0], panels):
         if kind == "model":
@@ -237,6 +246,9 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
             ax.set_ylabel("lego-tvm speed-up vs PyTorch dense-folded")
             ax.set_title(f"{data[0]['model']}: scaling")
             ax.legend(fontsize=8)
+        elif kind == "stages":
+            from .stage_profile import plot_stages
+            plot_stages(ax, data)
         else:
             names = [r["layer"] for r in data]
             for offset, key in ((-0.2, "torch_dense"), (0.2, "torch_lego_best")):

@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--scaling", action="store_true",
                        help="also time --scaling-model at batch 1, 8 and 32 on 1 and 2 threads "
                             "against PyTorch dense-folded (minutes)")
+    bench.add_argument("--stages", action="store_true",
+                       help="also split each layer-table kernel's time into padding, "
+                            "compute-once and gather-sum, and time it on one thread")
     bench.add_argument("--scaling-model", default="lego_resnet50")
     bench.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 8, 32])
     bench.add_argument("--repeat", type=int, default=30)
@@ -143,7 +146,8 @@ def _remote(args):
 
 def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads: int,
                out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
-               target=None, scaling: tuple[str, list[int]] | None = None) -> None:
+               target=None, scaling: tuple[str, list[int]] | None = None,
+               stages: bool = False) -> None:
     from .bench import bench_model, format_model_table, machine, write_outputs
     from .layer_bench import LAYERS, bench_layer, format_layer_table
     from .peak import fma_peak_gflops
@@ -159,6 +163,11 @@ def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, thread
         from .scaling_bench import THREADS, bench_scaling
         scaling_results = bench_scaling(scaling[0], scaling[1], sorted({1, threads, *THREADS}),
                                         repeat, warmup, _progress)
+    stage_results = []
+    if stages:
+        from .stage_profile import bench_stages
+        from .targets import resolve_target
+        stage_results = bench_stages(resolve_target(target), threads, progress=_progress)
     # The machine is shared and its clock varies: the peak is the best of a measurement
     # before and one after the benchmarks.
     peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]
@@ -175,9 +184,13 @@ def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, thread
     if scaling_results:
         from .scaling_bench import format_scaling_table
         sections.append(format_scaling_table(scaling_results))
+    if stage_results:
+        from .stage_profile import format_stage_table
+        sections.append(format_stage_table(stage_results, peak))
     markdown = "\n\n".join(sections)
     print("\n" + markdown)
-    paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results)
+    paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results,
+                          stage_results)
     print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
 
 
@@ -311,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
         _run_bench(args.models, not args.no_layers, args.repeat, args.warmup, args.threads,
                    args.out_dir, use_torch_compile=not args.no_torch_compile,
                    target=_target(args),
-                   scaling=(args.scaling_model, args.scaling_batches) if args.scaling else None)
+                   scaling=(args.scaling_model, args.scaling_batches) if args.scaling else None,
+                   stages=args.stages)
     elif args.command == "demo":
         _run_bench(["lego_vgg16"], False, args.repeat, 5, args.threads, args.out_dir,
                    use_torch_compile=False, show_report=True)
