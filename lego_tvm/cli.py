@@ -222,13 +222,13 @@ def _model_and_inputs(name: str, batch: int):
     return program, inputs, program.module()
 
 
-def _run_remote_bench(args) -> None:
+def _run_remote_bench(args, remote) -> None:
     import time
 
     from .bench import format_model_table, write_outputs
     from .remote_bench import bench_model_remote
 
-    remote, target = _remote(args), _target(args)
+    target = _target(args)
     results = [bench_model_remote(m, target, remote, args.tuning_logs, repeat=args.repeat,
                                   progress=_progress) for m in args.models]
     device = results[0]["device"] if results else {"hardware": str(remote), "emulated": None}
@@ -318,8 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         _compile(args)
     elif args.command == "tune":
         _tune(args)
-    elif args.command == "bench" and _remote(args) is not None:
-        _run_remote_bench(args)
+    elif args.command == "bench" and (remote := _remote(args)) is not None:
+        _run_remote_bench(args, remote)
     elif args.command == "bench":
         _run_bench(args.models, not args.no_layers, args.repeat, args.warmup, args.threads,
                    args.out_dir, use_torch_compile=not args.no_torch_compile,

@@ -56,10 +56,10 @@ def host_target() -> Target:
     host = Target.from_device(tvm.cpu())
     config = dict(host.export())
     config["num-cores"] = host_cores()
-    return Target(_clean(config))
+    return Target(clean_config(config))
 
 
-def _clean(config: dict) -> dict:
+def clean_config(config: dict) -> dict:
     # export() includes keys Target() rejects when given back (e.g. computed feature maps).
     return {k: v for k, v in config.items() if k not in ("feature", "features")}
 
@@ -103,7 +103,7 @@ def target_arch(target: Target) -> str:
 
 def parse_target(text: str) -> Target:
     """The ``Target`` written as ``str(target)`` (JSON) in an exported model's description."""
-    return Target(_clean(json.loads(text)))
+    return Target(clean_config(json.loads(text)))
 
 
 def why_not_runnable_here(target: Target) -> str | None:

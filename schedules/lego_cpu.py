@@ -1,13 +1,14 @@
 """The CPU schedule of the fused Lego convolution (fp32), shared by x86 and ARM.
 
 The bank is packed ``[m/V, b, kh, kw, V]`` (V = SIMD lanes, NCHW[x]c after NeoCPU), so the
-micro-kernel is: one vector load of V filters' weight, broadcast one input pixel per
-accumulator, one FMA per accumulator. Loop structure:
+micro-kernel is: one vector load of V filters' weight per filter block of the register
+tile, one broadcast per input pixel, one FMA per accumulator (filter block x pixel). The
+input may be NCHW or NCHW[x]c, the output too (``layout_pass``). Loop structure:
 
     for (image, row_tile) in parallel:                     # tasks
         pad the input rows the tile needs                   # stays in L1/L2
-        for split, filter_block, row_block, col_block:      # compute once
-            acc[rows x cols x V] = 0                        # registers
+        for split, filter_blocks, row_block, col_block:     # compute once
+            acc[blocks x rows x cols x V] = 0               # registers
             for rc, ry, rx: acc += x_tile (broadcast) * bank (vector)
             store acc -> Lego tile                          # o*m*rows*W floats, sized for L2
         for out_channel, row, col: gather-sum the Lego tile + epilogue

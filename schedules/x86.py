@@ -1,7 +1,8 @@
 """x86 vector units for the fused Lego schedule (``lego_cpu.py`` holds the body).
 
-AVX2 has 16 ymm registers of 8 floats; a register tile of 12 accumulators leaves the rest
-for the weight vector and the inputs, each broadcast from memory (``vbroadcastss``). AVX-512 has 32 zmm
+AVX2 has 16 ymm registers of 8 floats; a register tile of up to 12 accumulators leaves the
+rest for the weight vectors (one per filter block of the tile) and the inputs, each broadcast
+from memory (``vbroadcastss``). AVX-512 has 32 zmm
 registers of 16 floats. The Lego tile of one task (128 KiB) stays in a Zen / Skylake L2
 (512 KiB / 1 MiB per core) next to the input rows it is computed from.
 """

@@ -68,3 +68,16 @@ def test_resnet50_all_lego_layers_fused_and_exact():
     assert len(residual) == 16                    # every bottleneck's conv3
     assert f"{report.totals['weight_ratio']:.2f}" == "4.00"
     assert_matches_torch(compiled, model, (x,))
+
+
+@pytest.mark.slow
+def test_resnet50_with_blocked_layouts_is_exact():
+    """NCHW8c between kernels: all but the last stage's residual chain (its output goes to
+    the average pool) and the kernels beside the max-pool."""
+    model, x = get_model("lego_resnet50")
+    compiled = lego_tvm.compile(model, (x,), layout="NCHWc", tuning_logs=None)
+    layers = compiled.report.layers + compiled.report.dense_convs
+    blocked_out = [layer for layer in layers if layer.spec.out_block == 8]
+    blocked_in = [layer for layer in layers if layer.spec.in_block == 8]
+    assert len(blocked_out) >= 40 and len(blocked_in) >= 40, (len(blocked_out), len(blocked_in))
+    assert_matches_torch(compiled, model, (x,))

@@ -34,7 +34,7 @@ import lego_tvm
 from lego_tvm.bench import max_relative_error
 from lego_tvm.layer_bench import LAYERS
 from lego_tvm.lego_conv import BatchFoldedLegoConv2d, LegoConv2d
-from lego_tvm.targets import PRESETS, host_target
+from lego_tvm.targets import PRESETS, clean_config, host_target
 from lego_tvm.zoo import fold_lego_to_batch_folded, fold_lego_to_dense, get_model
 
 TOLERANCE = 1e-4          # max |error| / max |reference|, as in the tests
@@ -52,8 +52,7 @@ def gpu_target():
 
     major, minor = tvm.cuda().compute_version.split(".")
     config = {**PRESETS["cuda-a100"], "arch": f"sm_{major}{minor}",
-              "host": dict(host_target().export())}
-    config["host"].pop("feature", None)
+              "host": clean_config(dict(host_target().export()))}
     return Target(config)
 
 
