@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 
 from .targets import cross_compiler, parse_target, why_not_runnable_here
-from .tvm_compat import to_device
+from .tvm_compat import to_device, to_numpy
 
 
 class InputError(ValueError):
@@ -180,4 +180,4 @@ def _fits(shape: list[int], wanted: list) -> bool:
 def _to_numpy(result) -> list[np.ndarray]:
     if isinstance(result, (list, tuple)) or type(result).__name__ == "Array":
         return [o for r in result for o in _to_numpy(r)]
-    return [result.numpy()]
+    return [to_numpy(result)]

@@ -119,7 +119,8 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
             "parallel_efficiency": ms["one_thread"] / (threads * ms["full"]),
             "schedule": {"tile_rows": config.tile_rows, "tasks": (
                 spec.out_height // config.tile_rows if config.fuse_stages else None),
-                "register_tile": f"{config.reg_rows}x{config.reg_cols}x{spec.bank_block}",
+                "register_tile": f"{config.reg_filters} blocks x {config.reg_rows}x"
+                                 f"{config.reg_cols} pixels",
                 "fuse_stages": config.fuse_stages}}
 
 
@@ -141,7 +142,7 @@ def format_stage_table(results: list[dict], peak: float | None) -> str:
             f"{st['compute_once']:.2f} | {st['gather_sum']:.2f} | "
             f"{f'{gflops:.1f}' if gflops else '-'} | {share} | {ms['one_thread']:.2f} ms | "
             f"{r['parallel_efficiency']:.2f} | {sched['tasks'] or 'stage by stage'} tasks of "
-            f"{sched['tile_rows']} rows, registers {sched['register_tile']} |")
+            f"{sched['tile_rows']} rows, register tile {sched['register_tile']} |")
     return "\n".join(lines)
 
 

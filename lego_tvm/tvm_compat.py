@@ -60,5 +60,21 @@ def same_shape(a, b) -> bool:
         tvm_ffi.structural_equal(shape_a, shape_b)
 
 
+_HOST = 1   # DLPack's kDLCPU
+
+
 def to_device(array: np.ndarray, device) -> tvm.runtime.Tensor:
-    return tvm.runtime.tensor(np.ascontiguousarray(array), device)
+    """``array`` as a TVM tensor on ``device``: shared, not copied, when it is already in host
+    memory in a layout TVM takes (C-contiguous, 64-byte aligned, writeable); else a copy."""
+    array = np.ascontiguousarray(array)
+    if device.dlpack_device_type() == _HOST and array.ctypes.data % 64 == 0 \
+            and array.flags.writeable:
+        return tvm.runtime.from_dlpack(array)
+    return tvm.runtime.tensor(array, device)
+
+
+def to_numpy(tensor: tvm.runtime.Tensor) -> np.ndarray:
+    """A host tensor shared with numpy (no copy: 1.6 MB took 0.4 ms to copy); others copied."""
+    if tensor.device.dlpack_device_type() == _HOST:
+        return np.from_dlpack(tensor)
+    return tensor.numpy()

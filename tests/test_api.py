@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import lego_tvm
+from conftest import TOLERANCE, relative_error
 from lego_tvm.cli import main
+from lego_tvm.lego_conv import LegoConv2d
 from lego_tvm.importer import ModelImportError
 from lego_tvm.runtime import InputError
 from lego_tvm.targets import TargetError, resolve_target
@@ -126,3 +128,23 @@ def test_readme_main_job_runs(tmp_path, capsys):
     assert "Lego layers rewritten: 14" in out and "(ok)" in out
     assert "| lego_vgg16 (batch 1) |" in out
     assert sorted(os.listdir(tmp_path)) == ["bench.json", "bench.md", "bench.png"]
+
+
+def test_inputs_and_outputs_are_shared_not_copied_and_never_overwritten():
+    """Host arrays go in and come out without a copy when TVM can take them as they are:
+    the input must stay as it was, and an output must not change with the next call."""
+    layer = LegoConv2d(16, 16, 3, 2, 0.5).eval()
+    x1, x2 = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
+    compiled = lego_tvm.compile(layer, (x1,), tuning_logs=None)
+    x1_before = x1.clone()
+    first = compiled(x1.numpy())
+    kept = first.copy()
+    second = compiled(x2.numpy())
+    assert torch.equal(x1, x1_before)
+    np.testing.assert_array_equal(first, kept)
+    assert not np.shares_memory(first, second)
+    with torch.no_grad():
+        assert relative_error(second, layer(x2).numpy()) <= TOLERANCE
+    unaligned = np.zeros(1 + x1.numel(), np.float32)[1:].reshape(x1.shape)  # 4-byte offset
+    unaligned[...] = x1.numpy()
+    np.testing.assert_array_equal(compiled(unaligned), kept)

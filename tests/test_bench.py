@@ -49,4 +49,4 @@ def test_stage_profile_splits_a_kernel_into_its_stages():
     assert abs(sum(stages.values()) - ms["full"]) < 1e-9
     assert result["parallel_efficiency"] > 0 and len(lines) == 2
     table = format_stage_table([result], peak=100.0)
-    assert "| 32ch 16x16 s1 |" in table and "registers" in table
+    assert "| 32ch 16x16 s1 |" in table and "register tile" in table
