@@ -55,7 +55,8 @@ def _fused_calls(func: relax.Function, mod: tvm.IRModule
         for binding in block.bindings:
             value = binding.value
             if (isinstance(binding, relax.VarBinding) and isinstance(value, relax.Call)
-                    and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
+                    and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))
+                    and isinstance(value.args[1], relax.Tuple)):
                 callee = mod[value.args[0]]
                 spec = spec_of(callee) if isinstance(callee, tirx.PrimFunc) else None
                 if spec is not None:
@@ -71,7 +72,8 @@ def _uses(func: relax.Function) -> dict[relax.Var, list[tuple[relax.Var | None, 
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
-            if isinstance(value, relax.Call) and value.op.same_as(call_tir):
+            if (isinstance(value, relax.Call) and value.op.same_as(call_tir)
+                    and isinstance(value.args[1], relax.Tuple)):
                 for position, arg in enumerate(value.args[1].fields):
                     if isinstance(arg, relax.Var):
                         uses.setdefault(arg, []).append((binding.var, position))
