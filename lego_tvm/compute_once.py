@@ -19,6 +19,7 @@ from tvm.target import Target
 
 from . import onednn
 from .fused_op import LegoConvSpec, lego_gather_prim_func, spec_of, unpack_bank
+from .kernel_timing import best_of_rounds, build_alone, fused_kernel_run, random_inputs
 from .targets import why_not_runnable_here
 from .tvm_compat import const_array
 
@@ -186,70 +187,24 @@ def _referenced(mod: tvm.IRModule, gvar) -> bool:
     return any(found)
 
 
-# Timing: each kernel alone on random data, both ways, the same way (median of Python calls),
-# in alternating rounds; each way keeps its best round, so a burst of load elsewhere on a
-# shared machine does not decide. oneDNN must win by ONEDNN_MARGIN: in a whole model, the
-# hand-off between its OpenMP threads and TVM's pool costs more than the kernel alone shows
-# (measured: single layers 0.02-0.4 ms slower on oneDNN in the model than alone).
-ROUNDS, REPEAT, WARMUP = 3, 7, 2
+# oneDNN must win by ONEDNN_MARGIN: in a whole model, the hand-off between its OpenMP threads
+# and TVM's pool costs more than the kernel alone shows (measured: single layers 0.02-0.4 ms
+# slower on oneDNN in the model than alone).
 ONEDNN_MARGIN = 0.1
-
-
-def _random_inputs(spec: LegoConvSpec, rng) -> dict[str, np.ndarray]:
-    s = spec
-    batch = s.batch or 1
-    arrays = {
-        "x": rng.standard_normal((batch, s.in_channels, s.height, s.width), np.float32),
-        "bank": rng.standard_normal((s.lego_filters, s.split_channels, *s.kernel), np.float32),
-        "index": rng.integers(0, s.lego_filters, (s.splits, s.out_channels), dtype=np.int32),
-        "coef": rng.standard_normal((s.splits, s.out_channels), np.float32),
-        "bias": rng.standard_normal((s.out_channels,), np.float32)}
-    out = (batch, s.out_channels, s.out_height, s.out_width)
-    if s.has_residual:
-        arrays["residual"] = rng.standard_normal(out, np.float32)
-    arrays["out"] = np.zeros(out, np.float32)
-    return arrays
-
-
-def _build_alone(func: tirx.PrimFunc, target: Target, database=None):
-    from . import pipeline
-
-    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    mod, _ = pipeline.schedule(mod, target, database)
-    return tvm.compile(mod, target=target)["main"]
 
 
 def _time_both(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database
                ) -> tuple[float, float]:
     """Milliseconds of the TVM kernel and of oneDNN + the gather-sum kernel."""
-    best = _best_of_rounds([_tvm_run(func, spec, target, database), _onednn_run(spec, target)])
+    tvm_run, _ = fused_kernel_run(func, spec, target, database)
+    best = best_of_rounds([tvm_run, _onednn_run(spec, target)])
     return best[0], best[1]
 
 
-def _best_of_rounds(runs: list) -> list[float]:
-    from .bench import median_ms
-
-    best = [float("inf")] * len(runs)
-    for _ in range(ROUNDS):
-        for i, run in enumerate(runs):
-            best[i] = min(best[i], median_ms(run, REPEAT, WARMUP))
-    return best
-
-
-def _tvm_run(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database):
-    from .fused_op import pack_bank
-
-    a = _random_inputs(spec, np.random.default_rng(0))
-    a["bank"] = pack_bank(a["bank"], spec.bank_block)
-    kernel = _build_alone(func, target, database)
-    args = [tvm.runtime.tensor(v) for v in a.values()]
-    return lambda: kernel(*args)
-
-
 def _onednn_run(spec: LegoConvSpec, target: Target):
-    a = _random_inputs(spec, np.random.default_rng(0))
+    a = random_inputs(spec, np.random.default_rng(0))
     a["bank"] = onednn_bank(a["bank"], weight_block(spec))
-    gather = _build_alone(lego_gather_prim_func(spec), target)
+    gather, _ = build_alone(lego_gather_prim_func(spec), target)
     conv = tvm.get_global_func(onednn.FUNCTION)
     t = {k: tvm.runtime.tensor(v) for k, v in a.items()}
     maps = tvm.runtime.tensor(np.zeros(_maps_shape(spec, spec.batch or 1), np.float32))
@@ -272,4 +227,4 @@ def time_models(executables: list, example_inputs) -> list[float]:
     for executable in executables:
         main = relax.VirtualMachine(executable, tvm.cpu())["main"]
         runs.append(lambda main=main: main(*arrays))
-    return _best_of_rounds(runs)
+    return best_of_rounds(runs)

@@ -22,6 +22,7 @@ import tvm
 from tvm.target import Target
 from tvm_ffi import register_global_func
 
+from . import default_records
 from .fused_op import COMPUTE_VERSION, SCHEDULE_RULE, spec_of
 
 log = logging.getLogger("lego_tvm")
@@ -183,10 +184,7 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     an interrupted run keeps every record it finished. Returns the manifest.
     """
     import torch
-    from tvm.s_tir import meta_schedule as ms
 
-    from . import pipeline
-    from .importer import export_program, to_relax
     from .remote import describe
     from .targets import TargetError, cross_compiler, resolve_target, target_arch
     from .targets import why_not_runnable_here
@@ -209,14 +207,9 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
         check_log(log_dir, tvm_target)          # never mix records of another target/TVM
     else:
         check_records(log_dir, complete=False)  # a first run stopped half-way, resumed
-    program = model if isinstance(model, torch.export.ExportedProgram) else \
-        export_program(model, tuple(example_inputs))
-    mod, _ = pipeline.fuse_convs(to_relax(program), tvm_target, lego=lego, layout=layout)
-    mod = pipeline.lower(mod, tvm_target)
+    tasks = kernel_tasks(model, example_inputs, tvm_target, lego, layout, all_kernels)
     done = count_records(log_dir)
     remaining = trials - done
-    tasks = [t for t in ms.relax_integration.extract_tasks(mod, tvm_target)
-             if all_kernels or any(k in t.task_name for k in OUR_KERNELS)]
     log.warning("lego-tvm: tuning %d kernels of %s for %s: %d trials requested, %d already in %s",
                 len(tasks), model_name or type(model).__name__, target_key(tvm_target), trials,
                 done, log_dir)
@@ -224,16 +217,26 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
         log.warning("lego-tvm: %d trials for %d kernels is too few for every kernel to get a "
                     "tuned record; those without one keep the default schedule", remaining,
                     len(tasks))
-    if remaining > 0 and tasks:
+    previous = read_manifest(log_dir) if (log_dir / MANIFEST).exists() else {}
+    checked = previous.get("checked")
+    if tasks:
         # Inside the target's scope: the custom rule reads the core count from it.
         with tvm_target:
-            _tune_tasks(tasks, log_dir, remaining, seed, cc, remote)
+            database = _tune_tasks(tasks, log_dir, remaining, seed, cc, remote, tvm_target)
+            # Defaults are seeded everywhere, but checked only where this CPU runs the
+            # target's code; again only when records were added.
+            if remote is None and tvm_target.kind.name == "llvm" and (
+                    checked is None or count_records(log_dir) > done):
+                verdicts = {v["kernel"]: v for v in checked or []}
+                verdicts.update((v.kernel, v.as_dict())
+                                for v in default_records.check(tasks, database, tvm_target))
+                checked = list(verdicts.values())
 
     batch = int(example_inputs[0].shape[0]) if example_inputs else None
     manifest = {**_identity(tvm_target), "model": model_name or type(model).__name__,
                 "batch": batch, "trials": count_records(log_dir),
                 "date": time.strftime("%Y-%m-%d"), "lego_pass": lego, "layout": layout,
-                **device}
+                **device, **({"checked": checked} if checked is not None else {})}
     tmp = log_dir / (MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
@@ -241,9 +244,28 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     return manifest
 
 
+def kernel_tasks(model, example_inputs, target: Target, lego: bool = True,
+                 layout: str = "NCHW", all_kernels: bool = False) -> list:
+    """MetaSchedule's tasks for ``model`` as ``tune`` tunes it: the fused conv kernels (all
+    kernels with ``all_kernels``)."""
+    import torch
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import pipeline
+    from .importer import export_program, to_relax
+
+    program = model if isinstance(model, torch.export.ExportedProgram) else \
+        export_program(model, tuple(example_inputs))
+    mod, _ = pipeline.fuse_convs(to_relax(program), target, lego=lego, layout=layout)
+    mod = pipeline.lower(mod, target)
+    return [t for t in ms.relax_integration.extract_tasks(mod, target)
+            if all_kernels or any(k in t.task_name for k in OUR_KERNELS)]
+
+
 def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
-                remote) -> None:
-    """``tune_relax`` minus its own task extraction (minutes for ResNet-50), on ``tasks``."""
+                remote, target: Target):
+    """``tune_relax`` minus its own task extraction (minutes for ResNet-50), on ``tasks``,
+    after seeding the default schedules (``default_records.py``). Returns the database."""
     # MetaSchedule's logging setup reads every handler's name from its logger and fails on
     # an unnamed one (another tool's, pytest's): keep those off it while it tunes.
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
@@ -251,14 +273,14 @@ def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | N
     for handler in unnamed:
         ms_logger.removeHandler(handler)
     try:
-        _run_tuning(tasks, log_dir, trials, seed, cc, remote)
+        return _run_tuning(tasks, log_dir, trials, seed, cc, remote, target)
     finally:
         for handler in unnamed:
             ms_logger.addHandler(handler)
 
 
 def _run_tuning(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
-                remote) -> None:
+                remote, target: Target):
     from functools import partial
 
     from tvm.s_tir import meta_schedule as ms
@@ -266,20 +288,25 @@ def _run_tuning(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | N
 
     from . import measure
 
-    contexts, weights = extracted_tasks_to_tune_contexts(
-        extracted_tasks=tasks, work_dir=str(log_dir), space="post-order-apply",
-        strategy="evolutionary", seed=seed)
-    ms.tune.tune_tasks(
-        tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=trials,
-        # Small rounds so that every kernel gets trials before the budget runs out.
-        num_trials_per_iter=max(2, min(16, trials // len(tasks))),
-        builder=ms.builder.LocalBuilder(
-            f_build=measure.build, f_export=partial(measure.export_with, cc) if cc else None,
-            timeout_sec=120),
-        runner=remote.runner() if remote is not None else
-        ms.runner.LocalRunner(f_alloc_argument=measure.alloc_arguments, timeout_sec=60),
-        database="json",
-        cost_model=ms.cost_model.XGBModel(num_warmup_samples=min(16, max(1, trials // 4))))
+    database = ms.database.JSONDatabase(work_dir=str(log_dir))
+    builder = ms.builder.LocalBuilder(
+        f_build=measure.build, f_export=partial(measure.export_with, cc) if cc else None,
+        timeout_sec=120)
+    runner = remote.runner() if remote is not None else \
+        ms.runner.LocalRunner(f_alloc_argument=measure.alloc_arguments, timeout_sec=60)
+    default_records.seed(tasks, database, builder, runner, target)
+    if trials > 0:
+        contexts, weights = extracted_tasks_to_tune_contexts(
+            extracted_tasks=tasks, work_dir=str(log_dir), space="post-order-apply",
+            strategy="evolutionary", seed=seed)
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(log_dir),
+            max_trials_global=trials,
+            # Small rounds so that every kernel gets trials before the budget runs out.
+            num_trials_per_iter=max(2, min(16, trials // len(tasks))),
+            builder=builder, runner=runner, database=database,
+            cost_model=ms.cost_model.XGBModel(num_warmup_samples=min(16, max(1, trials // 4))))
+    return database
 
 
 def _cpu_name() -> str:

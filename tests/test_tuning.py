@@ -7,8 +7,11 @@ import torch
 
 import lego_tvm
 from conftest import assert_matches_torch
-from lego_tvm.fused_op import COMPUTE_VERSION
-from lego_tvm.tuning import DATABASE_FILES, MANIFEST, TuningLogError, count_records
+from lego_tvm import default_records
+from lego_tvm.default_records import _trace_key
+from lego_tvm.fused_op import COMPUTE_VERSION, LEGO_BLOCK
+from lego_tvm.targets import resolve_target
+from lego_tvm.tuning import DATABASE_FILES, MANIFEST, TuningLogError, count_records, kernel_tasks
 
 pytestmark = pytest.mark.tuning
 
@@ -44,6 +47,62 @@ def test_rerun_resumes_instead_of_starting_over(tuned):
     model, x, log_dir, manifest = tuned
     again = lego_tvm.tune(model, (x,), log_dir, trials=manifest["trials"], model_name="tiny")
     assert again["trials"] == manifest["trials"]          # nothing left to do
+
+
+def _tasks_and_database(model, x, log_dir):
+    from tvm.s_tir import meta_schedule as ms
+
+    target = resolve_target(None)
+    tasks = kernel_tasks(model, (x,), target)
+    return target, tasks, ms.database.JSONDatabase(work_dir=str(log_dir), allow_missing=False)
+
+
+def test_the_search_starts_from_the_default_schedule(tuned):
+    model, x, log_dir, _ = tuned
+    target, tasks, database = _tasks_and_database(model, x, log_dir)
+    assert tasks
+    recorded = {_trace_key(r.trace) for r in database.get_all_tuning_records()}
+    for task in tasks:
+        default = default_records.default_schedule(task.dispatched[0], target)
+        assert _trace_key(default.trace) in recorded, f"{task.task_name}: default not seeded"
+
+
+def test_a_record_slower_than_the_default_gives_way_to_it(tuned, tmp_path):
+    """A record of the unscheduled kernel (naive serial loops, far slower) that claims the
+    best time: the check times it against the default and makes the database return the
+    default; compile then runs the default schedule, exactly."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    model, x, log_dir, _ = tuned
+    copy = tmp_path / "log"
+    shutil.copytree(log_dir, copy)
+    target, tasks, database = _tasks_and_database(model, x, copy)
+    task = tasks[0]
+    workload = database.commit_workload(task.dispatched[0])
+    fastest = min(r.run_secs[0].value for r in database.get_all_tuning_records())
+    naive = s_tir.Schedule(task.dispatched[0])
+    naive.get_sblock(LEGO_BLOCK)            # a database ignores a record with an empty trace
+    naive = naive.trace
+    database.commit_tuning_record(ms.database.TuningRecord(
+        naive, workload, [fastest / 10], target,
+        ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])))
+    assert _trace_key(database.get_top_k(workload, 1)[0].trace) == _trace_key(naive)
+
+    with target:
+        verdicts = default_records.check([task], database, target, rounds=2)
+    assert [(v.kernel, v.kept) for v in verdicts] == [(task.task_name, "default")]
+    assert verdicts[0].tuned_ms > verdicts[0].default_ms
+    default = default_records.default_schedule(task.dispatched[0], target)
+    best = ms.database.JSONDatabase(work_dir=str(copy), allow_missing=False).get_top_k(
+        workload, 1)[0]
+    assert _trace_key(best.trace) == _trace_key(default.trace)
+    assert best.run_secs[0].value < fastest / 10
+    # The best record is now the default, so a second check has nothing to time.
+    with target:
+        assert default_records.check([task], database, target, rounds=2) == []
+    compiled = lego_tvm.compile(model, (x,), tuning_logs=str(copy))
+    assert_matches_torch(compiled, model, (x,))
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -1,0 +1,69 @@
+"""Timing one fused kernel alone, here and now, side by side with an alternative.
+
+Each kernel runs alone on random data, every way the same way (median of Python calls),
+in alternating rounds; each way keeps its best round, so a burst of load elsewhere on a
+shared machine does not decide. Used to choose the compute-once backend
+(``compute_once.py``) and to check tuned records against the default schedule
+(``default_records.py``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm import tirx
+from tvm.target import Target
+
+from .fused_op import LegoConvSpec, pack_bank
+
+ROUNDS, REPEAT, WARMUP = 3, 7, 2
+
+
+def random_inputs(spec: LegoConvSpec, rng) -> dict[str, np.ndarray]:
+    """The fused kernel's arguments in order (bank unpacked ``[m, b, kh, kw]``), batch 1
+    when the batch is chosen at call time."""
+    s = spec
+    batch = s.batch or 1
+    out = (batch, *s.output_shape[1:])
+    arrays = {
+        "x": rng.standard_normal((batch, *s.input_shape[1:]), np.float32),
+        "bank": rng.standard_normal((s.lego_filters, s.split_channels, *s.kernel), np.float32),
+        "index": rng.integers(0, s.lego_filters, (s.splits, s.out_channels), dtype=np.int32),
+        "coef": rng.standard_normal((s.splits, s.out_channels), np.float32),
+        "bias": rng.standard_normal((s.out_channels,), np.float32)}
+    if s.has_residual:
+        arrays["residual"] = rng.standard_normal(out, np.float32)
+    arrays["out"] = np.zeros(out, np.float32)
+    return arrays
+
+
+def build_alone(func: tirx.PrimFunc, target: Target, database=None):
+    """``func`` scheduled as a model would schedule it (its record in ``database`` if any,
+    else the default schedule) and built: (callable, whether a tuned record was applied)."""
+    from . import pipeline
+
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    mod, tuned = pipeline.schedule(mod, target, database)
+    return tvm.compile(mod, target=target)["main"], bool(tuned)
+
+
+def fused_kernel_run(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database=None
+                     ) -> tuple[Callable[[], object], bool]:
+    """A no-argument call of the fused kernel on random data, and whether it is tuned."""
+    a = random_inputs(spec, np.random.default_rng(0))
+    a["bank"] = pack_bank(a["bank"], spec.bank_block)
+    kernel, tuned = build_alone(func, target, database)
+    args = [tvm.runtime.tensor(v) for v in a.values()]
+    return (lambda: kernel(*args)), tuned
+
+
+def best_of_rounds(runs: list[Callable[[], object]], rounds: int = ROUNDS) -> list[float]:
+    """Milliseconds of each run: the best over ``rounds`` alternating rounds of medians."""
+    from .bench import median_ms
+
+    best = [float("inf")] * len(runs)
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            best[i] = min(best[i], median_ms(run, REPEAT, WARMUP))
+    return best
