@@ -269,6 +269,11 @@ def _tune(args) -> None:
                     remote=_remote(args), layout=args.layout)
     print(f"{log_dir}: {manifest['trials']} records for {manifest['model']} "
           f"({manifest['target']}); compile applies them with --tuning-logs {log_dir}")
+    if "checked" in manifest:
+        kept = [v["kept"] for v in manifest["checked"]]
+        print(f"best records timed against the default schedule: {kept.count('tuned')} kept, "
+              f"{kept.count('default')} gave way to the default (kernels whose best record "
+              "already was the default are not listed)")
 
 
 def _compile(args) -> None:
