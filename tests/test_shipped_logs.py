@@ -56,3 +56,14 @@ def test_every_shipped_log_comes_from_real_hardware_that_its_manifest_names():
         manifest = read_manifest(log_dir)
         assert manifest.get("emulated", False) is False, f"{log_dir} was tuned under emulation"
         assert manifest.get("hardware") and "unknown" not in manifest["hardware"], log_dir
+
+
+def test_every_shipped_log_was_checked_against_the_default_schedule():
+    """Each log went through tune's check (a record slower than the default gives way), and
+    each verdict follows from its own times."""
+    for log_dir in LOGS:
+        manifest = read_manifest(log_dir)
+        assert "checked" in manifest, f"{log_dir} was not checked against the default schedule"
+        for verdict in manifest["checked"]:
+            faster = "tuned" if verdict["tuned_ms"] < verdict["default_ms"] else "default"
+            assert verdict["kept"] == faster, (log_dir, verdict)
