@@ -111,19 +111,20 @@ def check(tasks, database, target: Target, rounds: int = 5) -> list[Verdict]:
     from .kernel_timing import best_of_rounds, fused_kernel_run
 
     verdicts = []
-    checkable = [t for t in tasks if default_schedule(t.dispatched[0], target) is not None]
-    for number, task in enumerate(checkable, 1):
+    defaults = [(t, default_schedule(t.dispatched[0], target)) for t in tasks]
+    checkable = [(task, default) for task, default in defaults if default is not None]
+    for number, (task, default) in enumerate(checkable, 1):
         mod = task.dispatched[0]
-        default = default_schedule(mod, target)
         workload = database.commit_workload(mod)
         (best,) = database.get_top_k(workload, 1) or (None,)
         if best is None or _trace_key(best.trace) == _trace_key(default.trace):
             continue
         func, spec = mod["main"], spec_of(mod["main"])
         tuned_run, applied = fused_kernel_run(func, spec, target, _only(best, workload))
-        if not applied:
-            raise RuntimeError(f"the best record of {task.task_name} did not apply to its "
-                               "own kernel")
+        if not applied:          # not seen; then nothing is checked for this kernel
+            log.warning("lego-tvm: the best record of %s did not apply to its own kernel; "
+                        "it is not checked", task.task_name)
+            continue
         default_run, _ = fused_kernel_run(func, spec, target, None)
         tuned_ms, default_ms = best_of_rounds([tuned_run, default_run], rounds)
         kept = "tuned" if tuned_ms < default_ms else "default"
