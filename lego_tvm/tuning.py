@@ -181,7 +181,10 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     pooling, matmuls and elementwise functions are small and keep their default schedules.
     ``layout``: as for ``compile`` (the records are for the kernels that layout makes).
     Resumable: records already in ``log_dir`` count towards ``trials`` and seed the search;
-    an interrupted run keeps every record it finished. Returns the manifest.
+    an interrupted run keeps every record it finished. Before the search each fused kernel's
+    default schedule is timed and committed as a record (on top of ``trials``); after it,
+    on this CPU, each kernel's best record is checked against the default
+    (``default_records.py``; the manifest's ``checked``). Returns the manifest.
     """
     import torch
 
@@ -215,8 +218,8 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
                 done, log_dir)
     if 0 < remaining < 2 * len(tasks):
         log.warning("lego-tvm: %d trials for %d kernels is too few for every kernel to get a "
-                    "tuned record; those without one keep the default schedule", remaining,
-                    len(tasks))
+                    "tuned record; those without one keep their default schedule (seeded as "
+                    "a record)", remaining, len(tasks))
     previous = read_manifest(log_dir) if (log_dir / MANIFEST).exists() else {}
     checked = previous.get("checked")
     if tasks:
