@@ -69,12 +69,14 @@ def seed(tasks, database, builder, runner, target: Target) -> int:
     is not in ``database`` yet (a resumed run has it). Returns how many were committed."""
     from tvm.s_tir import meta_schedule as ms
 
-    known = {_trace_key(r.trace) for r in database.get_all_tuning_records()}
     pending = []
     for task in tasks:
         mod = task.dispatched[0]
         sch = default_schedule(mod, target)
-        if sch is not None and _trace_key(sch.trace) not in known:
+        # Two kernels may share a default trace (same shapes, one with a residual): the
+        # trace is looked for among this kernel's own records.
+        if sch is not None and _trace_key(sch.trace) not in {
+                _trace_key(r.trace) for r in _records(database, mod)}:
             pending.append((task.task_name, mod, sch))
     if not pending:
         return 0
@@ -138,6 +140,14 @@ def check(tasks, database, target: Target, rounds: int = 5) -> list[Verdict]:
                 ms.arg_info.ArgInfo.from_prim_func(func)))
         verdicts.append(Verdict(task.task_name, tuned_ms, default_ms, kept))
     return verdicts
+
+
+def _records(database, mod: tvm.IRModule) -> list:
+    """Every measured record of ``mod``'s kernel in ``database``."""
+    if not database.has_workload(mod):
+        return []
+    everything = len(database.get_all_tuning_records())
+    return list(database.get_top_k(database.commit_workload(mod), everything))
 
 
 def _only(record, workload):
