@@ -70,13 +70,14 @@ def seed(tasks, database, builder, runner, target: Target) -> int:
     from tvm.s_tir import meta_schedule as ms
 
     pending = []
+    limit = len(database.get_all_tuning_records())
     for task in tasks:
         mod = task.dispatched[0]
         sch = default_schedule(mod, target)
         # Two kernels may share a default trace (same shapes, one with a residual): the
         # trace is looked for among this kernel's own records.
         if sch is not None and _trace_key(sch.trace) not in {
-                _trace_key(r.trace) for r in _records(database, mod)}:
+                _trace_key(r.trace) for r in _records(database, mod, limit)}:
             pending.append((task.task_name, mod, sch))
     if not pending:
         return 0
@@ -142,12 +143,12 @@ def check(tasks, database, target: Target, rounds: int = 5) -> list[Verdict]:
     return verdicts
 
 
-def _records(database, mod: tvm.IRModule) -> list:
-    """Every measured record of ``mod``'s kernel in ``database``."""
+def _records(database, mod: tvm.IRModule, limit: int) -> list:
+    """The measured records of ``mod``'s kernel in ``database`` (``limit``: at least the
+    number of records in it, to get them all)."""
     if not database.has_workload(mod):
         return []
-    everything = len(database.get_all_tuning_records())
-    return list(database.get_top_k(database.commit_workload(mod), everything))
+    return list(database.get_top_k(database.commit_workload(mod), limit))
 
 
 def _only(record, workload):
