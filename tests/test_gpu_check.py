@@ -10,11 +10,33 @@ import pytest
 TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "gpu_check.py")
 
 
-@pytest.mark.slow
-def test_gpu_check_flow_runs_on_the_cpu(tmp_path):
+def load_gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", TOOL)
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_without_a_gpu_it_says_which_library_is_missing(capsys, tmp_path):
+    """No driver on CI: TVM swallows why its CUDA runtime did not load; the check names it."""
+    code = load_gpu_check().main(["--smoke", "--out", str(tmp_path)])
+    message = capsys.readouterr().err
+    assert code == 2
+    assert "TVM sees no CUDA GPU" in message and "libcuda.so.1" in message, message
+
+
+def test_smoke_checks_one_layer(capsys, tmp_path):
+    code = load_gpu_check().main(["--device", "cpu", "--smoke", "--out", str(tmp_path),
+                                  "--repeat", "2", "--warmup", "1"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    assert row["lego_layers_fused"] == 1
+    assert max(row["max_rel_error"].values()) <= 1e-4
+
+
+@pytest.mark.slow
+def test_gpu_check_flow_runs_on_the_cpu(tmp_path):
+    gpu_check = load_gpu_check()
     out = str(tmp_path / "out")
     # No time budget here: the budget is for the GPU run; a loaded CI machine is slower.
     code = gpu_check.main(["--device", "cpu", "--quick", "--out", out, "--repeat", "2",

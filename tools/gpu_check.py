@@ -15,7 +15,8 @@ On a machine with an NVIDIA GPU, apache-tvm 0.27 and PyTorch with CUDA:
 4. writes results.json, results.md and the tuning log (with its manifest naming the GPU)
    to --out. Steps that would overrun --budget-s are skipped and listed as skipped.
 
-``--device cpu --quick`` runs the same flow on the host CPU with small sizes: CI uses it to
+``--smoke`` only compiles, runs and checks one small layer (the first thing to try on a new
+machine). ``--device cpu --quick`` runs the same flow on the host CPU with small sizes: CI uses it to
 keep this script working between GPU runs. Its numbers are not GPU numbers.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -56,6 +58,21 @@ def gpu_target():
     return Target(config)
 
 
+def why_no_cuda_runtime() -> str:
+    """Why TVM's CUDA runtime did not load: TVM swallows the loader's error."""
+    import ctypes
+
+    import tvm
+
+    library = os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so")
+    try:
+        ctypes.CDLL(library)
+    except OSError as err:
+        return (f"Loading {library} fails: {err}. It needs the NVIDIA driver's libcuda.so.1 "
+                "and CUDA 13's libcudart.so.13 on LD_LIBRARY_PATH.")
+    return "TVM's CUDA runtime loads, so the driver sees no GPU."
+
+
 class Check:
     def __init__(self, args):
         import tvm
@@ -81,11 +98,14 @@ class Check:
             info["torch_cuda"] = torch.cuda.is_available()
         return info
 
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
     def log(self, message: str) -> None:
-        print(f"[{time.time() - self.start:6.1f}s] {message}", flush=True)
+        print(f"[{self.elapsed():6.1f}s] {message}", flush=True)
 
     def time_left(self, step: str, needs: float) -> bool:
-        if time.time() - self.start + needs > self.args.budget_s:
+        if self.elapsed() + needs > self.args.budget_s:
             self.results["skipped"].append(step)
             self.log(f"skipping {step}: not enough of the time budget left")
             return False
@@ -147,6 +167,14 @@ class Check:
                  + f"; max error {max(errors.values()):.1e}")
         return {"name": name, "batch": int(x.shape[0]), "median_ms": times,
                 "max_rel_error": errors, "lego_layers_fused": len(fused.report.layers)}
+
+    def smoke(self) -> int:
+        """One small layer through the whole path: 0 when it runs and matches PyTorch."""
+        torch.manual_seed(0)
+        layer = LegoConv2d(32, 32, 3, 2, 0.5)
+        row = self.compare("smoke 32ch 8x8", layer, torch.randn(1, 32, 8, 8), {})
+        print(json.dumps(row), flush=True)
+        return 1 if self.results["failures"] else 0
 
     def models(self) -> None:
         names = ["lego_vgg16"] if self.args.quick else ["lego_vgg16", "lego_resnet50"]
@@ -210,7 +238,7 @@ class Check:
 
     def write(self) -> None:
         os.makedirs(self.args.out, exist_ok=True)
-        self.results["seconds"] = round(time.time() - self.start, 1)
+        self.results["seconds"] = round(self.elapsed(), 1)
         with open(os.path.join(self.args.out, "results.json"), "w") as f:
             json.dump(self.results, f, indent=1)
         rows = self.results["models"] + self.results["layers"]
@@ -241,18 +269,28 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--budget-s", type=float, default=450)
+    parser.add_argument("--smoke", action="store_true",
+                        help="only compile, run and check one small layer (seconds)")
     args = parser.parse_args(argv)
     if args.device == "cuda":
         import tvm
 
         if not tvm.cuda().exist:
-            print("gpu_check: TVM sees no CUDA GPU here (use --device cpu to try the flow)",
-                  file=sys.stderr)
+            print("gpu_check: TVM sees no CUDA GPU here (use --device cpu to try the flow). "
+                  + why_no_cuda_runtime(), file=sys.stderr)
             return 2
         # Compare fp32 with fp32: no TF32 in PyTorch's convs and matmuls.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     check = Check(args)
+
+    def stop(*_):
+        # A `timeout` wrapper's SIGTERM still writes what was measured (the finally below).
+        check.results["failures"].append(f"stopped by SIGTERM after {check.elapsed():.0f} s")
+        sys.exit(124)
+    signal.signal(signal.SIGTERM, stop)
+    if args.smoke:
+        return check.smoke()
     try:
         check.models()
         check.layers()
