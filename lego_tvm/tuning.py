@@ -52,8 +52,10 @@ def _tunable_lego_rule_cuda(sch, _block):
 
 
 def target_key(target: Target) -> str:
-    """Folder name for a target's logs, e.g. ``x86_64-znver3-2c``."""
+    """Folder name for a target's logs, e.g. ``x86_64-znver3-2c`` or ``cuda-sm_90``."""
     attrs = target.attrs
+    if target.kind.name == "cuda":
+        return f"cuda-{attrs.get('arch', 'unknown')}"
     arch = str(attrs.get("mtriple", "host")).split("-")[0]
     return f"{arch}-{attrs.get('mcpu', 'generic')}-{attrs.get('num-cores', 1)}c"
 

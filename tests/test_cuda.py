@@ -160,3 +160,16 @@ def test_tunable_cuda_design_spaces_are_the_default_body_and_build_to_cuda_kerne
     assert all("sample_categorical" in str(space.trace) for space in spaces)
     assert all("__global__" in source for source in sources)
     assert "__shared__" in sources[0] and "__shared__" not in sources[1]
+
+
+def test_tuning_for_a_gpu_needs_one_and_names_its_log_folder_by_architecture(tmp_path):
+    from lego_tvm.targets import TargetError
+    from lego_tvm.tuning import target_key
+
+    assert [target_key(resolve_target(p)) for p in ("cuda-a100", "cuda-l4", "cuda-h100")] == \
+        ["cuda-sm_80", "cuda-sm_89", "cuda-sm_90"]
+    layer = lego_tvm.LegoConv2d(16, 16, 3, 2, 0.5).eval()
+    with pytest.raises(TargetError, match="cannot time cuda-sm_90 kernels on this machine"):
+        lego_tvm.tune(layer, torch.randn(1, 16, 8, 8), tmp_path / "log", target="cuda-h100",
+                      trials=2)
+    assert not (tmp_path / "log").exists()
