@@ -1,22 +1,25 @@
 """CUDA, checked without a GPU: both zoo models compile for every GPU preset into CUDA
 kernels (no function left to run on the host), the fused Lego kernels have the launch
 configuration and shared memory their schedule chose, and the generated source compiles
-with nvcc for sm_80 and sm_90 without errors or register spills."""
+with nvcc for sm_80 and sm_90 without errors or register spills, and the GPU build, its
+thread loops run one after another on the CPU, computes what PyTorch computes."""
 import os
 import re
 import subprocess
 
 import pytest
 import torch
+import tvm
 
 import lego_tvm
+from conftest import TOLERANCE, relative_error
 from lego_tvm import pipeline
 from lego_tvm.fused_op import spec_of
 from lego_tvm.importer import export_program, to_relax
 from lego_tvm.schedules.cuda import default_config, shared_bytes
-from lego_tvm.targets import PRESETS, resolve_target
+from lego_tvm.targets import PRESETS, host_target, resolve_target
 from lego_tvm.zoo import get_model
-from tvm import tirx
+from tvm import relax, tirx
 
 GPU_PRESETS = [name for name in PRESETS if name.startswith("cuda-")]
 NVCC = os.environ.get("NVCC", "/usr/local/cuda/bin/nvcc")
@@ -173,3 +176,36 @@ def test_tuning_for_a_gpu_needs_one_and_names_its_log_folder_by_architecture(tmp
         lego_tvm.tune(layer, torch.randn(1, 16, 8, 8), tmp_path / "log", target="cuda-h100",
                       trials=2)
     assert not (tmp_path / "log").exists()
+
+
+# A GPU thread or block loop in TVMScript, e.g. T.thread_binding(T.int64(256), thread="threadIdx.x"
+THREAD_LOOP = re.compile(r'T\.thread_binding\(((?:T\.int64\()?\d+\)?), thread="\w+\.[xyz]"')
+
+
+def serialized(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with every GPU thread and block loop made an ordinary serial loop."""
+    text = THREAD_LOOP.sub(r"T.serial(\1", func.script())
+    assert "thread_binding" not in text
+    return tvm.script.from_source(text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", list(LEGO_LAYERS))
+@pytest.mark.parametrize("preset", ["cuda-a100", "cuda-h100"])
+def test_gpu_build_run_with_serial_threads_on_the_cpu_matches_torch(model_name, preset):
+    """Numbers from the GPU build without a GPU: every kernel of the CUDA-scheduled model
+    (the fused Lego kernels and dlight's), its thread and block loops run one after another
+    on the CPU, must give PyTorch's output. This checks what the schedules compute (tiles,
+    shared-memory regions, index narrowing, fused epilogues), not what only concurrent
+    threads can get wrong (TVM inserts the barriers between shared-memory stages)."""
+    mod, _, _ = compiled_for_gpu(model_name, preset)
+    on_cpu = tvm.IRModule(dict(mod.functions_items()))
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            on_cpu[gvar] = serialized(func)
+    vm = relax.VirtualMachine(pipeline.build(on_cpu, host_target()), tvm.cpu())
+    model, x = get_model(model_name)
+    out = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    with torch.no_grad():
+        reference = model(x).numpy()
+    assert relative_error(out, reference) <= TOLERANCE

@@ -13,6 +13,20 @@ from conftest import (TOLERANCE, assert_matches_torch, relative_error,
 from lego_tvm.zoo import get_model
 
 
+@pytest.mark.parametrize("name", ["lego_vgg16", "lego_resnet50"])
+def test_zoo_model_outputs_depend_on_the_input(name):
+    """Whole-model checks only mean something if every layer reaches the output: an
+    untrained model with made-up BatchNorm statistics once gave the same logits for any
+    input, so a wrong early layer went unnoticed."""
+    model, x = get_model(name)
+    with torch.no_grad():
+        outputs = [model(x), model(torch.randn_like(x)), model(torch.zeros_like(x))]
+    scale = outputs[0].abs().max()
+    assert scale > 0.1
+    for other in outputs[1:]:
+        assert (other - outputs[0]).abs().max() > 0.1 * scale
+
+
 @pytest.fixture(scope="module")
 def vgg():
     model, x = get_model("lego_vgg16")
