@@ -4,8 +4,9 @@ Fused stages (the default wherever the tile fits in shared memory):
 
     blockIdx.x  = (image, row tile, column tile)            # one output tile per block
       shared    L[o, m/V, tile_h, tile_w, V]                # compute once: the Lego tile
-        threadIdx.x over (split, filter block, row, col)    # each thread: V filters of one
-          acc[V] in registers; for rc, ry, rx: acc += x * bank[.., 0:V]     # pixel
+        threadIdx.x over (split, filter block, row, col/P)  # each thread: V filters of P
+          acc[P, V] in registers; for rc, ry, rx:           # neighbouring pixels (P = 1 by
+            acc[p, :] += x[p] * bank[.., 0:V]               # default; tuning samples 1-4)
       __syncthreads()
       threadIdx.x over (out channel, row, col): gather L + epilogue -> y    # coalesced on col
 
@@ -43,6 +44,9 @@ class LegoCudaConfig:
     tile_h: int         # output rows per block (fused stages)
     tile_w: int         # output columns per block (fused stages)
     threads: int        # threads per block
+    # Neighbouring output columns one thread computes the Lego maps of: BANK_BLOCK x pixels
+    # accumulators, each bank load used pixels times. More work per thread, fewer threads.
+    pixels: int = 1
 
 
 def shared_bytes(spec: LegoConvSpec, tile_h: int, tile_w: int) -> int:
@@ -83,21 +87,22 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCudaConfig) -> None:
         sch.bind(thread, "threadIdx.x")
         sch.compute_at(lego, block, preserve_unit_loops=True)
         sch.set_scope(lego, 0, "shared")
-        loops = sch.get_loops(lego)[1:]        # (image, split, filter block, row, col, lane) + rc, ry, rx
-        _, lego_thread = sch.split(sch.fuse(*loops[:5]), [None, config.threads])
+        # (image, split, filter block, row, col, lane) + rc, ry, rx
+        lego_items, pixel = _split_pixels(sch, sch.get_loops(lego)[1:], config.pixels)
+        _, lego_thread = sch.split(lego_items, [None, config.threads])
         sch.bind(lego_thread, "threadIdx.x")
     else:
-        loops = sch.get_loops(lego)
-        lego_block, lego_thread = sch.split(sch.fuse(*loops[:5]), [None, config.threads])
+        lego_items, pixel = _split_pixels(sch, sch.get_loops(lego), config.pixels)
+        lego_block, lego_thread = sch.split(lego_items, [None, config.threads])
         sch.bind(lego_block, "blockIdx.x")
         sch.bind(lego_thread, "threadIdx.x")
         block, thread = sch.split(sch.fuse(image, channel, row, col), [None, config.threads])
         sch.bind(block, "blockIdx.x")
         sch.bind(thread, "threadIdx.x")
-    # Per thread: V accumulators in registers over the whole reduction; each input value
-    # (padded on the fly, in a register) feeds the V FMAs.
+    # Per thread: V x pixels accumulators in registers over the whole reduction; each input
+    # value (padded on the fly, in a register) feeds V FMAs, each bank value pixels FMAs.
     lane, rc, ry, rx = sch.get_loops(lego)[-4:]
-    sch.reorder(rc, ry, rx, lane)
+    sch.reorder(rc, ry, rx, pixel, lane)
     if has_block(sch, PAD_BLOCK):
         pad = sch.get_sblock(PAD_BLOCK)
         sch.compute_at(pad, rx, preserve_unit_loops=True)
@@ -106,14 +111,23 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCudaConfig) -> None:
         sch.compute_at(sch.cache_read(lego, 0, "local"), rx, preserve_unit_loops=True)
     acc = sch.cache_write(lego, 0, "local")
     sch.reverse_compute_at(acc, lego_thread, preserve_unit_loops=True)
+    sch.unroll(pixel)
     sch.unroll(lane)
     sch.decompose_reduction(lego, rc)
 
 
+def _split_pixels(sch: s_tir.Schedule, loops, pixels: int):
+    """(the fused loop over a thread's work items, the loop over its pixels) from the Lego
+    block's (image, split, filter block, row, col, ...) loops."""
+    image, split, filter_block, row, col = loops[:5]
+    col, pixel = sch.split(col, [None, pixels])
+    return sch.fuse(image, split, filter_block, row, col), pixel
+
+
 def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
                       ) -> list[s_tir.Schedule]:
-    """The MetaSchedule design spaces: the default schedule's body with sampled output tile
-    and thread count, once with fused stages and once stage by stage. Tiles whose Lego tile
+    """The MetaSchedule design spaces: the default schedule's body with sampled output tile,
+    thread count and pixels per thread, once with fused stages and once stage by stage. Tiles whose Lego tile
     overflows shared memory are rejected by MetaSchedule's GPU-code verification."""
     default = default_config(spec, target)
     spaces = []
@@ -124,7 +138,9 @@ def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
             fuse_stages=fuse_stages,
             tile_h=sample_choice(space, divisors(spec.out_height), default.tile_h) if fused else 1,
             tile_w=sample_choice(space, divisors(spec.out_width), default.tile_w) if fused else 1,
-            threads=sample_choice(space, [64, 128, 256, 512], default.threads))
+            threads=sample_choice(space, [64, 128, 256, 512], default.threads),
+            # A tile width that pixels do not divide leaves a tail that a predicate guards.
+            pixels=sample_choice(space, divisors(spec.out_width, 4), default.pixels))
         apply_lego_schedule(space, config)
         spaces.append(space)
     return spaces

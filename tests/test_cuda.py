@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 import tvm
@@ -209,3 +210,41 @@ def test_gpu_build_run_with_serial_threads_on_the_cpu_matches_torch(model_name, 
     with torch.no_grad():
         reference = model(x).numpy()
     assert relative_error(out, reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("fuse_stages", [True, False])
+def test_more_pixels_per_thread_compute_the_same(fuse_stages):
+    """The register tile over neighbouring pixels (tuning samples 1-4) changes who computes
+    what, not the result: with threads made serial on the CPU, 2 and 4 pixels per thread
+    give exactly the output of 1."""
+    import dataclasses
+
+    from tvm import s_tir
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from lego_tvm.schedules.cuda import apply_lego_schedule, narrow_indices
+
+    torch.manual_seed(0)
+    layer = lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5).eval()
+    target = resolve_target("cuda-h100")
+    mod, _ = pipeline.fuse_convs(to_relax(export_program(layer, (torch.randn(2, 32, 12, 12),))),
+                                 target)
+    (func,) = [f for _, f in pipeline.lower(mod, target).functions_items()
+               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
+    rng = np.random.default_rng(0)
+    args = [(rng.integers(0, layer.n_lego, [int(d) for d in a.shape]) if "int" in str(a.dtype)
+             else rng.uniform(-1, 1, [int(d) for d in a.shape])).astype(str(a.dtype))
+            for a in ArgInfo.from_prim_func(func)]
+    base = dataclasses.replace(default_config(spec_of(func), target), fuse_stages=fuse_stages)
+    outputs = []
+    for pixels in (1, 2, 4):
+        sch = s_tir.Schedule(func)
+        apply_lego_schedule(sch, dataclasses.replace(base, pixels=pixels))
+        kernel = serialized(narrow_indices(sch.mod["main"])).with_attr("global_symbol", "main")
+        built = tvm.compile(tvm.IRModule({"main": kernel}), target=host_target())
+        tensors = [tvm.runtime.tensor(a) for a in args]
+        built["main"](*tensors)
+        outputs.append(tensors[-1].numpy())
+    assert np.abs(outputs[0]).max() > 0.1
+    for other in outputs[1:]:
+        np.testing.assert_array_equal(other, outputs[0])

@@ -54,3 +54,23 @@ def test_gpu_check_flow_runs_on_the_cpu(tmp_path):
     assert results["tuning"]["manifest"]["trials"] >= 1
     assert os.path.exists(os.path.join(results["tuning"]["log"], "manifest.json"))
     assert "fp16" in open(os.path.join(out, "results.md")).read()
+
+
+def test_cuda_variants_build_one_kernel_per_pixel_count():
+    """The GPU check's side-by-side of pixels per thread builds here (it times only on a GPU)."""
+    import torch
+
+    from lego_tvm.lego_conv import LegoConv2d
+    from lego_tvm.targets import resolve_target
+
+    layer = LegoConv2d(16, 16, 3, 2, 0.5)
+    variants = load_gpu_check().cuda_variants(layer, torch.randn(1, 16, 6, 6),
+                                              resolve_target("cuda-h100"))
+    assert [config.pixels for config, _, _ in variants] == [1, 2]      # 4 does not divide 6
+    for config, _, kernel in variants:
+        modules, sources = [kernel.mod], []
+        while modules:
+            module = modules.pop()
+            sources += [module.inspect_source("cuda")] if module.kind == "cuda" else []
+            modules += list(module.imports)
+        assert len(sources) == 1 and f"__launch_bounds__({config.threads})" in sources[0]

@@ -12,12 +12,14 @@ On a machine with an NVIDIA GPU, apache-tvm 0.27 and PyTorch with CUDA:
    hand-written formulation), TVM without the pass and lego-tvm; medians after warm-up;
 3. tunes the fused operator of one layer shortly (MetaSchedule + XGBoost) and times the
    tuned kernel;
-4. writes results.json, results.md and the tuning log (with its manifest naming the GPU)
+4. times each layer's fused kernel alone with 1, 2 and 4 pixels per thread (the default is
+   1): data for the CUDA defaults;
+5. writes results.json, results.md and the tuning log (with its manifest naming the GPU)
    to --out. Steps that would overrun --budget-s are skipped and listed as skipped.
 
 ``--smoke`` only compiles, runs and checks one small layer (the first thing to try on a new
-machine). ``--device cpu --quick`` runs the same flow on the host CPU with small sizes: CI uses it to
-keep this script working between GPU runs. Its numbers are not GPU numbers.
+machine). ``--device cpu --quick`` runs the same flow on the host CPU with small sizes: CI
+uses it to keep this script working between GPU runs. Its numbers are not GPU numbers.
 """
 from __future__ import annotations
 
@@ -58,6 +60,34 @@ def gpu_target():
     return Target(config)
 
 
+def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2, 4)):
+    """[(config, PrimFunc, built module)]: the layer's fused CUDA kernel alone under its
+    default config with each number of ``pixels`` per thread that divides the output width."""
+    import dataclasses
+
+    import tvm
+    from tvm import s_tir, tirx
+
+    from lego_tvm import pipeline
+    from lego_tvm.fused_op import spec_of
+    from lego_tvm.importer import export_program, to_relax
+    from lego_tvm.schedules.cuda import apply_lego_schedule, default_config, narrow_indices
+
+    mod, _ = pipeline.fuse_convs(to_relax(export_program(layer.eval(), (x,))), target)
+    (func,) = [f for _, f in pipeline.lower(mod, target).functions_items()
+               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
+    spec = spec_of(func)
+    variants = []
+    for count in (p for p in pixels if spec.out_width % p == 0):
+        config = dataclasses.replace(default_config(spec, target), pixels=count)
+        sch = s_tir.Schedule(func)
+        apply_lego_schedule(sch, config)
+        kernel = narrow_indices(sch.mod["main"]).with_attr("global_symbol", "main")
+        variants.append((config, kernel,
+                         tvm.compile(tvm.IRModule({"main": kernel}), target=target)))
+    return variants
+
+
 def why_no_cuda_runtime() -> str:
     """Why TVM's CUDA runtime did not load: TVM swallows the loader's error."""
     import ctypes
@@ -84,7 +114,8 @@ class Check:
         self.tvm_device = tvm.cuda() if self.gpu else tvm.cpu()
         self.torch_device = torch.device("cuda" if self.gpu else "cpu")
         self.results = {"device": self._describe(), "target": str(self.target), "models": [],
-                        "layers": [], "fp16": None, "tuning": None, "skipped": [],
+                        "layers": [], "fp16": None, "tuning": None, "variants": [],
+                        "skipped": [],
                         "failures": []}
 
     def _describe(self) -> dict:
@@ -176,6 +207,17 @@ class Check:
         print(json.dumps(row), flush=True)
         return 1 if self.results["failures"] else 0
 
+    def everything(self) -> int:
+        try:
+            self.models()
+            self.layers()
+            self.fp16()
+            self.tuning()
+            self.variants()
+        finally:
+            self.write()
+        return 1 if self.results["failures"] else 0
+
     def models(self) -> None:
         names = ["lego_vgg16"] if self.args.quick else ["lego_vgg16", "lego_resnet50"]
         batches = [1] if self.args.quick else [1, 32]
@@ -236,6 +278,44 @@ class Check:
                            {"logs": [log_dir], "best": BatchFoldedLegoConv2d(layer)})
         self.results["tuning"] = {"log": log_dir, "manifest": manifest, "row": row}
 
+    def variants(self) -> None:
+        """Each layer's fused kernel alone under 1, 2 and 4 pixels per thread, side by side:
+        data for choosing the default (GPU only; lego_tvm's default is 1)."""
+        from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+        if not self.gpu:
+            return
+        for case in LAYERS:
+            for batch in (1, 32):
+                if not self.time_left(f"variants {case.name} batch {batch}", 20):
+                    continue
+                torch.manual_seed(0)
+                layer = LegoConv2d(case.channels, case.channels, 3, 2, 0.5, stride=case.stride)
+                x = torch.randn(batch, case.channels, case.size, case.size)
+                rng = np.random.default_rng(0)
+                rows = []
+                for config, func, kernel in cuda_variants(layer, x, self.target):
+                    args = [self._argument(info, rng, layer.n_lego)
+                            for info in ArgInfo.from_prim_func(func)]
+                    timer = kernel.time_evaluator("main", self.tvm_device, number=10,
+                                                  repeat=self.args.repeat)
+                    rows.append({"pixels": config.pixels, "threads": config.threads,
+                                 "tile": [config.tile_h, config.tile_w],
+                                 "fused_stages": config.fuse_stages,
+                                 "median_ms": statistics.median(timer(*args).results) * 1e3})
+                self.results["variants"].append({"name": case.name, "batch": batch,
+                                                 "kernels": rows})
+                self.log(f"[variants {case.name} b{batch}] " + ", ".join(
+                    f"{r['pixels']} px {r['median_ms']:.3f} ms" for r in rows))
+
+    def _argument(self, info, rng, lego_filters: int):
+        import tvm
+
+        shape, dtype = [int(d) for d in info.shape], str(info.dtype)
+        array = (rng.integers(0, lego_filters, shape) if "int" in dtype      # valid indices
+                 else rng.uniform(-1, 1, shape)).astype(dtype)
+        return tvm.runtime.tensor(array, self.tvm_device)
+
     def write(self) -> None:
         os.makedirs(self.args.out, exist_ok=True)
         self.results["seconds"] = round(self.elapsed(), 1)
@@ -253,6 +333,9 @@ class Check:
                 f"{t[k]:.3f} ms" if k in t else "-" for k in keys)
                 + f" | {t['torch_dense'] / t['lego_tvm']:.2f}x"
                 + f" | {max(r['max_rel_error'].values()):.1e} |")
+        for v in self.results["variants"]:
+            lines.append(f"kernel alone, {v['name']} b{v['batch']}: " + ", ".join(
+                f"{k['pixels']} px/thread {k['median_ms']:.3f} ms" for k in v["kernels"]))
         lines += ["", f"fp16: {self.results['fp16']}", f"skipped: {self.results['skipped']}",
                   f"failures: {self.results['failures']}"]
         with open(os.path.join(self.args.out, "results.md"), "w") as f:
@@ -285,20 +368,14 @@ def main(argv=None) -> int:
     check = Check(args)
 
     def stop(*_):
-        # A `timeout` wrapper's SIGTERM still writes what was measured (the finally below).
+        # A `timeout` wrapper's SIGTERM still writes what was measured (everything's finally).
         check.results["failures"].append(f"stopped by SIGTERM after {check.elapsed():.0f} s")
         sys.exit(124)
-    signal.signal(signal.SIGTERM, stop)
-    if args.smoke:
-        return check.smoke()
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        check.models()
-        check.layers()
-        check.fp16()
-        check.tuning()
+        return check.smoke() if args.smoke else check.everything()
     finally:
-        check.write()
-    return 1 if check.results["failures"] else 0
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,12 @@ python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' || {
 export PYTHONPATH=$site PYTHONUNBUFFERED=1
 export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
 # TVM's CUDA runtime needs libcudart.so.13: the toolkit's, else the one PyTorch brought.
-torch_cudart=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "lib"))' 2>/dev/null)
+torch_cudart=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "lib"))' \
+               2>/dev/null)
 export LD_LIBRARY_PATH="$CUDA_PATH/lib64:${torch_cudart}:${LD_LIBRARY_PATH:-}"
 nvidia-smi -L || true
-python3 -c 'import torch, tvm, lego_tvm; print("torch", torch.__version__, "tvm", tvm.__version__, "TVM sees a GPU:", tvm.cuda().exist)' || {
+python3 -c 'import torch, tvm, lego_tvm
+print("torch", torch.__version__, "tvm", tvm.__version__, "TVM sees a GPU:", tvm.cuda().exist)' || {
     echo "gpu-check.sh: PyTorch, TVM or lego_tvm does not import (above)" >&2
     exit 3; }
 
@@ -45,7 +47,8 @@ if ! python3 tools/gpu_check.py --smoke --out /tmp/gpu-smoke "${extra[@]}"; then
     python3 tools/gpu_check.py --smoke --out /tmp/gpu-smoke "${extra[@]}" || exit 4
 fi
 
-timeout $((budget_s + 90)) python3 tools/gpu_check.py --out /tmp/gpu-check --budget-s "$budget_s" "${extra[@]}"
+timeout $((budget_s + 90)) python3 tools/gpu_check.py --out /tmp/gpu-check --budget-s "$budget_s" \
+    "${extra[@]}"
 rc=$?
 # $OUT keeps files at most two folders down; the tuning log lies deeper, so send a tarball.
 tar -C /tmp -czf "$OUT/gpu-check.tar.gz" gpu-check

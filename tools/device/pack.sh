@@ -3,7 +3,7 @@
 # apache-tvm, apache-tvm-ffi and xgboost-cpu wheels for its Python (3.12) and a wheel of this
 # checkout, installed into one folder, tarred, xz-compressed and split in two halves.
 #
-#   bash tools/device/pack.sh            # writes .device/a/kit.tar.xz.00 and .device/b/kit.tar.xz.01
+#   bash tools/device/pack.sh     # writes .device/a/kit.tar.xz.00 and .device/b/kit.tar.xz.01
 #
 # Why two halves: each device call carries at most 64 MiB, the checkout included (about
 # 14 MB, mostly tuning logs), and TVM's compiler library alone is 62 MB compressed. The
@@ -41,7 +41,8 @@ echo "[pack] compressing (a few minutes)"
 tar -C "$work/site" -cf - . | xz -T0 -6 > "$work/kit.tar.xz"
 size=$(stat -c %s "$work/kit.tar.xz")
 if (( size > 2 * HALF_BYTES )); then
-    echo "[pack] the kit is $((size >> 20)) MiB, more than two halves of $((HALF_BYTES >> 20)) MiB" >&2
+    echo "[pack] the kit is $((size >> 20)) MiB, more than two halves of" \
+         "$((HALF_BYTES >> 20)) MiB" >&2
     exit 1
 fi
 rm -rf .device/a .device/b
