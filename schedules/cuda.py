@@ -127,8 +127,9 @@ def _split_pixels(sch: s_tir.Schedule, loops, pixels: int):
 def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
                       ) -> list[s_tir.Schedule]:
     """The MetaSchedule design spaces: the default schedule's body with sampled output tile,
-    thread count and pixels per thread, once with fused stages and once stage by stage. Tiles whose Lego tile
-    overflows shared memory are rejected by MetaSchedule's GPU-code verification."""
+    thread count and pixels per thread, once with fused stages and once stage by stage.
+    Tiles whose Lego tile overflows shared memory are rejected by MetaSchedule's GPU-code
+    verification."""
     default = default_config(spec, target)
     spaces = []
     for fuse_stages in (True, False):
