@@ -38,6 +38,13 @@ def random_inputs(spec: LegoConvSpec, rng) -> dict[str, np.ndarray]:
     return arrays
 
 
+def kernel_arguments(spec: LegoConvSpec, rng) -> list[np.ndarray]:
+    """``random_inputs`` as the fused kernel takes them (bank packed), in order."""
+    arrays = random_inputs(spec, rng)
+    arrays["bank"] = pack_bank(arrays["bank"], spec.bank_block)
+    return list(arrays.values())
+
+
 def build_alone(func: tirx.PrimFunc, target: Target, database=None):
     """``func`` scheduled as a model would schedule it (its record in ``database`` if any,
     else the default schedule) and built: (callable, whether a tuned record was applied)."""
@@ -51,10 +58,8 @@ def build_alone(func: tirx.PrimFunc, target: Target, database=None):
 def fused_kernel_run(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database=None
                      ) -> tuple[Callable[[], object], bool]:
     """A no-argument call of the fused kernel on random data, and whether it is tuned."""
-    a = random_inputs(spec, np.random.default_rng(0))
-    a["bank"] = pack_bank(a["bank"], spec.bank_block)
     kernel, tuned = build_alone(func, target, database)
-    args = [tvm.runtime.tensor(v) for v in a.values()]
+    args = [tvm.runtime.tensor(v) for v in kernel_arguments(spec, np.random.default_rng(0))]
     return (lambda: kernel(*args)), tuned
 
 

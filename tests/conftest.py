@@ -42,6 +42,19 @@ def run_exported_without_torch(path: str, x: np.ndarray, folder) -> np.ndarray:
 TOLERANCE = 1e-4
 
 
+def cuda_source(executable) -> str:
+    """The CUDA source of a module built for a GPU: exactly one CUDA module among its imports."""
+    modules, sources = [executable.mod], []
+    while modules:
+        module = modules.pop()
+        if module.kind == "cuda":
+            sources.append(module.inspect_source("cuda"))
+        modules += list(module.imports)
+    assert sources, "the built module holds no CUDA module: nothing would run on the GPU"
+    assert len(sources) == 1, f"{len(sources)} CUDA modules in one build"
+    return sources[0]
+
+
 def relative_error(out, reference) -> float:
     out, reference = np.asarray(out), np.asarray(reference)
     scale = np.abs(reference).max()

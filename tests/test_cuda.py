@@ -13,7 +13,7 @@ import torch
 import tvm
 
 import lego_tvm
-from conftest import TOLERANCE, relative_error
+from conftest import TOLERANCE, cuda_source, relative_error
 from lego_tvm import pipeline
 from lego_tvm.fused_op import spec_of
 from lego_tvm.importer import export_program, to_relax
@@ -43,16 +43,6 @@ def compiled_for_gpu(model_name: str, preset: str):
     return _cache[key]
 
 
-def cuda_source(executable) -> str:
-    modules = [executable.mod]
-    while modules:
-        module = modules.pop()
-        if module.kind == "cuda":
-            return module.inspect_source("cuda")
-        modules += list(module.imports)
-    raise AssertionError("the built module holds no CUDA module: nothing would run on the GPU")
-
-
 def kernel_head(source: str, name: str) -> str:
     """The definition line of the ``__global__`` kernel ``name`` and its shared buffers."""
     match = re.search(r'extern "C" __global__ void __launch_bounds__\((\d+)\) ' + name
@@ -61,6 +51,14 @@ def kernel_head(source: str, name: str) -> str:
     body_start = match.end()
     body = source[body_start:source.index("\n}\n", body_start)]
     return match.group(1), body
+
+
+def fused_kernel(layer, x, target) -> tirx.PrimFunc:
+    """The one fused Lego kernel of ``layer``, lowered for ``target`` and not scheduled."""
+    mod, _ = pipeline.fuse_convs(to_relax(export_program(layer, (x,))), target)
+    (func,) = [f for _, f in pipeline.lower(mod, target).functions_items()
+               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
+    return func
 
 
 MODEL_PRESETS = [(m, p) for m in LEGO_LAYERS for p in GPU_PRESETS]
@@ -149,10 +147,7 @@ def test_tunable_cuda_design_spaces_are_the_default_body_and_build_to_cuda_kerne
 
     layer = lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5).eval()
     target = resolve_target("cuda-a100")
-    mod, _ = pipeline.fuse_convs(to_relax(export_program(layer, (torch.randn(1, 32, 14, 14),))),
-                                 target)
-    (func,) = [f for _, f in pipeline.lower(mod, target).functions_items()
-               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
+    func = fused_kernel(layer, torch.randn(1, 32, 14, 14), target)
     sch = s_tir.Schedule(func)
     # The name MetaSchedule looks up for a block annotated with our rule on a CUDA target.
     rule = tvm.get_global_func(f"s_tir.meta_schedule.cuda.{SCHEDULE_RULE}")
@@ -220,21 +215,15 @@ def test_more_pixels_per_thread_compute_the_same(fuse_stages):
     import dataclasses
 
     from tvm import s_tir
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
+    from lego_tvm.kernel_timing import kernel_arguments
     from lego_tvm.schedules.cuda import apply_lego_schedule, narrow_indices
 
     torch.manual_seed(0)
     layer = lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5).eval()
     target = resolve_target("cuda-h100")
-    mod, _ = pipeline.fuse_convs(to_relax(export_program(layer, (torch.randn(2, 32, 12, 12),))),
-                                 target)
-    (func,) = [f for _, f in pipeline.lower(mod, target).functions_items()
-               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
-    rng = np.random.default_rng(0)
-    args = [(rng.integers(0, layer.n_lego, [int(d) for d in a.shape]) if "int" in str(a.dtype)
-             else rng.uniform(-1, 1, [int(d) for d in a.shape])).astype(str(a.dtype))
-            for a in ArgInfo.from_prim_func(func)]
+    func = fused_kernel(layer, torch.randn(2, 32, 12, 12), target)
+    args = kernel_arguments(spec_of(func), np.random.default_rng(0))
     base = dataclasses.replace(default_config(spec_of(func), target), fuse_stages=fuse_stages)
     outputs = []
     for pixels in (1, 2, 4):

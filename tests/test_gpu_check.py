@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from conftest import cuda_source
+
 TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "gpu_check.py")
 
 
@@ -68,9 +70,4 @@ def test_cuda_variants_build_one_kernel_per_pixel_count():
                                               resolve_target("cuda-h100"))
     assert [config.pixels for config, _, _ in variants] == [1, 2]      # 4 does not divide 6
     for config, _, kernel in variants:
-        modules, sources = [kernel.mod], []
-        while modules:
-            module = modules.pop()
-            sources += [module.inspect_source("cuda")] if module.kind == "cuda" else []
-            modules += list(module.imports)
-        assert len(sources) == 1 and f"__launch_bounds__({config.threads})" in sources[0]
+        assert f"__launch_bounds__({config.threads})" in cuda_source(kernel)

@@ -281,7 +281,10 @@ class Check:
     def variants(self) -> None:
         """Each layer's fused kernel alone under 1, 2 and 4 pixels per thread, side by side:
         data for choosing the default (GPU only; lego_tvm's default is 1)."""
-        from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+        import tvm
+
+        from lego_tvm.fused_op import spec_of
+        from lego_tvm.kernel_timing import kernel_arguments
 
         if not self.gpu:
             return
@@ -292,11 +295,10 @@ class Check:
                 torch.manual_seed(0)
                 layer = LegoConv2d(case.channels, case.channels, 3, 2, 0.5, stride=case.stride)
                 x = torch.randn(batch, case.channels, case.size, case.size)
-                rng = np.random.default_rng(0)
                 rows = []
                 for config, func, kernel in cuda_variants(layer, x, self.target):
-                    args = [self._argument(info, rng, layer.n_lego)
-                            for info in ArgInfo.from_prim_func(func)]
+                    args = [tvm.runtime.tensor(a, self.tvm_device) for a in
+                            kernel_arguments(spec_of(func), np.random.default_rng(0))]
                     timer = kernel.time_evaluator("main", self.tvm_device, number=10,
                                                   repeat=self.args.repeat)
                     rows.append({"pixels": config.pixels, "threads": config.threads,
@@ -307,14 +309,6 @@ class Check:
                                                  "kernels": rows})
                 self.log(f"[variants {case.name} b{batch}] " + ", ".join(
                     f"{r['pixels']} px {r['median_ms']:.3f} ms" for r in rows))
-
-    def _argument(self, info, rng, lego_filters: int):
-        import tvm
-
-        shape, dtype = [int(d) for d in info.shape], str(info.dtype)
-        array = (rng.integers(0, lego_filters, shape) if "int" in dtype      # valid indices
-                 else rng.uniform(-1, 1, shape)).astype(dtype)
-        return tvm.runtime.tensor(array, self.tvm_device)
 
     def write(self) -> None:
         os.makedirs(self.args.out, exist_ok=True)
