@@ -18,7 +18,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from . import onednn
-from .fused_op import LegoConvSpec, lego_gather_prim_func, spec_of, unpack_bank
+from .fused_op import LegoConvSpec, lego_gather_prim_func, lego_kernels, unpack_bank
 from .kernel_timing import best_of_rounds, build_alone, fused_kernel_run, random_inputs
 from .targets import why_not_runnable_here
 from .tvm_compat import const_array
@@ -68,8 +68,7 @@ def choose(mod: tvm.IRModule, target: Target, mode: str, database=None,
         raise onednn.OneDNNUnavailable(f"compute_once='onednn': {unavailable}")
     choices: list[KernelChoice] = []
     chosen: dict[tvm.ir.GlobalVar, LegoConvSpec] = {}
-    kernels = [(gv, spec_of(f)) for gv, f in mod.functions_items()
-               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
+    kernels = [(gvar, spec) for gvar, _, spec in lego_kernels(mod)]
     for number, (gvar, spec) in enumerate(kernels, 1):
         reason = unavailable or onednn_unsupported(spec)
         if reason:

@@ -239,3 +239,13 @@ def spec_of(func: tirx.PrimFunc, attr: str = "lego_tvm.spec") -> LegoConvSpec | 
     for key in ("kernel", "stride", "padding"):
         fields[key] = tuple(fields[key])
     return LegoConvSpec(**fields)
+
+
+def lego_kernels(mod) -> list[tuple]:
+    """``(global_var, prim_func, spec)`` for each fused Lego kernel of IRModule ``mod``."""
+    found = []
+    for gvar, func in mod.functions_items():
+        spec = spec_of(func) if isinstance(func, tirx.PrimFunc) else None
+        if spec is not None:
+            found.append((gvar, func, spec))
+    return found

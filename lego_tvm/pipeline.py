@@ -14,7 +14,7 @@ from .fuse_pass import FuseDenseConv2d, FuseLegoConv2d
 from .layout_pass import LAYOUTS, PropagateBlockedLayout
 from .report import LegoReport
 from .schedules.cpu_generic import ParallelInjective, TiledReduction
-from .fused_op import spec_of
+from .fused_op import lego_kernels
 from .schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
 from .schedules.lego_cpu import FusedLegoRule
 from .schedules.simd import simd_profile
@@ -89,9 +89,8 @@ def schedule(mod: tvm.IRModule, target: Target, database=None) -> tuple[tvm.IRMo
     with target:
         mod = dlight.ApplyDefaultSchedule(*[_FallThrough(rule) for rule in rules])(mod)
     if _is_gpu(target):
-        for gvar, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc) and spec_of(func) is not None:
-                mod[gvar] = narrow_indices(func)
+        for gvar, func, _ in lego_kernels(mod):
+            mod[gvar] = narrow_indices(func)
     unscheduled = [gv.name_hint for gv, f in mod.functions_items()
                    if isinstance(f, tirx.PrimFunc) and not f.attrs.get("tirx.is_scheduled", False)]
     if unscheduled:

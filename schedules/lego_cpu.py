@@ -31,8 +31,7 @@ from tvm.target import Target
 from ..fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
                         spec_of)
 from .simd import simd_profile
-from .tiling import (SimdProfile, divisors, has_block, largest_divisor_at_most, num_cores,
-                     sample_divisor)
+from .tiling import SimdProfile, divisors, has_block, num_cores, sample_divisor
 
 
 @dataclass(frozen=True)

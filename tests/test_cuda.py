@@ -15,7 +15,7 @@ import tvm
 import lego_tvm
 from conftest import TOLERANCE, cuda_source, relative_error
 from lego_tvm import pipeline
-from lego_tvm.fused_op import spec_of
+from lego_tvm.fused_op import lego_kernels, spec_of
 from lego_tvm.importer import export_program, to_relax
 from lego_tvm.schedules.cuda import default_config, shared_bytes
 from lego_tvm.targets import PRESETS, host_target, resolve_target
@@ -56,8 +56,7 @@ def kernel_head(source: str, name: str) -> str:
 def fused_kernel(layer, x, target) -> tirx.PrimFunc:
     """The one fused Lego kernel of ``layer``, lowered for ``target`` and not scheduled."""
     mod, _ = pipeline.fuse_convs(to_relax(export_program(layer, (x,))), target)
-    (func,) = [f for _, f in pipeline.lower(mod, target).functions_items()
-               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
+    ((_, func, _),) = lego_kernels(pipeline.lower(mod, target))
     return func
 
 
@@ -73,8 +72,7 @@ def test_every_function_becomes_a_cuda_kernel(model_name, preset):
             assert 'thread="blockIdx.x"' in func.script(), \
                 f"{gvar.name_hint} has no GPU thread binding: it would run on the host"
     kernels = set(re.findall(r'__global__ void __launch_bounds__\(\d+\) (\w+)\(', source))
-    lego = [gv.name_hint for gv, f in mod.functions_items()
-            if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
+    lego = [gvar.name_hint for gvar, _, _ in lego_kernels(mod)]
     assert lego and all(f"{name}_kernel" in kernels for name in lego)
 
 
@@ -83,10 +81,7 @@ def test_fused_kernels_have_their_launch_configuration_and_shared_memory(model_n
     mod, source, _ = compiled_for_gpu(model_name, preset)
     target = resolve_target(preset)
     fused, shared = 0, 0
-    for gvar, func in mod.functions_items():
-        spec = spec_of(func) if isinstance(func, tirx.PrimFunc) else None
-        if spec is None:
-            continue
+    for gvar, func, spec in lego_kernels(mod):
         config = default_config(spec, target)
         threads, body = kernel_head(source, f"{gvar.name_hint}_kernel")
         assert int(threads) == config.threads

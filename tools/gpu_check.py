@@ -66,17 +66,15 @@ def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2,
     import dataclasses
 
     import tvm
-    from tvm import s_tir, tirx
+    from tvm import s_tir
 
     from lego_tvm import pipeline
-    from lego_tvm.fused_op import spec_of
+    from lego_tvm.fused_op import lego_kernels
     from lego_tvm.importer import export_program, to_relax
     from lego_tvm.schedules.cuda import apply_lego_schedule, default_config, narrow_indices
 
     mod, _ = pipeline.fuse_convs(to_relax(export_program(layer.eval(), (x,))), target)
-    (func,) = [f for _, f in pipeline.lower(mod, target).functions_items()
-               if isinstance(f, tirx.PrimFunc) and spec_of(f) is not None]
-    spec = spec_of(func)
+    ((_, func, spec),) = lego_kernels(pipeline.lower(mod, target))
     variants = []
     for count in (p for p in pixels if spec.out_width % p == 0):
         config = dataclasses.replace(default_config(spec, target), pixels=count)
