@@ -71,3 +71,22 @@ def test_cuda_variants_build_one_kernel_per_pixel_count():
     assert [config.pixels for config, _, _ in variants] == [1, 2]      # 4 does not divide 6
     for config, _, kernel in variants:
         assert f"__launch_bounds__({config.threads})" in cuda_source(kernel)
+
+
+def test_tf32_timing_turns_tf32_on_only_while_it_times():
+    """The TF32 column times cuDNN as PyTorch runs it by default; every other number is fp32."""
+    import argparse
+
+    import torch
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return x
+
+    torch.backends.cudnn.allow_tf32 = False
+    check = load_gpu_check().Check(argparse.Namespace(device="cpu", repeat=2, warmup=1))
+    check.time_torch_tf32(Probe(), torch.ones(1))
+    assert seen == [True] * 3 and torch.backends.cudnn.allow_tf32 is False

@@ -6,10 +6,11 @@ On a machine with an NVIDIA GPU, apache-tvm 0.27 and PyTorch with CUDA:
 
 1. compiles lego_vgg16 and lego_resnet50 (batch 1 and 32) for the GPU it finds, with and
    without the Lego pass, and checks both against PyTorch on the GPU (fp32, TF32 off);
-   fp16 is tried and reported as supported or not;
+   fp16 is tried and reported as supported or not (lego-tvm refuses float16 models today);
 2. times, per layer (the 3x3 layers of the x86 benchmark) and per model: PyTorch eager with
-   the authors' module, PyTorch dense-folded (cuDNN), PyTorch batch-folded Lego (the best
-   hand-written formulation), TVM without the pass and lego-tvm; medians after warm-up;
+   the authors' module, PyTorch dense-folded (cuDNN in fp32, and on the GPU also in TF32,
+   PyTorch's default), PyTorch batch-folded Lego (the best hand-written formulation), TVM
+   without the pass and lego-tvm; medians after warm-up;
 3. tunes the fused operator of one layer shortly (MetaSchedule + XGBoost) and times the
    tuned kernel;
 4. times each layer's fused kernel alone with 1, 2 and 4 pixels per thread (the default is
@@ -44,6 +45,7 @@ from lego_tvm.zoo import fold_lego_to_batch_folded, fold_lego_to_dense, get_mode
 TOLERANCE = 1e-4          # max |error| / max |reference|, as in the tests
 LABELS = {"torch_lego": "PyTorch eager, authors' module",
           "torch_dense": "PyTorch eager, dense-folded",
+          "torch_dense_tf32": "PyTorch eager, dense-folded, TF32 (PyTorch's default)",
           "torch_lego_best": "PyTorch eager, batch-folded Lego",
           "tvm_no_pass": "TVM without the Lego pass",
           "lego_tvm": "lego-tvm", "lego_tvm_tuned": "lego-tvm, tuned"}
@@ -157,6 +159,15 @@ class Check:
                 times.append(time.perf_counter() - begin)
         return statistics.median(times) * 1e3
 
+    def time_torch_tf32(self, module, x) -> float:
+        """cuDNN's convs with TF32 tensor cores (10-bit mantissa), as PyTorch runs them by
+        default on sm_80 and newer: the speed a user gets without asking for fp32."""
+        torch.backends.cudnn.allow_tf32 = True
+        try:
+            return self.time_torch(module, x)
+        finally:
+            torch.backends.cudnn.allow_tf32 = False
+
     def run_tvm(self, compiled, x: np.ndarray) -> tuple[float, np.ndarray]:
         """(median ms from TVM's time evaluator, output)."""
         import tvm
@@ -189,6 +200,9 @@ class Check:
             errors[key] = max_relative_error(out, reference)
         for key, module in competitors.items():
             times[key] = self.time_torch(module.to(self.torch_device), on_device)
+        if self.gpu:
+            times["torch_dense_tf32"] = self.time_torch_tf32(competitors["torch_dense"],
+                                                             on_device)
         for key, error in errors.items():
             if error > TOLERANCE:
                 self.results["failures"].append(f"{name}: {key} error {error:.2e}")
