@@ -53,23 +53,30 @@ def shared_bytes(spec: LegoConvSpec, tile_h: int, tile_w: int) -> int:
     return spec.splits * spec.lego_filters * tile_h * tile_w * 4
 
 
-def default_config(spec: LegoConvSpec, target: Target) -> LegoCudaConfig:
+def default_config(spec: LegoConvSpec, target: Target, pixels: int = 1) -> LegoCudaConfig:
+    """The default schedule (``pixels`` per thread; 1 unless asked: no GPU data chose more)."""
     s = spec
     # Half the per-block shared memory: two blocks per SM can hide each other's latency.
     budget = int(target.attrs.get("max_shared_memory_per_block", 49152)) // 2
     sms = SMS_BY_ARCH.get(str(target.attrs.get("arch", "")), 108)
     tiles = [(th, tw) for th in divisors(s.out_height) for tw in divisors(s.out_width)
-             if shared_bytes(s, th, tw) <= budget]
+             if tw % pixels == 0 and shared_bytes(s, th, tw) <= budget]
     # A batch chosen at call time is planned for as one image.
     blocks = {t: (s.batch or 1) * (s.out_height // t[0]) * (s.out_width // t[1]) for t in tiles}
     # A tile worth sharing holds at least 4 pixels; prefer enough blocks for every SM, then
     # the largest tile (more reuse of each loaded input), then wide rows (coalescing).
     worth = [t for t in tiles if t[0] * t[1] >= min(4, s.out_height * s.out_width)]
     if not worth:
-        return LegoCudaConfig(False, 1, 1, 256)
+        return LegoCudaConfig(False, 1, 1, 256, pixels)
     tile = max(worth, key=lambda t: (min(blocks[t], sms), t[0] * t[1], t[1]))
-    return LegoCudaConfig(True, tile[0], tile[1], 256 if tile[0] * tile[1] * s.out_channels
-                          >= 256 * 4 else 128)
+    area = tile[0] * tile[1]
+    threads = 256 if area * s.out_channels >= 256 * 4 else 128
+    # No more threads than the Lego stage has work items: with several pixels per thread a
+    # block's Lego tile has fewer of them, and the rest of the threads would idle.
+    lego_items = s.splits * (s.lego_filters // s.bank_block) * area // pixels
+    while threads > 32 and threads // 2 >= lego_items:
+        threads //= 2
+    return LegoCudaConfig(True, tile[0], tile[1], threads, pixels)
 
 
 def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCudaConfig) -> None:

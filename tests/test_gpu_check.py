@@ -58,7 +58,7 @@ def test_gpu_check_flow_runs_on_the_cpu(tmp_path):
     assert "fp16" in open(os.path.join(out, "results.md")).read()
 
 
-def test_cuda_variants_build_one_kernel_per_pixel_count():
+def test_cuda_variants_build_each_pixel_count_fused_and_stage_by_stage():
     """The GPU check's side-by-side of pixels per thread builds here (it times only on a GPU)."""
     import torch
 
@@ -68,7 +68,9 @@ def test_cuda_variants_build_one_kernel_per_pixel_count():
     layer = LegoConv2d(16, 16, 3, 2, 0.5)
     variants = load_gpu_check().cuda_variants(layer, torch.randn(1, 16, 6, 6),
                                               resolve_target("cuda-h100"))
-    assert [config.pixels for config, _, _ in variants] == [1, 2]      # 4 does not divide 6
+    # 4 does not divide 6; each pixel count fused (the default here) and stage by stage
+    assert [(config.pixels, config.fuse_stages) for config, _, _ in variants] == [
+        (1, True), (1, False), (2, True), (2, False)]
     for config, _, kernel in variants:
         assert f"__launch_bounds__({config.threads})" in cuda_source(kernel)
 

@@ -14,7 +14,7 @@ On a machine with an NVIDIA GPU, apache-tvm 0.27 and PyTorch with CUDA:
 3. tunes the fused operator of one layer shortly (MetaSchedule + XGBoost) and times the
    tuned kernel;
 4. times each layer's fused kernel alone with 1, 2 and 4 pixels per thread (the default is
-   1): data for the CUDA defaults;
+   1), with fused stages and stage by stage: data for the CUDA defaults;
 5. writes results.json, results.md and the tuning log (with its manifest naming the GPU)
    to --out. Steps that would overrun --budget-s are skipped and listed as skipped.
 
@@ -63,9 +63,9 @@ def gpu_target():
 
 
 def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2, 4)):
-    """[(config, PrimFunc, built module)]: the layer's fused CUDA kernel alone under its
-    default config with each number of ``pixels`` per thread that divides the output width."""
-    import dataclasses
+    """[(config, PrimFunc, built module)]: the layer's fused CUDA kernel alone, for each
+    number of ``pixels`` per thread that divides the output width, under the default config
+    for it and stage by stage (the Lego maps through global memory) if that differs."""
 
     import tvm
     from tvm import s_tir
@@ -73,19 +73,29 @@ def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2,
     from lego_tvm import pipeline
     from lego_tvm.fused_op import lego_kernels
     from lego_tvm.importer import export_program, to_relax
-    from lego_tvm.schedules.cuda import apply_lego_schedule, default_config, narrow_indices
+    from lego_tvm.schedules.cuda import (LegoCudaConfig, apply_lego_schedule, default_config,
+                                         narrow_indices)
 
     mod, _ = pipeline.fuse_convs(to_relax(export_program(layer.eval(), (x,))), target)
     ((_, func, spec),) = lego_kernels(pipeline.lower(mod, target))
     variants = []
+    configs = []
     for count in (p for p in pixels if spec.out_width % p == 0):
-        config = dataclasses.replace(default_config(spec, target), pixels=count)
+        default = default_config(spec, target, pixels=count)
+        staged = LegoCudaConfig(False, 1, 1, 256, count)
+        configs += [default] if default == staged else [default, staged]
+    for config in configs:
         sch = s_tir.Schedule(func)
         apply_lego_schedule(sch, config)
         kernel = narrow_indices(sch.mod["main"]).with_attr("global_symbol", "main")
         variants.append((config, kernel,
                          tvm.compile(tvm.IRModule({"main": kernel}), target=target)))
     return variants
+
+
+def variant_summary(rows: list[dict]) -> str:
+    return ", ".join(f"{'fused' if r['fused_stages'] else 'staged'} {r['pixels']} px/thread "
+                     f"{r['median_ms']:.3f} ms" for r in rows)
 
 
 def why_no_cuda_runtime() -> str:
@@ -291,8 +301,9 @@ class Check:
         self.results["tuning"] = {"log": log_dir, "manifest": manifest, "row": row}
 
     def variants(self) -> None:
-        """Each layer's fused kernel alone under 1, 2 and 4 pixels per thread, side by side:
-        data for choosing the default (GPU only; lego_tvm's default is 1)."""
+        """Each layer's fused kernel alone under 1, 2 and 4 pixels per thread, with fused
+        stages and stage by stage, side by side: data for choosing the defaults (GPU only;
+        lego-tvm's default is 1 pixel, fused wherever the tile fits)."""
         import tvm
 
         from lego_tvm.fused_op import spec_of
@@ -319,8 +330,7 @@ class Check:
                                  "median_ms": statistics.median(timer(*args).results) * 1e3})
                 self.results["variants"].append({"name": case.name, "batch": batch,
                                                  "kernels": rows})
-                self.log(f"[variants {case.name} b{batch}] " + ", ".join(
-                    f"{r['pixels']} px {r['median_ms']:.3f} ms" for r in rows))
+                self.log(f"[variants {case.name} b{batch}] " + variant_summary(rows))
 
     def write(self) -> None:
         os.makedirs(self.args.out, exist_ok=True)
@@ -340,8 +350,8 @@ class Check:
                 + f" | {t['torch_dense'] / t['lego_tvm']:.2f}x"
                 + f" | {max(r['max_rel_error'].values()):.1e} |")
         for v in self.results["variants"]:
-            lines.append(f"kernel alone, {v['name']} b{v['batch']}: " + ", ".join(
-                f"{k['pixels']} px/thread {k['median_ms']:.3f} ms" for k in v["kernels"]))
+            lines.append(f"kernel alone, {v['name']} b{v['batch']}: "
+                         + variant_summary(v["kernels"]))
         lines += ["", f"fp16: {self.results['fp16']}", f"skipped: {self.results['skipped']}",
                   f"failures: {self.results['failures']}"]
         with open(os.path.join(self.args.out, "results.md"), "w") as f:
