@@ -17,7 +17,8 @@ from conftest import TOLERANCE, cuda_source, relative_error
 from lego_tvm import pipeline
 from lego_tvm.fused_op import lego_kernels, spec_of
 from lego_tvm.importer import export_program, to_relax
-from lego_tvm.schedules.cuda import default_config, shared_bytes
+from lego_tvm.schedules.cuda import (default_config, narrow_indices, shared_bytes,
+                                     tiled_shared_bytes)
 from lego_tvm.targets import PRESETS, host_target, resolve_target
 from lego_tvm.zoo import get_model
 from tvm import relax, tirx
@@ -80,7 +81,7 @@ def test_every_function_becomes_a_cuda_kernel(model_name, preset):
 def test_fused_kernels_have_their_launch_configuration_and_shared_memory(model_name, preset):
     mod, source, _ = compiled_for_gpu(model_name, preset)
     target = resolve_target(preset)
-    fused, shared = 0, 0
+    fused, shared, tiled = 0, 0, 0
     for gvar, func, spec in lego_kernels(mod):
         config = default_config(spec, target)
         threads, body = kernel_head(source, f"{gvar.name_hint}_kernel")
@@ -96,11 +97,23 @@ def test_fused_kernels_have_their_launch_configuration_and_shared_memory(model_n
             floats = shared_bytes(spec, config.tile_h, config.tile_w) // 4
             assert f"__shared__ alignas(64) float lego_feature_shared_ptr[{floats}];" in body
             assert "__syncthreads();" in body
+        elif config.tiled:      # stage by stage, the Lego stage tiled: window + bank chunk
+            tiled += 1
+            blocks = (spec.batch * spec.splits
+                      * (spec.lego_filters // spec.bank_block // config.filter_blocks)
+                      * (spec.out_height // config.tile_h) * (spec.out_width // config.tile_w))
+            assert f'T.thread_binding({blocks}, thread="blockIdx.x")' in script
+            floats = re.findall(r"__shared__ alignas\(64\) float \w+\[(\d+)\];", body)
+            assert len(floats) == 2
+            assert 4 * sum(map(int, floats)) == tiled_shared_bytes(spec, config)
+            assert "__syncthreads();" in body
         else:
             assert "__shared__" not in body          # stage by stage: the tile is in global
     # Every fused kernel of VGG-16 (CIFAR sizes) keeps its Lego tile in shared memory, and
-    # most of ResNet-50's (not those whose o*m maps of 4 pixels overflow the budget).
+    # most of ResNet-50's; the rest (o*m maps of 4 pixels overflow the budget) tile their
+    # Lego stage through shared memory.
     assert shared == fused if model_name == "lego_vgg16" else shared >= 0.7 * fused
+    assert tiled == fused - shared
 
 
 @pytest.mark.parametrize("model_name", list(LEGO_LAYERS))
@@ -137,8 +150,11 @@ def test_tunable_cuda_design_spaces_are_the_default_body_and_build_to_cuda_kerne
     import tvm
     from tvm import s_tir
 
+    from tvm.s_tir import meta_schedule as ms
+
     import lego_tvm.tuning  # noqa: F401 - registers the MetaSchedule rules
     from lego_tvm.fused_op import GATHER_BLOCK, SCHEDULE_RULE
+    from lego_tvm.kernel_timing import kernel_arguments
 
     layer = lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5).eval()
     target = resolve_target("cuda-a100")
@@ -148,12 +164,24 @@ def test_tunable_cuda_design_spaces_are_the_default_body_and_build_to_cuda_kerne
     rule = tvm.get_global_func(f"s_tir.meta_schedule.cuda.{SCHEDULE_RULE}")
     with target:
         spaces = list(rule(sch, sch.get_sblock(GATHER_BLOCK)))
-    assert len(spaces) == 2                      # fused stages, stage by stage
+    assert len(spaces) == 3                      # fused stages, stage by stage, tiled
+    # What tuning does to each candidate: spread the tiled stage's shared-memory loads over
+    # its threads, then reject what the GPU cannot launch.
+    context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
+                             space_generator="post-order-apply")
+    for postproc in (ms.postproc.RewriteCooperativeFetch(), ms.postproc.VerifyGPUCode()):
+        postproc._initialize_with_tune_context(context)
+        assert all(postproc.apply(space) for space in spaces)
+    assert "cooperative_fetch" not in spaces[2].mod["main"].script()
     sources = [cuda_source(tvm.compile(space.mod["main"].with_attr("global_symbol", "lego"),
                                        target=target)) for space in spaces]
     assert all("sample_categorical" in str(space.trace) for space in spaces)
     assert all("__global__" in source for source in sources)
-    assert "__shared__" in sources[0] and "__shared__" not in sources[1]
+    assert ["__shared__" in source for source in sources] == [True, False, True]
+    args = kernel_arguments(spec_of(func), np.random.default_rng(0))
+    outputs = [run_serially(space.mod["main"], args) for space in spaces]
+    for other in outputs[1:]:
+        np.testing.assert_array_equal(other, outputs[0])
 
 
 def test_tuning_for_a_gpu_needs_one_and_names_its_log_folder_by_architecture(tmp_path):
@@ -202,33 +230,41 @@ def test_gpu_build_run_with_serial_threads_on_the_cpu_matches_torch(model_name, 
     assert relative_error(out, reference) <= TOLERANCE
 
 
-@pytest.mark.parametrize("fuse_stages", [True, False])
-def test_more_pixels_per_thread_compute_the_same(fuse_stages):
-    """The register tile over neighbouring pixels (tuning samples 1-4) changes who computes
-    what, not the result: with threads made serial on the CPU, 2 and 4 pixels per thread
-    give exactly the output of 1."""
-    import dataclasses
+def run_serially(func: tirx.PrimFunc, args: list) -> np.ndarray:
+    """The output of a scheduled fused kernel run on the CPU with its threads made serial."""
+    kernel = serialized(narrow_indices(func)).with_attr("global_symbol", "main")
+    built = tvm.compile(tvm.IRModule({"main": kernel}), target=host_target())
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    built["main"](*tensors)
+    return tensors[-1].numpy()
 
+
+def test_every_cuda_schedule_computes_the_same():
+    """Fused stages, stage by stage and the tiled Lego stage, each with 1, 2 and 4 pixels per
+    thread, change who computes what and where it is kept, not the result (nor the order of
+    the sums): with threads made serial on the CPU they all give exactly the same output."""
     from tvm import s_tir
 
     from lego_tvm.kernel_timing import kernel_arguments
-    from lego_tvm.schedules.cuda import apply_lego_schedule, narrow_indices
+    from lego_tvm.schedules.cuda import LegoCudaConfig, apply_lego_schedule, tiled_config
 
     torch.manual_seed(0)
     layer = lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5).eval()
     target = resolve_target("cuda-h100")
     func = fused_kernel(layer, torch.randn(2, 32, 12, 12), target)
-    args = kernel_arguments(spec_of(func), np.random.default_rng(0))
-    base = dataclasses.replace(default_config(spec_of(func), target), fuse_stages=fuse_stages)
+    spec = spec_of(func)
+    args = kernel_arguments(spec, np.random.default_rng(0))
+    configs = [make(p) for p in (1, 2, 4) for make in (
+        lambda p: default_config(spec, target, pixels=p),
+        lambda p: LegoCudaConfig(False, 1, 1, 256, p),
+        lambda p: tiled_config(spec, target, pixels=p))]
+    assert [(c.fuse_stages, c.tiled) for c in configs[:3]] == [
+        (True, False), (False, False), (False, True)]
     outputs = []
-    for pixels in (1, 2, 4):
+    for config in configs:
         sch = s_tir.Schedule(func)
-        apply_lego_schedule(sch, dataclasses.replace(base, pixels=pixels))
-        kernel = serialized(narrow_indices(sch.mod["main"])).with_attr("global_symbol", "main")
-        built = tvm.compile(tvm.IRModule({"main": kernel}), target=host_target())
-        tensors = [tvm.runtime.tensor(a) for a in args]
-        built["main"](*tensors)
-        outputs.append(tensors[-1].numpy())
+        apply_lego_schedule(sch, config)
+        outputs.append(run_serially(sch.mod["main"], args))
     assert np.abs(outputs[0]).max() > 0.1
-    for other in outputs[1:]:
-        np.testing.assert_array_equal(other, outputs[0])
+    for config, other in zip(configs[1:], outputs[1:]):
+        np.testing.assert_array_equal(other, outputs[0], err_msg=str(config))

@@ -58,7 +58,7 @@ def test_gpu_check_flow_runs_on_the_cpu(tmp_path):
     assert "fp16" in open(os.path.join(out, "results.md")).read()
 
 
-def test_cuda_variants_build_each_pixel_count_fused_and_stage_by_stage():
+def test_cuda_variants_build_each_pixel_count_fused_staged_and_tiled():
     """The GPU check's side-by-side of pixels per thread builds here (it times only on a GPU)."""
     import torch
 
@@ -66,11 +66,12 @@ def test_cuda_variants_build_each_pixel_count_fused_and_stage_by_stage():
     from lego_tvm.targets import resolve_target
 
     layer = LegoConv2d(16, 16, 3, 2, 0.5)
-    variants = load_gpu_check().cuda_variants(layer, torch.randn(1, 16, 6, 6),
-                                              resolve_target("cuda-h100"))
-    # 4 does not divide 6; each pixel count fused (the default here) and stage by stage
-    assert [(config.pixels, config.fuse_stages) for config, _, _ in variants] == [
-        (1, True), (1, False), (2, True), (2, False)]
+    gpu_check = load_gpu_check()
+    variants = gpu_check.cuda_variants(layer, torch.randn(1, 16, 6, 6),
+                                       resolve_target("cuda-h100"))
+    # 4 does not divide 6; each pixel count fused (the default here), stage by stage, tiled
+    assert [(config.pixels, gpu_check.stages_name(config)) for config, _, _ in variants] == [
+        (1, "fused"), (1, "staged"), (1, "tiled"), (2, "fused"), (2, "staged"), (2, "tiled")]
     for config, _, kernel in variants:
         assert f"__launch_bounds__({config.threads})" in cuda_source(kernel)
 

@@ -14,7 +14,8 @@ On a machine with an NVIDIA GPU, apache-tvm 0.27 and PyTorch with CUDA:
 3. tunes the fused operator of one layer shortly (MetaSchedule + XGBoost) and times the
    tuned kernel;
 4. times each layer's fused kernel alone with 1, 2 and 4 pixels per thread (the default is
-   1), with fused stages and stage by stage: data for the CUDA defaults;
+   1), with fused stages, stage by stage and stage by stage with a tiled Lego stage: data
+   for the CUDA defaults;
 5. writes results.json, results.md and the tuning log (with its manifest naming the GPU)
    to --out. Steps that would overrun --budget-s are skipped and listed as skipped.
 
@@ -65,7 +66,8 @@ def gpu_target():
 def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2, 4)):
     """[(config, PrimFunc, built module)]: the layer's fused CUDA kernel alone, for each
     number of ``pixels`` per thread that divides the output width, under the default config
-    for it and stage by stage (the Lego maps through global memory) if that differs."""
+    for it, stage by stage (the Lego maps through global memory) and stage by stage with the
+    Lego stage tiled through shared memory (those that differ)."""
 
     import tvm
     from tvm import s_tir
@@ -74,16 +76,18 @@ def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2,
     from lego_tvm.fused_op import lego_kernels
     from lego_tvm.importer import export_program, to_relax
     from lego_tvm.schedules.cuda import (LegoCudaConfig, apply_lego_schedule, default_config,
-                                         narrow_indices)
+                                         narrow_indices, tiled_config)
 
     mod, _ = pipeline.fuse_convs(to_relax(export_program(layer.eval(), (x,))), target)
     ((_, func, spec),) = lego_kernels(pipeline.lower(mod, target))
     variants = []
     configs = []
     for count in (p for p in pixels if spec.out_width % p == 0):
-        default = default_config(spec, target, pixels=count)
-        staged = LegoCudaConfig(False, 1, 1, 256, count)
-        configs += [default] if default == staged else [default, staged]
+        for config in (default_config(spec, target, pixels=count),
+                       LegoCudaConfig(False, 1, 1, 256, count),
+                       tiled_config(spec, target, pixels=count)):
+            if config not in configs:
+                configs.append(config)
     for config in configs:
         sch = s_tir.Schedule(func)
         apply_lego_schedule(sch, config)
@@ -94,8 +98,12 @@ def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2,
 
 
 def variant_summary(rows: list[dict]) -> str:
-    return ", ".join(f"{'fused' if r['fused_stages'] else 'staged'} {r['pixels']} px/thread "
-                     f"{r['median_ms']:.3f} ms" for r in rows)
+    return ", ".join(f"{r['stages']} {r['pixels']} px/thread {r['median_ms']:.3f} ms"
+                     for r in rows)
+
+
+def stages_name(config) -> str:
+    return "fused" if config.fuse_stages else "tiled" if config.tiled else "staged"
 
 
 def why_no_cuda_runtime() -> str:
@@ -302,8 +310,9 @@ class Check:
 
     def variants(self) -> None:
         """Each layer's fused kernel alone under 1, 2 and 4 pixels per thread, with fused
-        stages and stage by stage, side by side: data for choosing the defaults (GPU only;
-        lego-tvm's default is 1 pixel, fused wherever the tile fits)."""
+        stages, stage by stage and stage by stage tiled, side by side: data for choosing the
+        defaults (GPU only; lego-tvm's default is 1 pixel, fused wherever the tile fits,
+        else tiled)."""
         import tvm
 
         from lego_tvm.fused_op import spec_of
@@ -324,9 +333,11 @@ class Check:
                             kernel_arguments(spec_of(func), np.random.default_rng(0))]
                     timer = kernel.time_evaluator("main", self.tvm_device, number=10,
                                                   repeat=self.args.repeat)
-                    rows.append({"pixels": config.pixels, "threads": config.threads,
+                    rows.append({"stages": stages_name(config), "pixels": config.pixels,
+                                 "threads": config.threads,
                                  "tile": [config.tile_h, config.tile_w],
-                                 "fused_stages": config.fuse_stages,
+                                 "filter_blocks": config.filter_blocks,
+                                 "reduce_chunk": config.reduce_chunk,
                                  "median_ms": statistics.median(timer(*args).results) * 1e3})
                 self.results["variants"].append({"name": case.name, "batch": batch,
                                                  "kernels": rows})
