@@ -31,6 +31,7 @@ same bodies.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import tvm
@@ -290,6 +291,20 @@ def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
     if largest >= 2 ** 31:
         return func
     return tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+
+
+# A GPU thread or block loop in TVMScript, e.g. T.thread_binding(T.int64(256), thread="threadIdx.x"
+_THREAD_LOOP = re.compile(r'T\.thread_binding\(((?:T\.int64\()?\d+\)?), thread="\w+\.[xyz]"')
+
+
+def serial_threads(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with every GPU thread and block loop made an ordinary serial loop: a CUDA
+    schedule that builds and runs on the CPU, computing what the GPU should (shared and
+    local buffers become ordinary ones; nothing runs concurrently, so races cannot show)."""
+    text = _THREAD_LOOP.sub(r"T.serial(\1", func.script())
+    if "thread_binding" in text:
+        raise ValueError("a thread binding this rewrite does not recognise is left")
+    return tvm.script.from_source(text)
 
 
 class FusedLegoCudaRule(ScheduleRule):

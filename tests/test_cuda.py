@@ -17,8 +17,8 @@ from conftest import TOLERANCE, cuda_source, relative_error
 from lego_tvm import pipeline
 from lego_tvm.fused_op import lego_kernels, spec_of
 from lego_tvm.importer import export_program, to_relax
-from lego_tvm.schedules.cuda import (default_config, narrow_indices, shared_bytes,
-                                     tiled_shared_bytes)
+from lego_tvm.schedules.cuda import (default_config, narrow_indices, serial_threads,
+                                     shared_bytes, tiled_shared_bytes)
 from lego_tvm.targets import PRESETS, host_target, resolve_target
 from lego_tvm.zoo import get_model
 from tvm import relax, tirx
@@ -197,17 +197,6 @@ def test_tuning_for_a_gpu_needs_one_and_names_its_log_folder_by_architecture(tmp
     assert not (tmp_path / "log").exists()
 
 
-# A GPU thread or block loop in TVMScript, e.g. T.thread_binding(T.int64(256), thread="threadIdx.x"
-THREAD_LOOP = re.compile(r'T\.thread_binding\(((?:T\.int64\()?\d+\)?), thread="\w+\.[xyz]"')
-
-
-def serialized(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every GPU thread and block loop made an ordinary serial loop."""
-    text = THREAD_LOOP.sub(r"T.serial(\1", func.script())
-    assert "thread_binding" not in text
-    return tvm.script.from_source(text)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", list(LEGO_LAYERS))
 @pytest.mark.parametrize("preset", ["cuda-a100", "cuda-h100"])
@@ -221,7 +210,7 @@ def test_gpu_build_run_with_serial_threads_on_the_cpu_matches_torch(model_name, 
     on_cpu = tvm.IRModule(dict(mod.functions_items()))
     for gvar, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
-            on_cpu[gvar] = serialized(func)
+            on_cpu[gvar] = serial_threads(func)
     vm = relax.VirtualMachine(pipeline.build(on_cpu, host_target()), tvm.cpu())
     model, x = get_model(model_name)
     out = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
@@ -232,7 +221,7 @@ def test_gpu_build_run_with_serial_threads_on_the_cpu_matches_torch(model_name, 
 
 def run_serially(func: tirx.PrimFunc, args: list) -> np.ndarray:
     """The output of a scheduled fused kernel run on the CPU with its threads made serial."""
-    kernel = serialized(narrow_indices(func)).with_attr("global_symbol", "main")
+    kernel = serial_threads(narrow_indices(func)).with_attr("global_symbol", "main")
     built = tvm.compile(tvm.IRModule({"main": kernel}), target=host_target())
     tensors = [tvm.runtime.tensor(a) for a in args]
     built["main"](*tensors)

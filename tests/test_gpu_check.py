@@ -1,6 +1,7 @@
 """tools/gpu_check.py, the one-run GPU check, keeps working between GPU runs: its whole flow
 (compile, check against PyTorch, time every competitor, fp16 probe, a short tuning, the
-written results) runs here on the CPU with small sizes."""
+schedule variants with their threads serial, the written results) runs here on the CPU
+with small sizes."""
 import importlib.util
 import json
 import os
@@ -55,7 +56,12 @@ def test_gpu_check_flow_runs_on_the_cpu(tmp_path):
         assert max(row["max_rel_error"].values()) <= 1e-4
     assert results["tuning"]["manifest"]["trials"] >= 1
     assert os.path.exists(os.path.join(results["tuning"]["log"], "manifest.json"))
-    assert "fp16" in open(os.path.join(out, "results.md")).read()
+    # The variants step: every schedule of one layer, threads serial here, matches the default.
+    (variants,) = results["variants"]
+    assert {k["stages"] for k in variants["kernels"]} == {"fused", "staged", "tiled"}
+    assert all(k["max_rel_error_vs_default"] == 0 for k in variants["kernels"])
+    text = open(os.path.join(out, "results.md")).read()
+    assert "fp16" in text and "kernel alone, " + variants["name"] in text
 
 
 def test_cuda_variants_build_each_pixel_count_fused_staged_and_tiled():
@@ -93,3 +99,4 @@ def test_tf32_timing_turns_tf32_on_only_while_it_times():
     check = load_gpu_check().Check(argparse.Namespace(device="cpu", repeat=2, warmup=1))
     check.time_torch_tf32(Probe(), torch.ones(1))
     assert seen == [True] * 3 and torch.backends.cudnn.allow_tf32 is False
+

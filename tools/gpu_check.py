@@ -40,7 +40,7 @@ import lego_tvm
 from lego_tvm.bench import max_relative_error
 from lego_tvm.layer_bench import LAYERS
 from lego_tvm.lego_conv import BatchFoldedLegoConv2d, LegoConv2d
-from lego_tvm.targets import PRESETS, clean_config, host_target
+from lego_tvm.targets import PRESETS, clean_config, host_target, resolve_target
 from lego_tvm.zoo import fold_lego_to_batch_folded, fold_lego_to_dense, get_model
 
 TOLERANCE = 1e-4          # max |error| / max |reference|, as in the tests
@@ -63,11 +63,13 @@ def gpu_target():
     return Target(config)
 
 
-def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2, 4)):
+def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2, 4),
+                  serial: bool = False):
     """[(config, PrimFunc, built module)]: the layer's fused CUDA kernel alone, for each
     number of ``pixels`` per thread that divides the output width, under the default config
     for it, stage by stage (the Lego maps through global memory) and stage by stage with the
-    Lego stage tiled through shared memory (those that differ)."""
+    Lego stage tiled through shared memory (those that differ). ``serial``: built for this
+    CPU with the thread loops serial (the flow without a GPU; no GPU timing)."""
 
     import tvm
     from tvm import s_tir
@@ -76,7 +78,7 @@ def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2,
     from lego_tvm.fused_op import lego_kernels
     from lego_tvm.importer import export_program, to_relax
     from lego_tvm.schedules.cuda import (LegoCudaConfig, apply_lego_schedule, default_config,
-                                         narrow_indices, tiled_config)
+                                         narrow_indices, serial_threads, tiled_config)
 
     mod, _ = pipeline.fuse_convs(to_relax(export_program(layer.eval(), (x,))), target)
     ((_, func, spec),) = lego_kernels(pipeline.lower(mod, target))
@@ -92,8 +94,9 @@ def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2,
         sch = s_tir.Schedule(func)
         apply_lego_schedule(sch, config)
         kernel = narrow_indices(sch.mod["main"]).with_attr("global_symbol", "main")
-        variants.append((config, kernel,
-                         tvm.compile(tvm.IRModule({"main": kernel}), target=target)))
+        built = tvm.compile(tvm.IRModule({"main": serial_threads(kernel) if serial else kernel}),
+                            target=host_target() if serial else target)
+        variants.append((config, kernel, built))
     return variants
 
 
@@ -104,6 +107,13 @@ def variant_summary(rows: list[dict]) -> str:
 
 def stages_name(config) -> str:
     return "fused" if config.fuse_stages else "tiled" if config.tiled else "staged"
+
+
+def variant_row(config, median_ms: float, error: float) -> dict:
+    return {"stages": stages_name(config), "pixels": config.pixels, "threads": config.threads,
+            "tile": [config.tile_h, config.tile_w], "filter_blocks": config.filter_blocks,
+            "reduce_chunk": config.reduce_chunk, "median_ms": median_ms,
+            "max_rel_error_vs_default": error}
 
 
 def why_no_cuda_runtime() -> str:
@@ -311,34 +321,42 @@ class Check:
     def variants(self) -> None:
         """Each layer's fused kernel alone under 1, 2 and 4 pixels per thread, with fused
         stages, stage by stage and stage by stage tiled, side by side: data for choosing the
-        defaults (GPU only; lego-tvm's default is 1 pixel, fused wherever the tile fits,
-        else tiled)."""
+        defaults (lego-tvm's default is 1 pixel, fused wherever the tile fits, else tiled),
+        each checked against the default's output."""
         import tvm
 
         from lego_tvm.fused_op import spec_of
         from lego_tvm.kernel_timing import kernel_arguments
 
-        if not self.gpu:
-            return
-        for case in LAYERS:
-            for batch in (1, 32):
+        # Without a GPU: the sm_90 kernels with their threads serial on this CPU.
+        target = self.target if self.gpu else resolve_target("cuda-h100")
+        for case in LAYERS[:1] if self.args.quick else LAYERS:
+            for batch in [1] if self.args.quick else [1, 32]:
                 if not self.time_left(f"variants {case.name} batch {batch}", 20):
                     continue
                 torch.manual_seed(0)
                 layer = LegoConv2d(case.channels, case.channels, 3, 2, 0.5, stride=case.stride)
-                x = torch.randn(batch, case.channels, case.size, case.size)
-                rows = []
-                for config, func, kernel in cuda_variants(layer, x, self.target):
+                size = 8 if self.args.quick else case.size
+                x = torch.randn(batch, case.channels, size, size)
+                rows, reference = [], None
+                for config, func, kernel in cuda_variants(layer, x, target,
+                                                          serial=not self.gpu):
                     args = [tvm.runtime.tensor(a, self.tvm_device) for a in
                             kernel_arguments(spec_of(func), np.random.default_rng(0))]
-                    timer = kernel.time_evaluator("main", self.tvm_device, number=10,
-                                                  repeat=self.args.repeat)
-                    rows.append({"stages": stages_name(config), "pixels": config.pixels,
-                                 "threads": config.threads,
-                                 "tile": [config.tile_h, config.tile_w],
-                                 "filter_blocks": config.filter_blocks,
-                                 "reduce_chunk": config.reduce_chunk,
-                                 "median_ms": statistics.median(timer(*args).results) * 1e3})
+                    # Every variant must compute what the first (the default) computes: the
+                    # one check of these schedules with threads really running concurrently.
+                    kernel["main"](*args)
+                    out = args[-1].numpy()
+                    reference = out if reference is None else reference
+                    error = max_relative_error(out, reference)
+                    if error > TOLERANCE:
+                        self.results["failures"].append(
+                            f"variant {case.name} b{batch} {stages_name(config)} "
+                            f"{config.pixels} px: error {error:.2e} against the default")
+                    timer = kernel.mod.time_evaluator("main", self.tvm_device, number=10,
+                                                      repeat=self.args.repeat)
+                    rows.append(variant_row(config, statistics.median(timer(*args).results)
+                                            * 1e3, error))
                 self.results["variants"].append({"name": case.name, "batch": batch,
                                                  "kernels": rows})
                 self.log(f"[variants {case.name} b{batch}] " + variant_summary(rows))
