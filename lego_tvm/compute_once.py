@@ -68,8 +68,8 @@ def choose(mod: tvm.IRModule, target: Target, mode: str, database=None,
         raise onednn.OneDNNUnavailable(f"compute_once='onednn': {unavailable}")
     choices: list[KernelChoice] = []
     chosen: dict[tvm.ir.GlobalVar, LegoConvSpec] = {}
-    kernels = [(gvar, spec) for gvar, _, spec in lego_kernels(mod)]
-    for number, (gvar, spec) in enumerate(kernels, 1):
+    kernels = lego_kernels(mod)
+    for number, (gvar, func, spec) in enumerate(kernels, 1):
         reason = unavailable or onednn_unsupported(spec)
         if reason:
             choices.append(KernelChoice(gvar.name_hint, "tvm", note=f"not oneDNN: {reason}"))
@@ -79,7 +79,7 @@ def choose(mod: tvm.IRModule, target: Target, mode: str, database=None,
             if progress:
                 progress(f"compute-once backend: timing kernel {number}/{len(kernels)} "
                          f"({gvar.name_hint}) on TVM and on oneDNN")
-            choice.tvm_ms, choice.onednn_ms = _time_both(mod[gvar], spec, target, database)
+            choice.tvm_ms, choice.onednn_ms = _time_both(func, spec, target, database)
             if choice.onednn_ms > (1 - ONEDNN_MARGIN) * choice.tvm_ms:
                 choice.backend = "tvm"
         if choice.backend == "onednn":

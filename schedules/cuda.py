@@ -129,10 +129,28 @@ def tiled_config(spec: LegoConvSpec, target: Target, pixels: int = 1) -> LegoCud
             if 32 <= threads <= 256 and tiled_shared_bytes(s, config) <= budget:
                 candidates.append(config)
     if not candidates:
-        return LegoCudaConfig(False, 1, 1, 256, pixels)
+        return staged_config(pixels)
     best = max(candidates, key=lambda c: (c.threads % 32 == 0, c.threads, c.tile_h))
     return max((replace(best, reduce_chunk=c) for c in chunks),
                key=lambda c: (tiled_shared_bytes(s, c) <= budget, c.reduce_chunk))
+
+
+def staged_config(pixels: int = 1) -> LegoCudaConfig:
+    """Stage by stage, the Lego stage untiled (each thread reads global memory)."""
+    return LegoCudaConfig(False, 1, 1, 256, pixels)
+
+
+def schedule_variants(spec: LegoConvSpec, target: Target, pixels=(1, 2, 4)
+                      ) -> list[LegoCudaConfig]:
+    """For each of ``pixels`` that divides the output width: the default config, stage by
+    stage and stage by stage tiled (without repeats), the designs to compare side by side."""
+    variants = []
+    for count in (p for p in pixels if spec.out_width % p == 0):
+        for config in (default_config(spec, target, count), staged_config(count),
+                       tiled_config(spec, target, count)):
+            if config not in variants:
+                variants.append(config)
+    return variants
 
 
 def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCudaConfig) -> None:

@@ -235,7 +235,7 @@ def test_every_cuda_schedule_computes_the_same():
     from tvm import s_tir
 
     from lego_tvm.kernel_timing import kernel_arguments
-    from lego_tvm.schedules.cuda import LegoCudaConfig, apply_lego_schedule, tiled_config
+    from lego_tvm.schedules.cuda import apply_lego_schedule, schedule_variants
 
     torch.manual_seed(0)
     layer = lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5).eval()
@@ -243,12 +243,10 @@ def test_every_cuda_schedule_computes_the_same():
     func = fused_kernel(layer, torch.randn(2, 32, 12, 12), target)
     spec = spec_of(func)
     args = kernel_arguments(spec, np.random.default_rng(0))
-    configs = [make(p) for p in (1, 2, 4) for make in (
-        lambda p: default_config(spec, target, pixels=p),
-        lambda p: LegoCudaConfig(False, 1, 1, 256, p),
-        lambda p: tiled_config(spec, target, pixels=p))]
-    assert [(c.fuse_stages, c.tiled) for c in configs[:3]] == [
-        (True, False), (False, False), (False, True)]
+    configs = schedule_variants(spec, target, (1, 2, 4))
+    assert [(c.pixels, c.fuse_stages, c.tiled) for c in configs] == [
+        (p, fused, tiled) for p in (1, 2, 4)
+        for fused, tiled in ((True, False), (False, False), (False, True))]
     outputs = []
     for config in configs:
         sch = s_tir.Schedule(func)

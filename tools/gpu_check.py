@@ -65,32 +65,22 @@ def gpu_target():
 
 def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2, 4),
                   serial: bool = False):
-    """[(config, PrimFunc, built module)]: the layer's fused CUDA kernel alone, for each
-    number of ``pixels`` per thread that divides the output width, under the default config
-    for it, stage by stage (the Lego maps through global memory) and stage by stage with the
-    Lego stage tiled through shared memory (those that differ). ``serial``: built for this
-    CPU with the thread loops serial (the flow without a GPU; no GPU timing)."""
-
+    """[(config, PrimFunc, built module)]: the layer's fused CUDA kernel alone under each
+    of ``schedule_variants`` (default, stage by stage, tiled; per pixel count). ``serial``:
+    built for this CPU with the thread loops serial (the flow without a GPU)."""
     import tvm
     from tvm import s_tir
 
     from lego_tvm import pipeline
     from lego_tvm.fused_op import lego_kernels
     from lego_tvm.importer import export_program, to_relax
-    from lego_tvm.schedules.cuda import (LegoCudaConfig, apply_lego_schedule, default_config,
-                                         narrow_indices, serial_threads, tiled_config)
+    from lego_tvm.schedules.cuda import (apply_lego_schedule, narrow_indices, schedule_variants,
+                                         serial_threads)
 
     mod, _ = pipeline.fuse_convs(to_relax(export_program(layer.eval(), (x,))), target)
     ((_, func, spec),) = lego_kernels(pipeline.lower(mod, target))
     variants = []
-    configs = []
-    for count in (p for p in pixels if spec.out_width % p == 0):
-        for config in (default_config(spec, target, pixels=count),
-                       LegoCudaConfig(False, 1, 1, 256, count),
-                       tiled_config(spec, target, pixels=count)):
-            if config not in configs:
-                configs.append(config)
-    for config in configs:
+    for config in schedule_variants(spec, target, pixels):
         sch = s_tir.Schedule(func)
         apply_lego_schedule(sch, config)
         kernel = narrow_indices(sch.mod["main"]).with_attr("global_symbol", "main")
