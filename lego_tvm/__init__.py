@@ -6,7 +6,7 @@ Attributes are imported lazily so that ``load`` never pulls in PyTorch.
 """
 from importlib import import_module
 
-from .threads import no_spinning_workers, use_physical_cores
+from .support.threads import no_spinning_workers, use_physical_cores
 
 # Before any kernel runs: TVM's pool reads these settings once.
 use_physical_cores()
@@ -16,12 +16,13 @@ _LAZY = {
     "compile": "compiler",
     "load": "runtime",
     "Model": "runtime",
-    "LegoConv2d": "lego_conv",
-    "lego_vgg16": "zoo",
-    "lego_resnet50": "zoo",
-    "fold_lego_to_dense": "zoo",
-    "FuseLegoConv2d": "fuse_pass",
-    "tune": "tuning",
+    "LegoConv2d": "nn.lego_conv",
+    "lego_vgg16": "nn.zoo",
+    "lego_resnet50": "nn.zoo",
+    "get_model": "nn.zoo",
+    "fold_lego_to_dense": "nn.fold",
+    "FuseLegoConv2d": "transform.fuse_conv2d",
+    "tune": "tuning.search",
 }
 __all__ = sorted(_LAZY)
 __version__ = "0.1.0"

@@ -11,12 +11,13 @@ DEFAULT_OUT = "lego-tvm-out"
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=2,
-                   help="threads for PyTorch and the TVM runtime (default: 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for PyTorch and the TVM runtime (default: TVM_NUM_THREADS if "
+                        "set, else one per physical core this process may use)")
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
-    from .targets import PRESETS
+    from .support.targets import PRESETS
 
     p.add_argument("--target", default=None,
                    help=f"host (default), a preset ({', '.join(PRESETS)}) or a TVM target as "
@@ -136,113 +137,12 @@ def _target(args):
 
 
 def _remote(args):
-    from .remote import Remote
+    from .tuning.remote import Remote
 
     try:
         return Remote.parse(args.rpc_tracker, args.rpc_key, args.rpc_server)
     except ValueError as err:
         raise SystemExit(f"lego-tvm: {err}") from None
-
-
-def _run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads: int,
-               out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
-               target=None, scaling: tuple[str, list[int]] | None = None,
-               stages: bool = False) -> None:
-    from .bench import bench_model, format_model_table, machine, write_outputs
-    from .layer_bench import LAYERS, bench_layer, format_layer_table
-    from .peak import fma_peak_gflops
-
-    info = machine(threads)
-    model_results = [bench_model(m, repeat=repeat, warmup=warmup, progress=_progress,
-                                 use_torch_compile=use_torch_compile, target=target,
-                                 show=print if show_report else None) for m in models]
-    layer_results = [bench_layer(case, repeat, warmup, use_torch_compile, _progress)
-                     for case in LAYERS] if layers else []
-    scaling_results = []
-    if scaling:
-        from .scaling_bench import THREADS, bench_scaling
-        scaling_results = bench_scaling(scaling[0], scaling[1], sorted({1, threads, *THREADS}),
-                                        repeat, warmup, _progress)
-    stage_results = []
-    if stages:
-        from .stage_profile import bench_stages
-        from .targets import resolve_target
-        stage_results = bench_stages(resolve_target(target), threads, progress=_progress)
-    # The machine is shared and its clock varies: the peak is the best of a measurement
-    # before and one after the benchmarks.
-    peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]
-    peak = info["fma_peak_gflops"] = max(peaks) if peaks else None
-    header = (f"machine: {info['cpu']} ({info['target']}); TVM threads {info['tvm_threads']}, "
-              f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
-              f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; median of {repeat} runs after "
-              f"{warmup} warm-up runs; {info['date']}")
-    sections = [header]
-    if model_results:
-        sections.append(format_model_table(model_results))
-    if layer_results:
-        sections.append(format_layer_table(layer_results, peak))
-    if scaling_results:
-        from .scaling_bench import format_scaling_table
-        sections.append(format_scaling_table(scaling_results))
-    if stage_results:
-        from .stage_profile import format_stage_table
-        sections.append(format_stage_table(stage_results, peak))
-    markdown = "\n\n".join(sections)
-    print("\n" + markdown)
-    paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results,
-                          stage_results)
-    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
-
-
-def _load_program(path: str):
-    import torch
-
-    if not os.path.exists(path):
-        raise SystemExit(f"lego-tvm: {path} is neither a zoo model nor an existing .pt2 file")
-    program = torch.export.load(path)
-    args = program.example_inputs[0] if program.example_inputs else None
-    if args is None:
-        raise SystemExit(f"lego-tvm: {path} has no example inputs; save it with "
-                         "torch.export.save after torch.export.export(model, example_args)")
-    return program, tuple(torch.randn_like(a) for a in args)
-
-
-def _model_and_inputs(name: str, batch: int):
-    """``(model or program, example inputs, a PyTorch callable for checking)``."""
-    from .zoo import MODELS, get_model
-
-    if name in MODELS:
-        model, example = get_model(name, batch=batch)
-        return model, (example,), model
-    if name == "bench_layers":          # the layer benchmark's kernels, for tuning (batch 1)
-        from .layer_bench import BenchLayers
-        model = BenchLayers().eval()
-        return model, model.example, model
-    program, inputs = _load_program(name)
-    return program, inputs, program.module()
-
-
-def _run_remote_bench(args, remote) -> None:
-    import time
-
-    from .bench import format_model_table, write_outputs
-    from .remote_bench import bench_model_remote
-
-    target = _target(args)
-    results = [bench_model_remote(m, target, remote, args.tuning_logs, repeat=args.repeat,
-                                  progress=_progress) for m in args.models]
-    device = results[0]["device"] if results else {"hardware": str(remote), "emulated": None}
-    info = {"cpu": device["hardware"], "target": str(target), "tvm_threads": "remote",
-            "emulated": device["emulated"], "remote": str(remote),
-            "date": time.strftime("%Y-%m-%d")}
-    warning = ("EMULATED: these timings come from an emulator and say nothing about speed on "
-               "real hardware" if device["emulated"] else "")
-    markdown = "\n\n".join(part for part in (
-        f"remote device: {device['hardware']} ({remote}), target {target}; median of "
-        f"{args.repeat} runs; {info['date']}", warning, format_model_table(results)) if part)
-    print("\n" + markdown)
-    paths = write_outputs(results, [], markdown, args.out_dir, info)
-    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -251,17 +151,26 @@ def _add_layout(p: argparse.ArgumentParser) -> None:
                         "channels (NCHW8c on AVX2) carried from kernel to kernel")
 
 
+def _model_and_inputs(name: str, batch: int):
+    """``(model or program, example inputs, a PyTorch callable for checking)``."""
+    if name == "bench_layers":          # the layer benchmark's kernels, for tuning (batch 1)
+        from .bench.layers import BenchLayers
+        model = BenchLayers().eval()
+        return model, model.example, model
+    from .frontend.pytorch import load_model
+    return load_model(name, batch)
+
+
 def _tune(args) -> None:
-    from .targets import resolve_target
-    from .tuning import target_key, tune
+    from .support.targets import resolve_target
+    from .tuning.logs import default_log_dir
+    from .tuning.search import tune
 
     model, inputs, _ = _model_and_inputs(args.model, args.batch)
     name = os.path.splitext(os.path.basename(args.model))[0]
     target = _target(args)
-    log_dir = args.log_dir or os.path.join(
-        "tuning_logs", target_key(resolve_target(target)),
-        f"{name}-b{args.batch}{'-nopass' if args.no_lego_pass else ''}"
-        f"{'-nchwc' if args.layout == 'NCHWc' else ''}")
+    log_dir = args.log_dir or default_log_dir(name, resolve_target(target), args.batch,
+                                              not args.no_lego_pass, args.layout)
     # MetaSchedule prints its per-task progress table through Python logging.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
     manifest = tune(model, inputs, log_dir, target=target, trials=args.trials, model_name=name,
@@ -277,39 +186,40 @@ def _tune(args) -> None:
 
 
 def _compile(args) -> None:
-    import torch
-
-    from .bench import max_relative_error
+    from .check import error_against_torch
     from .compiler import compile as lego_compile
-    from .onednn import OneDNNUnavailable
-    from .targets import parse_target, why_not_runnable_here
+    from .support.accuracy import verdict
+    from .support.targets import parse_target, why_not_runnable_here
 
     target = _target(args)
     model, inputs, run_torch = _model_and_inputs(args.model, args.batch)
     _progress(f"compiling {args.model} for {target or 'the host CPU'}")
     logs = "auto" if args.tuning_logs is None else args.tuning_logs
-    try:
-        compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
-                                dynamic_batch=args.dynamic_batch,
-                                compute_once=args.compute_once, layout=args.layout,
-                                progress=_progress)
-    except OneDNNUnavailable as err:
-        raise SystemExit(f"lego-tvm: {err}") from None
+    compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
+                            dynamic_batch=args.dynamic_batch, compute_once=args.compute_once,
+                            layout=args.layout, progress=_progress)
     print(compiled.report)
     elsewhere = why_not_runnable_here(parse_target(compiled.target))
     if elsewhere and not args.no_check:
         print(f"not checked against PyTorch here: {elsewhere} (lego-tvm's tests check ARM "
               "builds under an emulator)")
     elif not args.no_check:
-        with torch.no_grad():
-            reference = run_torch(*inputs).numpy()
-        error = max_relative_error(compiled(*[t.numpy() for t in inputs]), reference)
+        error = error_against_torch(compiled, run_torch, inputs)
         print(f"check against PyTorch on a random input: max error / max |output| = {error:.2e} "
-              f"({'ok' if error <= 1e-4 else 'MISMATCH'})")
-        if error > 1e-4:
+              f"({verdict(error)})")
+        if verdict(error) != "ok":
             raise SystemExit(1)
     if args.output:
         print(f"wrote {compiled.export(args.output)} (+ .json); load it with lego_tvm.load()")
+
+
+def _threads(args) -> int:
+    """``--threads`` if given; else what the library's policy (or ``TVM_NUM_THREADS``) set."""
+    from .support.threads import set_threads, threads_in_use
+
+    if args.threads is not None:
+        set_threads(args.threads)
+    return threads_in_use()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,23 +227,51 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s")
     # Before anything compiles: TVM's thread pool may start during constant folding.
-    from .bench import set_threads
-    set_threads(args.threads)
+    threads = _threads(args)
+    try:
+        _run(args, threads)
+    except _user_errors() as err:
+        raise SystemExit(f"lego-tvm: {err}") from None
+
+
+def _run(args, threads: int) -> None:
     if args.command == "compile":
         _compile(args)
     elif args.command == "tune":
         _tune(args)
     elif args.command == "bench" and (remote := _remote(args)) is not None:
-        _run_remote_bench(args, remote)
+        from .bench.run import run_remote_bench
+        paths = run_remote_bench(args.models, _target(args), remote, args.tuning_logs,
+                                 args.repeat, args.out_dir, progress=_progress)
+        _wrote(paths)
     elif args.command == "bench":
-        _run_bench(args.models, not args.no_layers, args.repeat, args.warmup, args.threads,
-                   args.out_dir, use_torch_compile=not args.no_torch_compile,
-                   target=_target(args),
-                   scaling=(args.scaling_model, args.scaling_batches) if args.scaling else None,
-                   stages=args.stages)
+        from .bench.run import run_bench
+        _wrote(run_bench(args.models, not args.no_layers, args.repeat, args.warmup, threads,
+                         args.out_dir, use_torch_compile=not args.no_torch_compile,
+                         target=_target(args), stages=args.stages, progress=_progress,
+                         scaling=(args.scaling_model, args.scaling_batches) if args.scaling
+                         else None))
     elif args.command == "demo":
-        _run_bench(["lego_vgg16"], False, args.repeat, 5, args.threads, args.out_dir,
-                   use_torch_compile=False, show_report=True)
+        from .bench.run import run_bench
+        _wrote(run_bench(["lego_vgg16"], False, args.repeat, 5, threads, args.out_dir,
+                         use_torch_compile=False, show_report=True, progress=_progress))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that name a problem with the user's input: printed as one line, no traceback."""
+    from .backend.onednn import OneDNNUnavailable
+    from .frontend.pytorch import ModelImportError
+    from .runtime import InputError
+    from .support.targets import TargetError, ToolchainError
+    from .tuning.logs import TuningLogError
+    from .tuning.remote import RemoteError
+
+    return (ModelImportError, OneDNNUnavailable, InputError, TargetError, ToolchainError,
+            TuningLogError, RemoteError)
+
+
+def _wrote(paths: dict) -> None:
+    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ import os
 import torch
 import tvm
 
-from . import compute_once as compute_once_backends
-from . import pipeline, tuning
-from .importer import export_program, to_relax
-from .report import LegoReport
+from .backend import compute_once as compute_once_backends
+from .backend import pipeline
+from .tuning.logs import open_database, shipped_logs
+from .frontend.pytorch import export_program, to_relax
+from .transform.report import LegoReport
 from .runtime import Model
-from .targets import resolve_target
-from .zoo import is_lego_module
+from .support.targets import resolve_target
+from .nn.lego_conv import is_lego_module
 
 log = logging.getLogger("lego_tvm")
 
@@ -70,10 +71,10 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
         _name_layers(report, model, example_inputs)
     log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))
     if tuning_logs == "auto":
-        database = tuning.open_database(tuning.shipped_logs(tvm_target), tvm_target, strict=False)
+        database = open_database(shipped_logs(tvm_target), tvm_target, strict=False)
     elif tuning_logs:
         dirs = [tuning_logs] if isinstance(tuning_logs, (str, os.PathLike)) else list(tuning_logs)
-        database = tuning.open_database(dirs, tvm_target, strict=True)
+        database = open_database(dirs, tvm_target, strict=True)
     else:
         database = None
     tvm_only = mod

@@ -16,8 +16,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .targets import cross_compiler, parse_target, why_not_runnable_here
-from .tvm_compat import to_device, to_numpy
+from .support.targets import cross_compiler, parse_target, why_not_runnable_here
+from .support.tvm_compat import to_device, to_numpy
 
 
 class InputError(ValueError):
@@ -122,14 +122,14 @@ class Model:
         """What the exported library needs at run time besides the TVM runtime."""
         if not self.uses_onednn:
             return []
-        from .onednn import find_onednn
+        from .backend.onednn import find_onednn
         return [f"oneDNN ({find_onednn()[1]}, Debian package libdnnl2 or PyPI onednn) and "
                 "the lego-tvm oneDNN extension: lego_tvm.load() builds and loads it; plain TVM "
-                "must load it first (ctypes.CDLL(lego_tvm.onednn.extension_path()))"]
+                "must load it first (ctypes.CDLL(lego_tvm.backend.onednn.extension_path()))"]
 
 
 def _load_onednn() -> None:
-    from .onednn import OneDNNUnavailable, load
+    from .backend.onednn import OneDNNUnavailable, load
 
     try:
         load()

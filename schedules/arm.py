@@ -13,6 +13,6 @@ cache sizes above, and are verified for correctness under emulation.
 """
 from __future__ import annotations
 
-from .tiling import SimdProfile
+from .vector_unit import SimdProfile
 
 NEON = SimdProfile("neon", lanes=4, accumulators=24, lego_tile_bytes=64 * 1024)

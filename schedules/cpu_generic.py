@@ -11,7 +11,7 @@ from tvm.s_tir.dlight import ScheduleRule, normalize_prim_func
 from tvm.target import Target
 
 from .simd import simd_profile
-from .tiling import largest_divisor_at_most, vector_block
+from ..support.tiling import largest_divisor_at_most, vector_block
 
 
 def _normalized(func, target: Target):

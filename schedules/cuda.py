@@ -39,8 +39,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from ..fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
-from .tiling import divisors, has_block, sample_choice
+from ..op.fused_op import GATHER_BLOCK, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec, spec_of
+from ..support.tiling import divisors, has_block, sample_choice
 
 # Lego filters per packed bank block: one float4 bank load feeds V accumulators.
 BANK_BLOCK = 4

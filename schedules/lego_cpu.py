@@ -28,10 +28,11 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from ..fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
-                        spec_of)
+from ..op.fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
+                           spec_of)
 from .simd import simd_profile
-from .tiling import SimdProfile, divisors, has_block, num_cores, sample_divisor
+from .vector_unit import SimdProfile
+from ..support.tiling import divisors, has_block, num_cores, sample_divisor
 
 
 @dataclass(frozen=True)

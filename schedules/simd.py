@@ -4,7 +4,7 @@ from __future__ import annotations
 from tvm.target import Target
 
 from .arm import NEON
-from .tiling import SimdProfile
+from .vector_unit import SimdProfile
 from .x86 import x86_profile
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tvm.target import Target, codegen
 
-from .tiling import SimdProfile
+from .vector_unit import SimdProfile
 
 AVX2 = SimdProfile("avx2", lanes=8, accumulators=12, lego_tile_bytes=128 * 1024)
 AVX512 = SimdProfile("avx512", lanes=16, accumulators=24, lego_tile_bytes=128 * 1024)

@@ -68,7 +68,7 @@ def lego_before(x_shape, banks, merges, slices=None, stride=1, padding=1, dilati
 
 def fused_expected(x_shape, spec, args, residual=False):
     """``main`` as the pass should leave it: one call_tir of the fused operator."""
-    from lego_tvm.fused_op import lego_conv2d_prim_func
+    from lego_tvm.op.fused_op import lego_conv2d_prim_func
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(x_shape, F32))

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import lego_tvm
-from conftest import TOLERANCE, relative_error
+from conftest import TOLERANCE
+from lego_tvm.support.accuracy import max_relative_error
 from emulator import run_exported_on_arm
-from lego_tvm.targets import PRESETS, ToolchainError, resolve_target
-from lego_tvm.zoo import get_model
+from lego_tvm.support.targets import PRESETS, ToolchainError, resolve_target
+from lego_tvm.nn.zoo import get_model
 from test_layout import bottlenecks
 from test_numeric import LegoBlock
 
@@ -68,7 +69,7 @@ def test_lego_layers_and_vgg16_are_correct_on_emulated_aarch64(tmp_path):
         assert f"{name}.so" in log
         out = _emulated_output(folder, name)
         assert out.shape == reference.shape, name
-        assert relative_error(out, reference) <= TOLERANCE, name
+        assert max_relative_error(out, reference) <= TOLERANCE, name
 
 
 def _function_asm(asm: str, name: str) -> str:

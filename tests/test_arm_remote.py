@@ -10,8 +10,8 @@ import lego_tvm
 from conftest import TOLERANCE
 from emulator import rpc_server
 from lego_tvm.cli import main
-from lego_tvm.remote import Remote, RemoteError
-from lego_tvm.tuning import count_records, read_manifest
+from lego_tvm.tuning.remote import Remote, RemoteError
+from lego_tvm.tuning.logs import count_records, read_manifest
 
 KEY = "qemu-a72"
 

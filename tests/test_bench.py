@@ -35,9 +35,9 @@ def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
 
 
 def test_stage_profile_splits_a_kernel_into_its_stages():
-    from lego_tvm.layer_bench import LayerCase
-    from lego_tvm.stage_profile import format_stage_table, profile_layer
-    from lego_tvm.targets import resolve_target
+    from lego_tvm.bench.layers import LayerCase
+    from lego_tvm.bench.stages import format_stage_table, profile_layer
+    from lego_tvm.support.targets import resolve_target
 
     lines = []
     result = profile_layer(LayerCase(32, 16, 1), resolve_target(None), threads=2, rounds=3,

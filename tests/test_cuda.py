@@ -13,14 +13,15 @@ import torch
 import tvm
 
 import lego_tvm
-from conftest import TOLERANCE, cuda_source, relative_error
-from lego_tvm import pipeline
-from lego_tvm.fused_op import lego_kernels, spec_of
-from lego_tvm.importer import export_program, to_relax
-from lego_tvm.schedules.cuda import (default_config, narrow_indices, serial_threads,
-                                     shared_bytes, tiled_shared_bytes)
-from lego_tvm.targets import PRESETS, host_target, resolve_target
-from lego_tvm.zoo import get_model
+from conftest import TOLERANCE, cuda_source
+from lego_tvm.support.accuracy import max_relative_error
+from lego_tvm.backend import pipeline
+from lego_tvm.op.fused_op import lego_kernels, spec_of
+from lego_tvm.frontend.pytorch import export_program, to_relax
+from lego_tvm.schedules.cuda import (default_config, narrow_indices, serial_threads, shared_bytes,
+                                     tiled_shared_bytes)
+from lego_tvm.support.targets import PRESETS, host_target, resolve_target
+from lego_tvm.nn.zoo import get_model
 from tvm import relax, tirx
 
 GPU_PRESETS = [name for name in PRESETS if name.startswith("cuda-")]
@@ -152,9 +153,9 @@ def test_tunable_cuda_design_spaces_are_the_default_body_and_build_to_cuda_kerne
 
     from tvm.s_tir import meta_schedule as ms
 
-    import lego_tvm.tuning  # noqa: F401 - registers the MetaSchedule rules
-    from lego_tvm.fused_op import GATHER_BLOCK, SCHEDULE_RULE
-    from lego_tvm.kernel_timing import kernel_arguments
+    import lego_tvm.tuning.search  # noqa: F401 - registers the MetaSchedule rules
+    from lego_tvm.op.fused_op import GATHER_BLOCK, SCHEDULE_RULE
+    from lego_tvm.backend.kernel_timing import kernel_arguments
 
     layer = lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5).eval()
     target = resolve_target("cuda-a100")
@@ -185,8 +186,8 @@ def test_tunable_cuda_design_spaces_are_the_default_body_and_build_to_cuda_kerne
 
 
 def test_tuning_for_a_gpu_needs_one_and_names_its_log_folder_by_architecture(tmp_path):
-    from lego_tvm.targets import TargetError
-    from lego_tvm.tuning import target_key
+    from lego_tvm.support.targets import TargetError
+    from lego_tvm.tuning.logs import target_key
 
     assert [target_key(resolve_target(p)) for p in ("cuda-a100", "cuda-l4", "cuda-h100")] == \
         ["cuda-sm_80", "cuda-sm_89", "cuda-sm_90"]
@@ -216,7 +217,7 @@ def test_gpu_build_run_with_serial_threads_on_the_cpu_matches_torch(model_name, 
     out = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
     with torch.no_grad():
         reference = model(x).numpy()
-    assert relative_error(out, reference) <= TOLERANCE
+    assert max_relative_error(out, reference) <= TOLERANCE
 
 
 def run_serially(func: tirx.PrimFunc, args: list) -> np.ndarray:
@@ -234,7 +235,7 @@ def test_every_cuda_schedule_computes_the_same():
     the sums): with threads made serial on the CPU they all give exactly the same output."""
     from tvm import s_tir
 
-    from lego_tvm.kernel_timing import kernel_arguments
+    from lego_tvm.backend.kernel_timing import kernel_arguments
     from lego_tvm.schedules.cuda import apply_lego_schedule, schedule_variants
 
     torch.manual_seed(0)

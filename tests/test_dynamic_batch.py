@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import lego_tvm
-from conftest import TOLERANCE, relative_error
+from conftest import TOLERANCE
+from lego_tvm.support.accuracy import max_relative_error
 from lego_tvm.runtime import InputError
 from test_numeric import LegoBlock, randomize_bn
 
@@ -44,7 +45,7 @@ def test_one_module_runs_any_batch(target):
             reference = model(x).numpy()
         out = compiled(x.numpy())
         assert out.shape == (batch, 10)
-        assert relative_error(out, reference) <= TOLERANCE
+        assert max_relative_error(out, reference) <= TOLERANCE
     with pytest.raises(InputError, match=r"compiled for shape \['batch', 3, 12, 12\]"):
         compiled(np.zeros((2, 3, 11, 12), "float32"))
 
@@ -56,14 +57,14 @@ def test_dynamic_batch_model_exports_and_loads(tmp_path):
     loaded = lego_tvm.load(compiled.export(str(tmp_path / "dyn.so")))
     x = torch.randn(3, 8, 6, 6)
     with torch.no_grad():
-        assert relative_error(loaded(x.numpy()), model(x).numpy()) <= TOLERANCE
+        assert max_relative_error(loaded(x.numpy()), model(x).numpy()) <= TOLERANCE
 
 
 @pytest.mark.slow
 def test_lego_vgg16_with_a_batch_chosen_at_call_time():
     """Memory is planned per call: a symbolic batch with a huge upper bound once made the
     VM plan for the bound and fail (std::bad_alloc)."""
-    from lego_tvm.zoo import get_model
+    from lego_tvm.nn.zoo import get_model
 
     model, x = get_model("lego_vgg16", batch=1)
     compiled = lego_tvm.compile(model, x, dynamic_batch=True, tuning_logs=None)
@@ -71,4 +72,4 @@ def test_lego_vgg16_with_a_batch_chosen_at_call_time():
     for batch in (1, 3):
         xb = torch.randn(batch, *x.shape[1:])
         with torch.no_grad():
-            assert relative_error(compiled(xb.numpy()), model(xb).numpy()) <= TOLERANCE
+            assert max_relative_error(compiled(xb.numpy()), model(xb).numpy()) <= TOLERANCE

@@ -16,9 +16,9 @@ import torch
 from tvm.target import Target
 
 import lego_tvm
-from lego_tvm.importer import ModelImportError
-from lego_tvm.targets import TargetError
-from lego_tvm.tuning import DATABASE_FILES, MANIFEST, TuningLogError, read_manifest
+from lego_tvm.frontend.pytorch import ModelImportError
+from lego_tvm.support.targets import TargetError
+from lego_tvm.tuning.logs import DATABASE_FILES, MANIFEST, TuningLogError, read_manifest
 from reference_lego import AuthorsLegoConv2d
 
 

@@ -8,8 +8,8 @@ from torch import nn
 
 import lego_tvm
 from conftest import TOLERANCE, assert_matches_torch
-from lego_tvm.factor_weights import factor_weight
-from lego_tvm.zoo import fold_lego_to_dense
+from lego_tvm.recognize.factor_weights import factor_weight
+from lego_tvm.nn.fold import fold_lego_to_dense
 from test_numeric import LegoBlock
 
 
@@ -93,7 +93,7 @@ def test_perturbed_dense_weights_stay_dense_unless_a_tolerance_is_given():
 
 @pytest.mark.slow
 def test_dense_folded_lego_vgg16_is_fused_layer_for_layer():
-    from lego_tvm.zoo import get_model
+    from lego_tvm.nn.zoo import get_model
 
     model, x = get_model("lego_vgg16")
     dense = fold_lego_to_dense(model)

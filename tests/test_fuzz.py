@@ -24,7 +24,8 @@ import pytest
 import torch
 
 import lego_tvm
-from conftest import TOLERANCE, relative_error
+from conftest import TOLERANCE
+from lego_tvm.support.accuracy import max_relative_error
 from fuzz_cases import NEAR_MISS_KINDS, Packed, build_case, draw_case, draw_near_miss
 
 CASES = int(os.environ.get("LEGO_FUZZ_CASES", 500))
@@ -54,7 +55,7 @@ def _error(out: np.ndarray, reference: np.ndarray) -> float:
     # A ReLU can zero a small output; then the compiled one must be exactly zero too.
     if not np.abs(reference).max() > 0:
         return 0.0 if not np.abs(out).max() > 0 else float("inf")
-    return relative_error(out, reference)
+    return max_relative_error(out, reference)
 
 
 def check(entries: list[Entry]) -> list[str]:

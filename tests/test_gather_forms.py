@@ -8,7 +8,7 @@ from torch import nn
 
 import lego_tvm
 from conftest import assert_matches_torch
-from lego_tvm.lego_conv import BatchFoldedLegoConv2d
+from lego_tvm.nn.lego_conv import BatchFoldedLegoConv2d
 from test_numeric import randomize_bn
 
 

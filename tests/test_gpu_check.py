@@ -68,8 +68,8 @@ def test_cuda_variants_build_each_pixel_count_fused_staged_and_tiled():
     """The GPU check's side-by-side of pixels per thread builds here (it times only on a GPU)."""
     import torch
 
-    from lego_tvm.lego_conv import LegoConv2d
-    from lego_tvm.targets import resolve_target
+    from lego_tvm.nn.lego_conv import LegoConv2d
+    from lego_tvm.support.targets import resolve_target
 
     layer = LegoConv2d(16, 16, 3, 2, 0.5)
     gpu_check = load_gpu_check()

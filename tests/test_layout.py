@@ -8,9 +8,9 @@ from torch import nn
 
 import lego_tvm
 from conftest import assert_matches_torch
-from lego_tvm.lego_conv import LegoConv2d
-from lego_tvm.targets import resolve_target, why_not_runnable_here
-from lego_tvm.zoo import LegoBottleneck
+from lego_tvm.nn.lego_conv import LegoConv2d
+from lego_tvm.support.targets import resolve_target, why_not_runnable_here
+from lego_tvm.nn.zoo import LegoBottleneck
 from test_numeric import randomize_bn
 
 
@@ -88,8 +88,8 @@ def test_dynamic_batch_and_small_maps_with_blocked_layouts(target):
 
 
 def test_blocked_kernels_stay_on_tvm_with_onednn():
-    pytest.importorskip("lego_tvm.onednn")
-    from lego_tvm import onednn
+    pytest.importorskip("lego_tvm.backend.onednn")
+    from lego_tvm.backend import onednn
     if onednn.why_unavailable():
         pytest.skip(onednn.why_unavailable())
     model, x = bottlenecks(), torch.randn(1, 32, 16, 16)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lego_tvm import LegoConv2d, fold_lego_to_dense
-from lego_tvm.zoo import LegoVGG16, get_model, lego_resnet50
+from lego_tvm.nn.zoo import LegoVGG16, get_model, lego_resnet50
 from reference_lego import AuthorsLegoConv2d
 
 
@@ -76,7 +76,7 @@ def test_get_model_rejects_unknown_names():
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_batch_folded_formulation_is_exact(stride):
-    from lego_tvm.lego_conv import BatchFoldedLegoConv2d
+    from lego_tvm.nn.lego_conv import BatchFoldedLegoConv2d
 
     layer = LegoConv2d(12, 16, 3, 3, 0.5, stride=stride)
     x = torch.randn(2, 12, 9, 9)

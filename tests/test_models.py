@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import lego_tvm
-from conftest import (TOLERANCE, assert_matches_torch, relative_error,
+from conftest import (TOLERANCE, assert_matches_torch,
                       run_exported_without_torch)
-from lego_tvm.targets import resolve_target, why_not_runnable_here
-from lego_tvm.zoo import get_model
+from lego_tvm.support.accuracy import max_relative_error
+from lego_tvm.support.targets import resolve_target, why_not_runnable_here
+from lego_tvm.nn.zoo import get_model
 
 
 @pytest.mark.parametrize("name", ["lego_vgg16", "lego_resnet50"])
@@ -58,7 +59,7 @@ def test_call_with_torch_returns_torch(vgg):
     out = compiled(x)
     assert isinstance(out, torch.Tensor)
     with torch.no_grad():
-        assert relative_error(out.numpy(), model(x).numpy()) <= TOLERANCE
+        assert max_relative_error(out.numpy(), model(x).numpy()) <= TOLERANCE
 
 
 def test_exported_library_runs_without_torch(vgg, tmp_path):

@@ -13,8 +13,9 @@ from torch import nn
 
 import lego_tvm
 from conftest import assert_matches_torch, run_exported_without_torch
-from lego_tvm import LegoConv2d, compute_once, onednn
-from lego_tvm.targets import PRESETS
+from lego_tvm import LegoConv2d
+from lego_tvm.backend import compute_once, onednn
+from lego_tvm.support.targets import PRESETS
 from reference_lego import AuthorsLegoConv2d
 from test_numeric import LegoBlock, block_inputs
 

@@ -6,7 +6,7 @@ from tvm import relax
 
 from graphs import fused_expected, lego_before, lego_parts
 from lego_tvm import FuseLegoConv2d
-from lego_tvm.fused_op import LegoConvSpec, pack_bank
+from lego_tvm.op.fused_op import LegoConvSpec, pack_bank
 
 X = (1, 8, 6, 6)
 

@@ -3,12 +3,12 @@ import pytest
 import torch
 from tvm import tirx
 
-from lego_tvm import pipeline
-from lego_tvm.fused_op import spec_of
-from lego_tvm.importer import export_program, to_relax
+from lego_tvm.backend import pipeline
+from lego_tvm.op.fused_op import spec_of
+from lego_tvm.frontend.pytorch import export_program, to_relax
 from lego_tvm.schedules.lego_cpu import default_config
 from lego_tvm.schedules.x86 import AVX2
-from lego_tvm.targets import host_target
+from lego_tvm.support.targets import host_target
 
 
 def loop_kinds(func) -> set:

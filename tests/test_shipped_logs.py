@@ -4,11 +4,11 @@ the test means the same on any x86 machine)."""
 import pytest
 from tvm.target import Target
 
-from lego_tvm import pipeline
-from lego_tvm.importer import export_program, to_relax
-from lego_tvm.layer_bench import BenchLayers
-from lego_tvm.tuning import check_log, open_database, read_manifest
-from lego_tvm.zoo import MODELS, get_model
+from lego_tvm.backend import pipeline
+from lego_tvm.frontend.pytorch import export_program, to_relax
+from lego_tvm.bench.layers import BenchLayers
+from lego_tvm.tuning.logs import check_log, open_database, read_manifest
+from lego_tvm.nn.zoo import MODELS, get_model
 
 import importlib.resources
 from pathlib import Path

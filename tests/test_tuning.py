@@ -7,11 +7,12 @@ import torch
 
 import lego_tvm
 from conftest import assert_matches_torch
-from lego_tvm import default_records
-from lego_tvm.default_records import _trace_key
-from lego_tvm.fused_op import COMPUTE_VERSION, LEGO_BLOCK
-from lego_tvm.targets import resolve_target
-from lego_tvm.tuning import DATABASE_FILES, MANIFEST, TuningLogError, count_records, kernel_tasks
+from lego_tvm.tuning import default_records
+from lego_tvm.tuning.default_records import _trace_key
+from lego_tvm.op.fused_op import COMPUTE_VERSION, LEGO_BLOCK
+from lego_tvm.support.targets import resolve_target
+from lego_tvm.tuning.logs import DATABASE_FILES, MANIFEST, TuningLogError, count_records
+from lego_tvm.tuning.search import kernel_tasks
 
 pytestmark = pytest.mark.tuning
 

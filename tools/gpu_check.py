@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 import lego_tvm
-from lego_tvm.bench import max_relative_error
-from lego_tvm.layer_bench import LAYERS
-from lego_tvm.lego_conv import BatchFoldedLegoConv2d, LegoConv2d
-from lego_tvm.targets import PRESETS, clean_config, host_target, resolve_target
-from lego_tvm.zoo import fold_lego_to_batch_folded, fold_lego_to_dense, get_model
+from lego_tvm.support.accuracy import TOLERANCE, max_relative_error
+from lego_tvm.bench.layers import LAYERS
+from lego_tvm.nn.lego_conv import BatchFoldedLegoConv2d, LegoConv2d
+from lego_tvm.support.targets import PRESETS, clean_config, host_target, resolve_target
+from lego_tvm.nn.fold import fold_lego_to_batch_folded, fold_lego_to_dense
+from lego_tvm.nn.zoo import get_model
 
-TOLERANCE = 1e-4          # max |error| / max |reference|, as in the tests
 LABELS = {"torch_lego": "PyTorch eager, authors' module",
           "torch_dense": "PyTorch eager, dense-folded",
           "torch_dense_tf32": "PyTorch eager, dense-folded, TF32 (PyTorch's default)",
@@ -71,9 +71,9 @@ def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2,
     import tvm
     from tvm import s_tir
 
-    from lego_tvm import pipeline
-    from lego_tvm.fused_op import lego_kernels
-    from lego_tvm.importer import export_program, to_relax
+    from lego_tvm.backend import pipeline
+    from lego_tvm.op.fused_op import lego_kernels
+    from lego_tvm.frontend.pytorch import export_program, to_relax
     from lego_tvm.schedules.cuda import (apply_lego_schedule, narrow_indices, schedule_variants,
                                          serial_threads)
 
@@ -290,7 +290,7 @@ class Check:
         self.log(f"fp16: {self.results['fp16']}")
 
     def tuning(self) -> None:
-        from lego_tvm.tuning import target_key
+        from lego_tvm.tuning.logs import target_key
 
         case = LAYERS[1]                                   # 256ch 28x28 s1
         if not self.time_left("tuning", 150):
@@ -315,8 +315,8 @@ class Check:
         each checked against the default's output."""
         import tvm
 
-        from lego_tvm.fused_op import spec_of
-        from lego_tvm.kernel_timing import kernel_arguments
+        from lego_tvm.op.fused_op import spec_of
+        from lego_tvm.backend.kernel_timing import kernel_arguments
 
         # Without a GPU: the sm_90 kernels with their threads serial on this CPU.
         target = self.target if self.gpu else resolve_target("cuda-h100")

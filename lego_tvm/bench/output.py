@@ -1,0 +1,77 @@
+"""A benchmark run written out: ``bench.json`` (everything), ``bench.md`` (the tables) and
+``bench.png`` (one chart per table)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .layers import LAYER_LABELS, ours_ms
+from .models import COMPETITORS, LABELS, OURS
+from .stages import plot_stages
+
+
+def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir: str,
+                  info: dict, scaling: list[dict] | None = None,
+                  stages: list[dict] | None = None) -> dict[str, str]:
+    """``bench.json`` (everything), ``bench.md`` (the tables) and ``bench.png`` (charts)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {ext: os.path.join(out_dir, f"bench.{ext}") for ext in ("json", "md", "png")}
+    with open(paths["json"], "w") as f:
+        json.dump({"machine": info, "models": models, "layers": layers,
+                   "scaling": scaling or [], "stages": stages or []}, f, indent=1)
+    with open(paths["md"], "w") as f:
+        f.write(markdown + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("model", r, LABELS) for r in models]
+    if layers:
+        panels.append(("layers", layers, LAYER_LABELS))
+    if scaling:
+        panels.append(("scaling", scaling, None))
+    if stages:
+        panels.append(("stages", stages, None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (kind, data, labels) in zip(axes[0], panels):
+        if kind == "model":
+            keys = [k for k in COMPETITORS if k in data["median_ms"]]
+            values = [data["median_ms"][k] for k in keys]
+            ax.barh([labels[k] for k in keys], values,
+                    color=["#d62728" if k in OURS else "#999" for k in keys])
+            for y, v in enumerate(values):
+                ax.text(v, y, f" {v:.1f}", va="center")
+            ax.set_title(f"{data['model']} (batch {data['batch']})")
+            ax.set_xlabel("median latency, ms (lower is better)")
+        elif kind == "scaling":
+            for count in sorted({r["threads"] for r in data}):
+                points = [r for r in data if r["threads"] == count]
+                ax.plot([r["batch"] for r in points],
+                        [r["median_ms"]["torch_dense"] / r["median_ms"]["lego_tvm"]
+                         for r in points], marker="o", label=f"{count} thread(s)")
+            ax.set_xscale("log", base=2)
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("lego-tvm speed-up vs PyTorch dense-folded")
+            ax.set_title(f"{data[0]['model']}: scaling")
+            ax.legend(fontsize=8)
+        elif kind == "stages":
+            plot_stages(ax, data)
+        else:
+            names = [r["layer"] for r in data]
+            for offset, key in ((-0.2, "torch_dense"), (0.2, "torch_lego_best")):
+                ax.barh(np.arange(len(data)) + offset,
+                        [r["median_ms"][key] / ours_ms(r) for r in data],
+                        height=0.4, label=f"vs {labels[key]}")
+            ax.axvline(1.0, color="black", linewidth=0.8)
+            ax.set_yticks(np.arange(len(data)), names)
+            ax.set_xlabel("lego-tvm speed-up (higher is better)")
+            ax.set_title("single 3x3 Lego layers, o=2, ratio 0.5")
+            ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{info['cpu']}, {info['tvm_threads']} threads, {info['date']}")
+    fig.tight_layout()
+    fig.savefig(paths["png"], dpi=100)
+    plt.close(fig)
+    return paths

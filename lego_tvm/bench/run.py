@@ -1,0 +1,80 @@
+"""Running the benchmarks as ``lego-tvm bench`` and ``lego-tvm demo`` do: the chosen tables
+side by side, printed and written as JSON, markdown and PNG."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ..support.targets import resolve_target
+from ..support.threads import set_threads
+from .layers import LAYERS, bench_layer, format_layer_table
+from .models import bench_model, format_model_table, machine
+from .output import write_outputs
+from .peak import fma_peak_gflops
+from .remote import bench_model_remote
+from .scaling import THREADS, bench_scaling, format_scaling_table
+from .stages import bench_stages, format_stage_table
+
+
+def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads: int,
+              out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
+              target=None, scaling: tuple[str, list[int]] | None = None,
+              stages: bool = False, progress: Callable[[str], None] = print) -> dict:
+    """Run the chosen benchmarks with ``threads`` threads in PyTorch and TVM, print their
+    tables and write them (JSON, markdown, PNG) to ``out_dir``; returns the written paths."""
+    set_threads(threads)
+    info = machine(threads)
+    model_results = [bench_model(m, repeat=repeat, warmup=warmup, progress=progress,
+                                 use_torch_compile=use_torch_compile, target=target,
+                                 show=print if show_report else None) for m in models]
+    layer_results = [bench_layer(case, repeat, warmup, use_torch_compile, progress)
+                     for case in LAYERS] if layers else []
+    scaling_results = []
+    if scaling:
+        scaling_results = bench_scaling(scaling[0], scaling[1], sorted({1, threads, *THREADS}),
+                                        repeat, warmup, progress)
+    stage_results = []
+    if stages:
+        stage_results = bench_stages(resolve_target(target), threads, progress=progress)
+    # The machine is shared and its clock varies: the peak is the best of a measurement
+    # before and one after the benchmarks.
+    peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]
+    peak = info["fma_peak_gflops"] = max(peaks) if peaks else None
+    header = (f"machine: {info['cpu']} ({info['target']}); TVM threads {info['tvm_threads']}, "
+              f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
+              f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; median of {repeat} runs after "
+              f"{warmup} warm-up runs; {info['date']}")
+    sections = [header]
+    if model_results:
+        sections.append(format_model_table(model_results))
+    if layer_results:
+        sections.append(format_layer_table(layer_results, peak))
+    if scaling_results:
+        sections.append(format_scaling_table(scaling_results))
+    if stage_results:
+        sections.append(format_stage_table(stage_results, peak))
+    markdown = "\n\n".join(sections)
+    print("\n" + markdown)
+    paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results,
+                          stage_results)
+    return paths
+
+
+def run_remote_bench(models: list[str], target, remote, tuning_logs, repeat: int, out_dir: str,
+                     progress: Callable[[str], None] = print) -> dict:
+    """The whole-model benchmark with TVM's competitors on a remote device (RPC); prints the
+    table and writes it to ``out_dir``; returns the written paths."""
+    results = [bench_model_remote(m, target, remote, tuning_logs, repeat=repeat,
+                                  progress=progress) for m in models]
+    device = results[0]["device"] if results else {"hardware": str(remote), "emulated": None}
+    info = {"cpu": device["hardware"], "target": str(target), "tvm_threads": "remote",
+            "emulated": device["emulated"], "remote": str(remote),
+            "date": time.strftime("%Y-%m-%d")}
+    warning = ("EMULATED: these timings come from an emulator and say nothing about speed on "
+               "real hardware" if device["emulated"] else "")
+    markdown = "\n\n".join(part for part in (
+        f"remote device: {device['hardware']} ({remote}), target {target}; median of "
+        f"{repeat} runs; {info['date']}", warning, format_model_table(results)) if part)
+    print("\n" + markdown)
+    paths = write_outputs(results, [], markdown, out_dir, info)
+    return paths

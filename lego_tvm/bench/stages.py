@@ -1,0 +1,162 @@
+"""Where a fused Lego layer's time goes: padding, compute-once, gather-sum, and threads.
+
+Each stage is isolated by timing the layer's fused kernel (the hand-written default
+schedule, the layer table's shapes) next to variants that drop one stage, side by side:
+
+- ``full``: the kernel as the model runs it;
+- ``no_pad``: the input passed already padded (padding 0, 2 more rows and columns): the
+  same compute-once and gather-sum, no padding stage;
+- ``few_outputs``: 8 output channels instead of n, the same Lego maps: the gather-sum
+  shrinks by n/8;
+- ``one_thread``: the full kernel on one thread.
+
+padding = full - no_pad; gather-sum = (full - few_outputs) * n / (n - 8); compute-once =
+full - padding - gather-sum, with its GFLOP/s against the measured FMA peak. Parallel
+efficiency = one_thread / (threads * full): below 1 when the tasks do not divide evenly
+between the cores or they wait on memory together.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from .layers import LAYERS, LayerCase
+
+FEW_OUTPUTS = 8
+
+
+def layer_spec(case: LayerCase, lanes: int):
+    """The fused kernel of ``case`` as lego-tvm builds it (o=2, ratio 0.5, 3x3, batch 1)."""
+    from ..op.fused_op import LegoConvSpec
+    from ..support.tiling import largest_divisor_at_most
+
+    c = case.channels
+    m = c // 2
+    return LegoConvSpec(batch=1, in_channels=c, height=case.size, width=case.size,
+                        out_channels=c, splits=2, lego_filters=m, split_channels=c // 2,
+                        kernel=(3, 3), stride=(case.stride, case.stride), padding=(1, 1, 1, 1),
+                        bank_block=largest_divisor_at_most(m, lanes))
+
+
+def _variant_specs(spec) -> dict:
+    return {"full": spec, "one_thread": spec,
+            "no_pad": replace(spec, height=spec.height + 2, width=spec.width + 2,
+                              padding=(0, 0, 0, 0)),
+            "few_outputs": replace(spec, out_channels=FEW_OUTPUTS)}
+
+
+def _build(spec, target):
+    """The kernel with its default schedule, as a callable module, and its config."""
+    import tvm
+    from tvm import s_tir
+
+    from ..op.fused_op import lego_conv2d_prim_func
+    from ..schedules.lego_cpu import apply_lego_schedule, default_config
+    from ..schedules.simd import simd_profile
+    from ..support.tiling import num_cores
+
+    config = default_config(spec, num_cores(target), simd_profile(target))
+    sch = s_tir.Schedule(lego_conv2d_prim_func(spec))
+    apply_lego_schedule(sch, config)
+    mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
+    return tvm.compile(mod, target=target).mod, config
+
+
+def _arguments(spec, rng):
+    import tvm
+
+    s = spec
+    shapes = [s.input_shape, (s.lego_filters // s.bank_block, s.split_channels, *s.kernel,
+                              s.bank_block)]
+    arrays = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    arrays += [rng.integers(0, s.lego_filters, (s.splits, s.out_channels)).astype("int32"),
+               rng.standard_normal((s.splits, s.out_channels)).astype("float32"),
+               rng.standard_normal(s.out_channels).astype("float32"),
+               np.zeros(s.output_shape, "float32")]
+    return [tvm.runtime.tensor(a) for a in arrays]
+
+
+def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
+                  progress: Callable[[str], None] = print) -> dict:
+    """Stage times (ms, medians over ``rounds`` rounds that time every variant once) of
+    ``case`` on ``threads`` threads."""
+    import tvm
+
+    from .scaling import set_threads
+    from ..schedules.simd import simd_profile
+
+    spec = layer_spec(case, simd_profile(target).lanes)
+    progress(f"[stages {case.name}] building the kernel and its variants")
+    rng = np.random.default_rng(0)
+    timers, config = {}, None
+    for name, variant in _variant_specs(spec).items():
+        if name == "one_thread":     # the full kernel again, on one thread
+            timers[name] = timers["full"]
+            continue
+        module, variant_config = _build(variant, target)
+        config = config or variant_config
+        timers[name] = (module.time_evaluator("main", tvm.cpu(), number=3, repeat=1),
+                        _arguments(variant, rng))
+    progress(f"[stages {case.name}] timing {len(timers)} variants x {rounds} rounds")
+    times = {name: [] for name in timers}
+    try:
+        for _ in range(rounds):
+            for name, (timer, args) in timers.items():
+                set_threads(1 if name == "one_thread" else threads)
+                times[name].append(timer(*args).mean * 1e3)
+    finally:
+        set_threads(threads)
+    ms = {name: float(np.median(t)) for name, t in times.items()}
+    pad = max(0.0, ms["full"] - ms["no_pad"])
+    gather = max(0.0, (ms["full"] - ms["few_outputs"]) * spec.out_channels
+                 / (spec.out_channels - FEW_OUTPUTS))
+    once = ms["full"] - pad - gather
+    out_pixels = spec.out_height * spec.out_width
+    once_flops = 2 * spec.splits * spec.lego_filters * spec.split_channels * 9 * out_pixels
+    return {"layer": case.name, "threads": threads, "median_ms": ms,
+            "stages_ms": {"padding": pad, "compute_once": once, "gather_sum": gather},
+            "compute_once_gflops": once_flops / once / 1e6 if once > 0 else None,
+            "parallel_efficiency": ms["one_thread"] / (threads * ms["full"]),
+            "schedule": {"tile_rows": config.tile_rows, "tasks": (
+                spec.out_height // config.tile_rows if config.fuse_stages else None),
+                "register_tile": f"{config.reg_filters} blocks x {config.reg_rows}x"
+                                 f"{config.reg_cols} pixels",
+                "fuse_stages": config.fuse_stages}}
+
+
+def bench_stages(target, threads: int, rounds: int = 15, cases=LAYERS,
+                 progress: Callable[[str], None] = print) -> list[dict]:
+    return [profile_layer(case, target, threads, rounds, progress) for case in cases]
+
+
+def format_stage_table(results: list[dict], peak: float | None) -> str:
+    lines = ["| layer | kernel | padding | compute-once | gather-sum | compute-once GFLOP/s "
+             "| % of peak | 1 thread | parallel efficiency | schedule |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        ms, st, sched = r["median_ms"], r["stages_ms"], r["schedule"]
+        gflops = r["compute_once_gflops"]
+        share = f"{100 * gflops / peak:.0f}%" if gflops and peak else "-"
+        lines.append(
+            f"| {r['layer']} | {ms['full']:.2f} ms | {st['padding']:.2f} | "
+            f"{st['compute_once']:.2f} | {st['gather_sum']:.2f} | "
+            f"{f'{gflops:.1f}' if gflops else '-'} | {share} | {ms['one_thread']:.2f} ms | "
+            f"{r['parallel_efficiency']:.2f} | {sched['tasks'] or 'stage by stage'} tasks of "
+            f"{sched['tile_rows']} rows, register tile {sched['register_tile']} |")
+    return "\n".join(lines)
+
+
+def plot_stages(ax, results: list[dict]) -> None:
+    """Stacked bars: each layer's kernel time split into its stages."""
+    names = [r["layer"] for r in results]
+    left = np.zeros(len(results))
+    for stage, color in (("compute_once", "#d62728"), ("gather_sum", "#1f77b4"),
+                         ("padding", "#999")):
+        values = np.array([r["stages_ms"][stage] for r in results])
+        ax.barh(names, values, left=left, color=color, label=stage.replace("_", "-"))
+        left += values
+    ax.set_xlabel("ms, default schedule (stages by difference)")
+    ax.set_title("where a fused layer's time goes")
+    ax.legend(fontsize=8)

@@ -1,0 +1,137 @@
+"""Compilation targets: the host CPU, named presets, or any TVM target dict."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+
+import tvm
+from tvm.target import Target, codegen
+
+_AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
+_CUDA = {"kind": "cuda", "max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+         "thread_warp_size": 32, "registers_per_block": 65536,
+         "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}
+# Presets accepted wherever a target is: compile(target="x86-avx2"), --target x86-avx2.
+# x86 presets use this machine's core count; ARM presets the usual core count of such a
+# board or phone cluster (give a dict with "num-cores" for another).
+PRESETS: dict[str, dict] = {
+    "x86-avx2": {"kind": "llvm", "mcpu": "haswell"},
+    "x86-avx512": {"kind": "llvm", "mcpu": "skylake-avx512"},
+    "x86-znver3": {"kind": "llvm", "mcpu": "znver3"},
+    # Any ARMv8-A core with NEON: the code runs on all of them.
+    "arm-neon": {**_AARCH64, "mattr": ["+neon"], "num-cores": 4},
+    # Raspberry Pi 4 (4x Cortex-A72, ARMv8.0-A).
+    "arm-cortex-a72": {**_AARCH64, "mcpu": "cortex-a72", "num-cores": 4},
+    # Raspberry Pi 5, and the big cores of 2019-2022 phones (Cortex-A76/A78, ARMv8.2-A).
+    "arm-cortex-a76": {**_AARCH64, "mcpu": "cortex-a76", "num-cores": 4},
+    # Servers: AWS Graviton2, Ampere Altra (Neoverse N1, ARMv8.2-A).
+    "arm-neoverse-n1": {**_AARCH64, "mcpu": "neoverse-n1", "num-cores": 16},
+    # NVIDIA GPUs; host code for a generic x86-64 CPU, as GPU servers have.
+    "cuda-a100": {**_CUDA, "arch": "sm_80"},
+    "cuda-l4": {**_CUDA, "arch": "sm_89"},         # also RTX 40xx
+    "cuda-h100": {**_CUDA, "arch": "sm_90"},
+}
+SUPPORTED_KINDS = ("llvm", "cuda")
+# Instruction-set extensions whose code faults on a CPU without them, widest first.
+VECTOR_FEATURES = {"x86_64": ("avx512f", "avx2", "fma")}
+# Debian / Ubuntu packages of the cross toolchain for each architecture lego-tvm targets.
+CROSS_PACKAGES = {"aarch64": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}
+
+
+class TargetError(ValueError):
+    """A target lego-tvm cannot compile for, with the reason."""
+
+
+class ToolchainError(OSError):
+    """The compiler needed to write a library for another CPU is not installed."""
+
+
+def host_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def host_target() -> Target:
+    """The CPU this process runs on. ``mcpu: native`` silently falls back to a generic CPU
+    in TVM 0.27, so the CPU is read from the device instead."""
+    host = Target.from_device(tvm.cpu())
+    config = dict(host.export())
+    config["num-cores"] = host_cores()
+    return Target(clean_config(config))
+
+
+def clean_config(config: dict) -> dict:
+    # export() includes keys Target() rejects when given back (e.g. computed feature maps).
+    return {k: v for k, v in config.items() if k not in ("feature", "features")}
+
+
+def resolve_target(target=None) -> Target:
+    """``None`` (the host CPU), a preset name, a TVM target dict, or a ``tvm.target.Target``."""
+    if target is None or target == "host":
+        resolved = host_target()
+    elif isinstance(target, Target):
+        resolved = target
+    elif isinstance(target, str):
+        if target not in PRESETS:
+            raise TargetError(f"unknown target preset {target!r}; presets: "
+                              f"{', '.join(['host'] + sorted(PRESETS))}, or pass a TVM target dict "
+                              "such as {'kind': 'llvm', 'mcpu': 'znver3'}")
+        preset = PRESETS[target]
+        resolved = Target(preset if preset["kind"] == "cuda" else
+                          {"num-cores": host_cores(), **preset})
+    elif isinstance(target, dict):
+        try:
+            resolved = Target(target)
+        except Exception as err:  # noqa: BLE001 - TVM raises several error types here
+            raise TargetError(f"TVM rejects the target {target!r}: {err}") from None
+    else:
+        raise TargetError(f"target must be None, a preset name, a dict or a tvm Target, "
+                          f"not {type(target).__name__}")
+    if resolved.kind.name not in SUPPORTED_KINDS:
+        raise TargetError(f"target kind {resolved.kind.name!r} is not supported yet; "
+                          f"supported kinds: {', '.join(SUPPORTED_KINDS)}")
+    return resolved
+
+
+def target_arch(target: Target) -> str:
+    """``x86_64``, ``aarch64``, ...: the first part of the target triple (host if none);
+    for a GPU target, that of its host code."""
+    if target.kind.name == "cuda":
+        return target_arch(target.host) if target.host is not None else platform.machine()
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return triple.split("-")[0] if triple else platform.machine()
+
+
+def parse_target(text: str) -> Target:
+    """The ``Target`` written as ``str(target)`` (JSON) in an exported model's description."""
+    return Target(clean_config(json.loads(text)))
+
+
+def why_not_runnable_here(target: Target) -> str | None:
+    """Why code built for ``target`` cannot run on this machine (None if it can)."""
+    arch, host = target_arch(target), platform.machine()
+    if arch != host:
+        return f"it is built for {arch} and this machine is {host}"
+    if target.kind.name == "cuda":
+        return None if tvm.cuda().exist else "it is built for CUDA and this machine has no GPU"
+    here = host_target()
+    for feature in VECTOR_FEATURES.get(arch, ()):
+        if (codegen.target_has_features(feature, target)
+                and not codegen.target_has_features(feature, here)):
+            return f"it is built for a CPU with {feature.upper()} and this CPU lacks it"
+    return None
+
+
+def cross_compiler(target: Target) -> str | None:
+    """The C compiler that links libraries for ``target``: None for this machine's own
+    architecture, else ``<triple>-gcc``, which must be installed (``ToolchainError``)."""
+    arch = target_arch(target)
+    if arch == platform.machine():
+        return None
+    cc = f"{arch}-linux-gnu-gcc"
+    if shutil.which(cc) is None:
+        packages = CROSS_PACKAGES.get(arch, f"a cross toolchain for {arch}")
+        raise ToolchainError(f"writing a library for {arch} needs the cross compiler {cc}, which is "
+                             f"not installed (on Debian / Ubuntu: apt-get install {packages})")
+    return cc

@@ -1,0 +1,206 @@
+"""What the pass did, per layer: shapes, weights and MACs dense vs Lego, and rejections."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+
+from ..op.fused_op import LegoConvSpec, layout_name
+
+
+@dataclass
+class LegoLayerReport:
+    name: str                 # the PyTorch module, when known, else the graph variable
+    spec: LegoConvSpec
+    folded: list[str]         # epilogue ops folded into the fused operator
+    form: str = "split convs"  # how the model wrote it: split convs, dense-folded, ...
+    kernel: str = ""          # the fused PrimFunc it runs on (shared by equal shapes)
+    output: str = ""          # the graph variable the fused call binds
+
+    @property
+    def dense_weights(self) -> int:
+        s = self.spec
+        return s.out_channels * s.in_channels * s.kernel[0] * s.kernel[1]
+
+    @property
+    def lego_weights(self) -> int:
+        """The shared bank; the o*n coefficients and indices are reported separately."""
+        s = self.spec
+        return s.lego_filters * s.split_channels * s.kernel[0] * s.kernel[1]
+
+    @property
+    def dense_macs(self) -> int:
+        s = self.spec
+        return (s.batch or 1) * s.out_height * s.out_width * self.dense_weights
+
+    @property
+    def lego_macs(self) -> int:
+        """Compute once (m filters over all o*b channels) plus the o-term gather-sum."""
+        s = self.spec
+        pixels = (s.batch or 1) * s.out_height * s.out_width
+        once = s.lego_filters * s.splits * s.split_channels * s.kernel[0] * s.kernel[1]
+        return pixels * (once + s.out_channels * s.splits)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "spec": self.spec.as_dict(), "folded": self.folded,
+                "form": self.form, "kernel": self.kernel,
+                "dense_weights": self.dense_weights, "lego_weights": self.lego_weights,
+                "dense_macs": self.dense_macs, "lego_macs": self.lego_macs}
+
+
+@dataclass
+class SkippedLayer:
+    name: str
+    reason: str
+
+
+@dataclass
+class LegoReport:
+    layers: list[LegoLayerReport] = field(default_factory=list)
+    skipped: list[SkippedLayer] = field(default_factory=list)
+    other_weights: int = 0    # convs and matmuls left as they were (the same in both models)
+    other_macs: int = 0
+    dense_convs: list[LegoLayerReport] = field(default_factory=list)   # ordinary convs on the kernel
+    tuned_kernels: list[str] = field(default_factory=list)   # scheduled from a tuning log
+    compute_once: list = field(default_factory=list)   # compute_once.KernelChoice per kernel
+    compute_once_check: dict = field(default_factory=dict)   # "auto": whole-model times
+
+    def backend_of(self, layer: LegoLayerReport) -> str:
+        """What computed this layer's Lego feature maps: "tvm" or "onednn"."""
+        return next((c.backend for c in self.compute_once if c.kernel == layer.kernel), "tvm")
+
+    @property
+    def totals(self) -> dict:
+        """Over the Lego layers, and over the whole model (its other convs/matmuls added)."""
+        t = {k: sum(getattr(layer, k) for layer in self.layers)
+             for k in ("dense_weights", "lego_weights", "dense_macs", "lego_macs")}
+        t["weight_ratio"] = _ratio(t["dense_weights"], t["lego_weights"])
+        t["mac_ratio"] = _ratio(t["dense_macs"], t["lego_macs"])
+        t["model_dense_macs"] = t["dense_macs"] + self.other_macs
+        t["model_lego_macs"] = t["lego_macs"] + self.other_macs
+        t["model_mac_ratio"] = _ratio(t["model_dense_macs"], t["model_lego_macs"])
+        t["model_dense_weights"] = t["dense_weights"] + self.other_weights
+        t["model_lego_weights"] = t["lego_weights"] + self.other_weights
+        return t
+
+    def as_dict(self) -> dict:
+        return {"layers": [layer.as_dict() for layer in self.layers],
+                "skipped": [asdict(s) for s in self.skipped],
+                "other_weights": self.other_weights, "other_macs": self.other_macs,
+                "dense_convs": [c.as_dict() for c in self.dense_convs],
+                "tuned_kernels": self.tuned_kernels,
+                "compute_once": [c.as_dict() for c in self.compute_once],
+                "compute_once_check": self.compute_once_check,
+                "totals": self.totals}
+
+    def __str__(self) -> str:
+        head = (f"{'layer':<28} {'c':>5} {'n':>5} {'d':>2} {'s':>2} {'o':>2} {'m':>5} "
+                f"{'weights dense':>14} {'lego':>10} {'MACs dense':>14} {'lego':>13}  fused epilogue")
+        lines = [f"Lego layers rewritten: {len(self.layers)}, near misses left as they were: "
+                 f"{len(self.skipped)}", head, "-" * len(head)]
+        for layer in self.layers:
+            s = layer.spec
+            lines.append(
+                f"{layer.name[:28]:<28} {s.in_channels:>5} {s.out_channels:>5} {s.kernel[0]:>2} "
+                f"{s.stride[0]:>2} {s.splits:>2} {s.lego_filters:>5} {layer.dense_weights:>14,} "
+                f"{layer.lego_weights:>10,} {layer.dense_macs:>14,} {layer.lego_macs:>13,}  "
+                f"{'+'.join(layer.folded) or '-'}"
+                + ("" if layer.form == "split convs" else f"  [{layer.form}]")
+                + ("  [maps: oneDNN]" if self.backend_of(layer) == "onednn" else "")
+                + _layout_note(s))
+        t = self.totals
+        lines.append("-" * len(head))
+        lines.append(f"{'total':<28} {'':>5} {'':>5} {'':>2} {'':>2} {'':>2} {'':>5} "
+                     f"{t['dense_weights']:>14,} {t['lego_weights']:>10,} {t['dense_macs']:>14,} "
+                     f"{t['lego_macs']:>13,}")
+        lines.append(f"Lego layers: weights {t['weight_ratio']:.2f}x smaller, MACs "
+                     f"{t['mac_ratio']:.2f}x fewer than the same layers dense")
+        lines.append(f"whole model (other convs and matmuls: {self.other_macs:,} MACs): "
+                     f"{t['model_dense_macs'] / 1e6:.1f} M MACs dense-equivalent, "
+                     f"{t['model_lego_macs'] / 1e6:.1f} M with lego-tvm "
+                     f"({t['model_mac_ratio']:.2f}x)")
+        if any(layer.spec.batch is None for layer in self.layers):
+            lines.append("MACs are per image: the batch size is chosen at call time")
+        if self.dense_convs:
+            lines.append(f"ordinary convs run on the same fused kernel: {len(self.dense_convs)} "
+                         f"({', '.join('+'.join(c.folded) or 'plain' for c in self.dense_convs[:3])}"
+                         f"{', ...' if len(self.dense_convs) > 3 else ''})")
+        tuned = ", ".join(self.tuned_kernels[:4]) + (", ..." if len(self.tuned_kernels) > 4 else "")
+        lines.append(f"kernels scheduled from tuning logs: {len(self.tuned_kernels)}"
+                     + (f" ({tuned})" if tuned else "; all use the hand-written default schedules"))
+        if self.compute_once:
+            lines.append(_compute_once_summary(self.compute_once))
+        if self.compute_once_check:
+            c = self.compute_once_check
+            lines.append(f"whole model: {c['onednn_ms']:.2f} ms with oneDNN where it was faster "
+                         f"alone, {c['tvm_only_ms']:.2f} ms on TVM only")
+        for skip in self.skipped:
+            lines.append(f"not rewritten: {skip.name}: {skip.reason}")
+        return "\n".join(lines)
+
+
+def _layout_note(spec: LegoConvSpec) -> str:
+    if spec.in_block == spec.out_block == 1:
+        return ""
+    return f"  [{layout_name(spec.in_block)} -> {layout_name(spec.out_block)}]"
+
+
+def _compute_once_summary(choices: list) -> str:
+    on = [c for c in choices if c.backend == "onednn"]
+    impls = sorted({c.note for c in on})
+    line = (f"Lego feature maps computed by oneDNN in {len(on)} of {len(choices)} kernels"
+            + (f" ({', '.join(impls)})" if impls else "") + ", by TVM in the others")
+    timed = [c for c in choices if c.tvm_ms is not None]
+    if timed:
+        line += "; timed each way (TVM / oneDNN ms): " + ", ".join(
+            f"{c.kernel} {c.tvm_ms:.2f}/{c.onednn_ms:.2f}" for c in timed)
+    not_used = sorted({c.note for c in choices if c.note.startswith("not oneDNN")})
+    if not_used:
+        line += "; " + "; ".join(not_used)
+    return line
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else 0.0
+
+
+def count_other_layers(func) -> tuple[int, int]:
+    """Weights and MACs of the convs and matmuls of a Relax function (after the pass these
+    are the layers it left as they were)."""
+    import tvm
+    from tvm import relax
+
+    from ..support.tvm_compat import const_array, static_shape
+
+    def per_image(expr):
+        """The static shape, a symbolic (call-time) batch counted as one image."""
+        shape = getattr(expr.ty, "shape", None)
+        dims = list(shape) if shape is not None else []
+        try:
+            return tuple(int(d) if i or isinstance(d, tvm.tirx.IntImm) else 1
+                         for i, d in enumerate(dims)) or None
+        except (TypeError, ValueError):
+            return None
+
+    weights = macs = 0
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not isinstance(call, relax.Call) or not hasattr(call.op, "name"):
+                continue
+            out = per_image(binding.var)
+            if call.op.name in ("relax.nn.conv2d", "relax.matmul") and out is not None:
+                kernel = static_shape(call.args[1])
+                if kernel is None:
+                    continue
+                per_output = (kernel[1] * kernel[2] * kernel[3] if call.op.name == "relax.nn.conv2d"
+                              else kernel[-2])
+                macs += per_output * _prod(out)
+                if const_array(call.args[1]) is not None:
+                    weights += _prod(kernel)
+    return weights, macs
+
+
+def _prod(shape) -> int:
+    result = 1
+    for d in shape:
+        result *= d
+    return result

@@ -1,0 +1,154 @@
+"""Tuning logs: reading, checking and opening them (what ``compile`` needs of tuning).
+
+A tuning log is a folder holding MetaSchedule's JSON database
+(``database_workload.json``, ``database_tuning_record.json``) and a ``manifest.json`` that
+says what produced it: TVM version, exact target, the fused operator's compute version,
+model, batch, trials, date. A log is applied only when TVM version, target and compute
+version all match; anything else is refused with the reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import tvm
+from tvm.target import Target
+
+from ..op.fused_op import COMPUTE_VERSION
+
+log = logging.getLogger("lego_tvm")
+MANIFEST = "manifest.json"
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+class TuningLogError(ValueError):
+    """A tuning log that cannot be used: corrupt, truncated, or made for something else."""
+
+
+def target_key(target: Target) -> str:
+    """Folder name for a target's logs, e.g. ``x86_64-znver3-2c`` or ``cuda-sm_90``."""
+    attrs = target.attrs
+    if target.kind.name == "cuda":
+        return f"cuda-{attrs.get('arch', 'unknown')}"
+    arch = str(attrs.get("mtriple", "host")).split("-")[0]
+    return f"{arch}-{attrs.get('mcpu', 'generic')}-{attrs.get('num-cores', 1)}c"
+
+
+def identity(target: Target) -> dict:
+    return {"tvm_version": tvm.__version__, "target": str(target),
+            "compute_version": COMPUTE_VERSION}
+
+
+def default_log_dir(model_name: str, target: Target, batch: int = 1, lego: bool = True,
+                    layout: str = "NCHW") -> Path:
+    """Where ``lego-tvm tune`` writes a log: ``tuning_logs/<target key>/<model>-b<batch>``,
+    with ``-nopass`` for the model without the Lego pass and ``-nchwc`` for blocked layouts."""
+    return Path("tuning_logs", target_key(target),
+                f"{model_name}-b{batch}{'' if lego else '-nopass'}"
+                f"{'-nchwc' if layout == 'NCHWc' else ''}")
+
+
+def read_manifest(log_dir: str | Path) -> dict:
+    path = Path(log_dir) / MANIFEST
+    try:
+        with open(path, errors="replace") as f:     # bytes that are not text: corrupt JSON
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise TuningLogError(f"{log_dir} is not a lego-tvm tuning log: {MANIFEST} is missing") \
+            from None
+    except json.JSONDecodeError as err:
+        raise TuningLogError(f"{path} is corrupt: {err}") from None
+    missing = [k for k in ("tvm_version", "target", "compute_version") if k not in manifest]
+    if missing:
+        raise TuningLogError(f"{path} lacks {', '.join(missing)}")
+    return manifest
+
+
+def check_log(log_dir: str | Path, target: Target) -> dict:
+    """The manifest of ``log_dir`` if the log was made for this TVM, target and compute;
+    else ``TuningLogError`` saying what differs. The database files are checked too."""
+    manifest = read_manifest(log_dir)
+    want = identity(target)
+    for key, label in (("tvm_version", "TVM version"), ("target", "target"),
+                       ("compute_version", "fused-operator compute version")):
+        if manifest[key] != want[key]:
+            raise TuningLogError(f"tuning log {log_dir} was made for {label} {manifest[key]!r}, "
+                                 f"not {want[key]!r}; it is not applied (retune with "
+                                 "`lego-tvm tune`)")
+    check_records(log_dir, complete=True)
+    return manifest
+
+
+def check_records(log_dir: str | Path, complete: bool) -> None:
+    """Every line of the database files is JSON (an interrupted run can leave a truncated
+    one); with ``complete``, both files exist."""
+    for name in DATABASE_FILES:
+        path = Path(log_dir) / name
+        if not path.exists():
+            if complete:
+                raise TuningLogError(f"tuning log {log_dir} is incomplete: {name} is missing")
+            continue
+        with open(path, errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise TuningLogError(f"{path} line {number} is corrupt or truncated "
+                                             f"({err.msg}); delete the line or retune") from None
+
+
+def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
+    """A MetaSchedule database over the logs in ``log_dirs`` that match ``target``.
+
+    ``strict``: a log that does not match raises; otherwise it is skipped with a log line.
+    Returns None when no log applies.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    databases = []
+    for log_dir in log_dirs:
+        try:
+            check_log(log_dir, target)
+        except TuningLogError as err:
+            if strict:
+                raise
+            log.info("lego-tvm: %s", err)
+            continue
+        try:
+            databases.append(ms.database.JSONDatabase(work_dir=str(log_dir),
+                                                      allow_missing=False))
+        except Exception as err:  # noqa: BLE001 - TVM raises generic errors on bad records
+            raise TuningLogError(f"tuning log {log_dir} cannot be read by MetaSchedule: "
+                                 f"{str(err).splitlines()[-1]}") from None
+    if not databases:
+        return None
+    return databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
+
+
+def shipped_logs(target: Target, lego_pass: bool | None = None) -> list[Path]:
+    """The logs installed with lego-tvm for this target (``tuning_logs/<target key>/*``);
+    with ``lego_pass`` given, only those tuned with (True) or without (False) the pass."""
+    from importlib.resources import files
+
+    folder = Path(str(files("lego_tvm.tuning_logs"))) / target_key(target)
+    logs = sorted(p.parent for p in folder.glob(f"*/{MANIFEST}")) if folder.is_dir() else []
+    if lego_pass is None:
+        return logs
+    return [d for d in logs if _manifest_or_none(d).get("lego_pass", True) == lego_pass]
+
+
+def _manifest_or_none(log_dir: Path) -> dict:
+    try:
+        return read_manifest(log_dir)
+    except TuningLogError:
+        return {}
+
+
+def count_records(log_dir: str | Path) -> int:
+    path = Path(log_dir) / DATABASE_FILES[1]
+    if not path.exists():
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if line.strip())

@@ -1,0 +1,195 @@
+"""MetaSchedule tuning (XGBoost cost model) of a model's fused kernels, written as a
+tuning log (``logs.py`` reads them).
+
+The fused Lego operator is tuned by a custom MetaSchedule rule registered here
+(``schedules.lego_cpu.tunable_schedules`` on CPUs, ``schedules.cuda.tunable_schedules`` on
+GPUs: the default schedule's body with sampled tile sizes).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from tvm.target import Target
+from tvm_ffi import register_global_func
+
+from ..op.fused_op import SCHEDULE_RULE, spec_of
+from . import default_records
+from .logs import (MANIFEST, check_log, check_records, count_records, identity, read_manifest,
+                   target_key)
+
+log = logging.getLogger("lego_tvm")
+# The PrimFuncs transform/fuse_conv2d.py creates.
+OUR_KERNELS = ("fused_lego_conv2d", "fused_conv2d")
+
+
+# MetaSchedule looks a block's custom rule up as s_tir.meta_schedule.<cpu|cuda>.<rule>.
+@register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}")
+def _tunable_lego_rule_cpu(sch, _block):
+    from ..schedules.lego_cpu import tunable_schedules
+
+    # tune() enters the target's scope; the core count and vector unit come from it.
+    return tunable_schedules(sch, spec_of(sch.mod["main"]), Target.current())
+
+
+@register_global_func(f"s_tir.meta_schedule.cuda.{SCHEDULE_RULE}")
+def _tunable_lego_rule_cuda(sch, _block):
+    from ..schedules.cuda import tunable_schedules
+
+    return tunable_schedules(sch, spec_of(sch.mod["main"]), Target.current())
+
+
+def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 64,
+         model_name: str | None = None, lego: bool = True, seed: int | None = None,
+         all_kernels: bool = False, remote=None, layout: str = "NCHW") -> dict:
+    """Tune ``model`` with MetaSchedule + XGBoost and write the log to ``log_dir``.
+
+    ``remote``: a ``lego_tvm.remote.Remote`` (an RPC tracker + device key, or an RPC
+    server): trials are built here (cross-compiled for ``target``) and timed there. Without
+    it they are timed on this machine, which must be able to run ``target``'s code.
+
+    Only the fused conv kernels (Lego and ordinary convs) are tuned unless ``all_kernels``:
+    pooling, matmuls and elementwise functions are small and keep their default schedules.
+    ``layout``: as for ``compile`` (the records are for the kernels that layout makes).
+    Resumable: records already in ``log_dir`` count towards ``trials`` and seed the search;
+    an interrupted run keeps every record it finished. Before the search each fused kernel's
+    default schedule is timed and committed as a record (on top of ``trials``); after it,
+    on this CPU, each kernel's best record is checked against the default
+    (``default_records.py``; the manifest's ``checked``). Returns the manifest.
+    """
+    import torch
+
+    from .remote import describe
+    from ..support.targets import (TargetError, cross_compiler, resolve_target, target_arch,
+                                   why_not_runnable_here)
+
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    tvm_target = resolve_target(target)
+    cc = cross_compiler(tvm_target)
+    if remote is None and why_not_runnable_here(tvm_target):
+        raise TargetError(f"cannot time {target_key(tvm_target)} kernels on this machine "
+                          f"({why_not_runnable_here(tvm_target)}): give an RPC tracker or "
+                          "server of such a device")
+    if remote is not None:
+        device = describe(remote.connect(), target_arch(tvm_target))
+    else:
+        device = {"hardware": _cpu_name(), "emulated": False}
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if (log_dir / MANIFEST).exists():
+        check_log(log_dir, tvm_target)          # never mix records of another target/TVM
+    else:
+        check_records(log_dir, complete=False)  # a first run stopped half-way, resumed
+    tasks = kernel_tasks(model, example_inputs, tvm_target, lego, layout, all_kernels)
+    done = count_records(log_dir)
+    remaining = trials - done
+    log.warning("lego-tvm: tuning %d kernels of %s for %s: %d trials requested, %d already in %s",
+                len(tasks), model_name or type(model).__name__, target_key(tvm_target), trials,
+                done, log_dir)
+    if 0 < remaining < 2 * len(tasks):
+        log.warning("lego-tvm: %d trials for %d kernels is too few for every kernel to get a "
+                    "tuned record; those without one keep their default schedule (seeded as "
+                    "a record)", remaining, len(tasks))
+    previous = read_manifest(log_dir) if (log_dir / MANIFEST).exists() else {}
+    checked = previous.get("checked")
+    if tasks:
+        # Inside the target's scope: the custom rule reads the core count from it.
+        with tvm_target:
+            database = _tune_tasks(tasks, log_dir, remaining, seed, cc, remote, tvm_target)
+            # Defaults are seeded everywhere, but checked only where this CPU runs the
+            # target's code; again only when records were added.
+            if remote is None and tvm_target.kind.name == "llvm" and (
+                    checked is None or count_records(log_dir) > done):
+                verdicts = {v["kernel"]: v for v in checked or []}
+                verdicts.update((v.kernel, v.as_dict())
+                                for v in default_records.check(tasks, database, tvm_target))
+                checked = list(verdicts.values())
+
+    batch = int(example_inputs[0].shape[0]) if example_inputs else None
+    manifest = {**identity(tvm_target), "model": model_name or type(model).__name__,
+                "batch": batch, "trials": count_records(log_dir),
+                "date": time.strftime("%Y-%m-%d"), "lego_pass": lego, "layout": layout,
+                **device, **({"checked": checked} if checked is not None else {})}
+    tmp = log_dir / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, log_dir / MANIFEST)
+    return manifest
+
+
+def kernel_tasks(model, example_inputs, target: Target, lego: bool = True,
+                 layout: str = "NCHW", all_kernels: bool = False) -> list:
+    """MetaSchedule's tasks for ``model`` as ``tune`` tunes it: the fused conv kernels (all
+    kernels with ``all_kernels``)."""
+    import torch
+    from tvm.s_tir import meta_schedule as ms
+
+    from ..backend import pipeline
+    from ..frontend.pytorch import export_program, to_relax
+
+    program = model if isinstance(model, torch.export.ExportedProgram) else \
+        export_program(model, tuple(example_inputs))
+    mod, _ = pipeline.fuse_convs(to_relax(program), target, lego=lego, layout=layout)
+    mod = pipeline.lower(mod, target)
+    return [t for t in ms.relax_integration.extract_tasks(mod, target)
+            if all_kernels or any(k in t.task_name for k in OUR_KERNELS)]
+
+
+def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
+                remote, target: Target):
+    """``tune_relax`` minus its own task extraction (minutes for ResNet-50), on ``tasks``,
+    after seeding the default schedules (``default_records.py``). Returns the database."""
+    # MetaSchedule's logging setup reads every handler's name from its logger and fails on
+    # an unnamed one (another tool's, pytest's): keep those off it while it tunes.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in ms_logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        ms_logger.removeHandler(handler)
+    try:
+        return _run_tuning(tasks, log_dir, trials, seed, cc, remote, target)
+    finally:
+        for handler in unnamed:
+            ms_logger.addHandler(handler)
+
+
+def _run_tuning(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
+                remote, target: Target):
+    from functools import partial
+
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    from . import measure
+
+    database = ms.database.JSONDatabase(work_dir=str(log_dir))
+    builder = ms.builder.LocalBuilder(
+        f_build=measure.build, f_export=partial(measure.export_with, cc) if cc else None,
+        timeout_sec=120)
+    runner = remote.runner() if remote is not None else \
+        ms.runner.LocalRunner(f_alloc_argument=measure.alloc_arguments, timeout_sec=60)
+    default_records.seed(tasks, database, builder, runner, target)
+    if trials > 0:
+        contexts, weights = extracted_tasks_to_tune_contexts(
+            extracted_tasks=tasks, work_dir=str(log_dir), space="post-order-apply",
+            strategy="evolutionary", seed=seed)
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(log_dir),
+            max_trials_global=trials,
+            # Small rounds so that every kernel gets trials before the budget runs out.
+            num_trials_per_iter=max(2, min(16, trials // len(tasks))),
+            builder=builder, runner=runner, database=database,
+            cost_model=ms.cost_model.XGBModel(num_warmup_samples=min(16, max(1, trials // 4))))
+    return database
+
+
+def _cpu_name() -> str:
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return "unknown"

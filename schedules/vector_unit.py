@@ -1,0 +1,14 @@
+"""What the CPU schedules need to know about a vector unit."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SimdProfile:
+    """What the CPU schedules need to know about a vector unit (fp32)."""
+    name: str
+    lanes: int             # fp32 lanes per vector register
+    accumulators: int      # vector registers a register tile may hold as accumulators; the
+                           # rest hold the weight vector and the broadcast inputs
+    lego_tile_bytes: int   # Lego feature tile of one parallel task: fits the per-core L2
