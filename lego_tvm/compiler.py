@@ -10,7 +10,6 @@ import tvm
 from .backend import compute_once as compute_once_backends
 from .backend import pipeline
 from .tuning.logs import open_database, shipped_logs
-from .frontend.pytorch import export_program, to_relax
 from .transform.report import LegoReport
 from .runtime import Model
 from .support.targets import resolve_target
@@ -46,8 +45,8 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     or ``"auto"`` (each kernel timed both ways now, the faster used; TVM wherever oneDNN
     cannot be used). ``layout``: ``"NCHW"`` (the default) or ``"NCHWc"``: chains of fused
     kernels hand each other NCHW[x]c tensors (x = SIMD lanes; CPU targets; see
-    ``layout_pass``; the shipped tuning logs are for NCHW kernels). ``progress``: called
-    with a line of text as the "auto" timing goes.
+    ``transform.blocked_layout``; the shipped tuning logs are for NCHW kernels).
+    ``progress``: called with a line of text as the "auto" timing goes.
 
     The returned model is called with numpy arrays or torch tensors; ``.report`` says which
     Lego layers were fused and why others were not; ``.export(path)`` writes a library.
@@ -60,13 +59,9 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
             raise TypeError(f"example input {i} is a {type(t).__name__}; compile takes torch "
                             "tensors (torch.from_numpy converts a numpy array)")
     tvm_target = resolve_target(target)
-    if isinstance(model, torch.export.ExportedProgram):
-        program = model
-    else:
-        program = export_program(model, example_inputs, dynamic_batch)
-    mod = to_relax(program)
-    mod, report = pipeline.fuse_convs(mod, tvm_target, lego=fuse_lego,
-                                      weight_tolerance=lego_weight_tolerance, layout=layout)
+    mod, report = pipeline.import_and_fuse(model, example_inputs, tvm_target, lego=fuse_lego,
+                                           weight_tolerance=lego_weight_tolerance,
+                                           layout=layout, dynamic_batch=dynamic_batch)
     if isinstance(model, torch.nn.Module):
         _name_layers(report, model, example_inputs)
     log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))

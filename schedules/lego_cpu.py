@@ -3,7 +3,7 @@
 The bank is packed ``[m/V, b, kh, kw, V]`` (V = SIMD lanes, NCHW[x]c after NeoCPU), so the
 micro-kernel is: one vector load of V filters' weight per filter block of the register
 tile, one broadcast per input pixel, one FMA per accumulator (filter block x pixel). The
-input may be NCHW or NCHW[x]c, the output too (``layout_pass``). Loop structure:
+input may be NCHW or NCHW[x]c, the output too (``transform.blocked_layout``). Loop structure:
 
     for (image, row_tile) in parallel:                     # tasks
         pad the input rows the tile needs                   # stays in L1/L2

@@ -16,7 +16,7 @@ from torch import nn
 
 from lego_tvm import LegoConv2d
 from reference_lego import AuthorsLegoConv2d
-from test_numeric import randomize_bn
+from models import randomize_bn
 
 
 @dataclass

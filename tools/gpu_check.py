@@ -73,11 +73,10 @@ def cuda_variants(layer: torch.nn.Module, x: torch.Tensor, target, pixels=(1, 2,
 
     from lego_tvm.backend import pipeline
     from lego_tvm.op.fused_op import lego_kernels
-    from lego_tvm.frontend.pytorch import export_program, to_relax
     from lego_tvm.schedules.cuda import (apply_lego_schedule, narrow_indices, schedule_variants,
                                          serial_threads)
 
-    mod, _ = pipeline.fuse_convs(to_relax(export_program(layer.eval(), (x,))), target)
+    mod, _ = pipeline.import_and_fuse(layer.eval(), (x,), target)
     ((_, func, spec),) = lego_kernels(pipeline.lower(mod, target))
     variants = []
     for config in schedule_variants(spec, target, pixels):

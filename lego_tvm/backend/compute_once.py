@@ -204,7 +204,7 @@ def _time_both(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database
 def _onednn_run(spec: LegoConvSpec, target: Target):
     a = random_inputs(spec, np.random.default_rng(0))
     a["bank"] = onednn_bank(a["bank"], weight_block(spec))
-    gather, _ = build_alone(lego_gather_prim_func(spec), target)
+    gather = build_alone(lego_gather_prim_func(spec), target)[0]["main"]
     conv = tvm.get_global_func(onednn.FUNCTION)
     t = {k: tvm.runtime.tensor(v) for k, v in a.items()}
     maps = tvm.runtime.tensor(np.zeros(_maps_shape(spec, spec.batch or 1), np.float32))

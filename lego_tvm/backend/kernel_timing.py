@@ -45,17 +45,19 @@ def kernel_arguments(spec: LegoConvSpec, rng) -> list[np.ndarray]:
 
 def build_alone(func: tirx.PrimFunc, target: Target, database=None):
     """``func`` scheduled as a model would schedule it (its record in ``database`` if any,
-    else the default schedule) and built: (callable, whether a tuned record was applied)."""
+    else the default schedule) and built: (runtime module with the kernel as ``main``,
+    whether a tuned record was applied)."""
     from . import pipeline
 
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     mod, tuned = pipeline.schedule(mod, target, database)
-    return tvm.compile(mod, target=target)["main"], bool(tuned)
+    return tvm.compile(mod, target=target).mod, bool(tuned)
 
 
 def fused_kernel_run(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database=None
                      ) -> tuple[Callable[[], object], bool]:
     """A no-argument call of the fused kernel on random data, and whether it is tuned."""
-    kernel, tuned = build_alone(func, target, database)
+    module, tuned = build_alone(func, target, database)
+    kernel = module["main"]
     args = [tvm.runtime.tensor(v) for v in kernel_arguments(spec, np.random.default_rng(0))]
     return (lambda: kernel(*args)), tuned

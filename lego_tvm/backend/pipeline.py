@@ -10,14 +10,15 @@ from tvm.relax.backend import cpu_generic, cuda
 from tvm.s_tir import dlight
 from tvm.target import Target
 
-from ..transform.fuse_conv2d import FuseDenseConv2d, FuseLegoConv2d
-from ..transform.blocked_layout import LAYOUTS, PropagateBlockedLayout
-from ..transform.report import LegoReport
-from ..schedules.cpu_generic import ParallelInjective, TiledReduction
+from ..frontend.pytorch import export_program, to_relax
 from ..op.fused_op import lego_kernels
+from ..schedules.cpu_generic import ParallelInjective, TiledReduction
 from ..schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
 from ..schedules.lego_cpu import FusedLegoRule
 from ..schedules.simd import simd_profile
+from ..transform.blocked_layout import LAYOUTS, PropagateBlockedLayout
+from ..transform.fuse_conv2d import FuseDenseConv2d, FuseLegoConv2d
+from ..transform.report import LegoReport
 
 log = logging.getLogger("lego_tvm")
 
@@ -55,6 +56,19 @@ def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True,
                 in_block, out_block, layer.kernel = propagate.changed[layer.output]
                 layer.spec = replace(layer.spec, in_block=in_block, out_block=out_block)
     return mod, report
+
+
+def import_and_fuse(model, example_inputs: tuple, target: Target, lego: bool = True,
+                    weight_tolerance: float = 0.0, layout: str = "NCHW",
+                    dynamic_batch: bool = False) -> tuple[tvm.IRModule, LegoReport]:
+    """A PyTorch module (exported here) or ``torch.export`` program, imported and fused as
+    ``compile`` does (``fuse_convs``): the start of every build, tuning task and check."""
+    import torch
+
+    program = model if isinstance(model, torch.export.ExportedProgram) else \
+        export_program(model, tuple(example_inputs), dynamic_batch)
+    return fuse_convs(to_relax(program), target, lego=lego, weight_tolerance=weight_tolerance,
+                      layout=layout)
 
 
 def lower(mod: tvm.IRModule, target: Target) -> tvm.IRModule:

@@ -1,6 +1,6 @@
 """Benchmarks: lego-tvm against what users would otherwise run, side by side in one process.
 
-Whole models (``bench_model``) and single layers (``layer_bench``), all competitors on the
+Whole models (``bench_model``) and single layers (``layers.py``), all competitors on the
 same random input with the same thread count, each the median of ``repeat`` runs after
 ``warmup`` runs. Results go to JSON, a markdown table and a PNG chart. Model competitors:
 

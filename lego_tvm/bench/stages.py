@@ -47,58 +47,31 @@ def _variant_specs(spec) -> dict:
             "few_outputs": replace(spec, out_channels=FEW_OUTPUTS)}
 
 
-def _build(spec, target):
-    """The kernel with its default schedule, as a callable module, and its config."""
-    import tvm
-    from tvm import s_tir
-
-    from ..op.fused_op import lego_conv2d_prim_func
-    from ..schedules.lego_cpu import apply_lego_schedule, default_config
-    from ..schedules.simd import simd_profile
-    from ..support.tiling import num_cores
-
-    config = default_config(spec, num_cores(target), simd_profile(target))
-    sch = s_tir.Schedule(lego_conv2d_prim_func(spec))
-    apply_lego_schedule(sch, config)
-    mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
-    return tvm.compile(mod, target=target).mod, config
-
-
-def _arguments(spec, rng):
-    import tvm
-
-    s = spec
-    shapes = [s.input_shape, (s.lego_filters // s.bank_block, s.split_channels, *s.kernel,
-                              s.bank_block)]
-    arrays = [rng.standard_normal(shape).astype("float32") for shape in shapes]
-    arrays += [rng.integers(0, s.lego_filters, (s.splits, s.out_channels)).astype("int32"),
-               rng.standard_normal((s.splits, s.out_channels)).astype("float32"),
-               rng.standard_normal(s.out_channels).astype("float32"),
-               np.zeros(s.output_shape, "float32")]
-    return [tvm.runtime.tensor(a) for a in arrays]
-
-
 def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
                   progress: Callable[[str], None] = print) -> dict:
     """Stage times (ms, medians over ``rounds`` rounds that time every variant once) of
     ``case`` on ``threads`` threads."""
     import tvm
 
-    from .scaling import set_threads
+    from ..backend.kernel_timing import build_alone, kernel_arguments
+    from ..op.fused_op import lego_conv2d_prim_func
+    from ..schedules.lego_cpu import default_config
     from ..schedules.simd import simd_profile
+    from ..support.threads import set_threads
+    from ..support.tiling import num_cores
 
     spec = layer_spec(case, simd_profile(target).lanes)
+    config = default_config(spec, num_cores(target), simd_profile(target))
     progress(f"[stages {case.name}] building the kernel and its variants")
     rng = np.random.default_rng(0)
-    timers, config = {}, None
+    timers = {}
     for name, variant in _variant_specs(spec).items():
         if name == "one_thread":     # the full kernel again, on one thread
             timers[name] = timers["full"]
             continue
-        module, variant_config = _build(variant, target)
-        config = config or variant_config
-        timers[name] = (module.time_evaluator("main", tvm.cpu(), number=3, repeat=1),
-                        _arguments(variant, rng))
+        module, _ = build_alone(lego_conv2d_prim_func(variant), target)
+        arguments = [tvm.runtime.tensor(a) for a in kernel_arguments(variant, rng)]
+        timers[name] = (module.time_evaluator("main", tvm.cpu(), number=3, repeat=1), arguments)
     progress(f"[stages {case.name}] timing {len(timers)} variants x {rounds} rounds")
     times = {name: [] for name in timers}
     try:

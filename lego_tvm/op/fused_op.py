@@ -45,7 +45,7 @@ class LegoConvSpec:
     dtype: str = "float32"
     bank_block: int = 1       # Lego filters per block of the packed bank (SIMD lanes)
     # Channel blocks of the input and of the output (and residual): 1 is NCHW, V > 1 is
-    # NCHW[V]c, ``[batch, channels/V, H, W, V]`` (NeoCPU); chosen by ``layout_pass``.
+    # NCHW[V]c, ``[batch, channels/V, H, W, V]`` (NeoCPU); chosen by ``transform.blocked_layout``.
     in_block: int = 1
     out_block: int = 1
 

@@ -1,6 +1,6 @@
 """Blocked channel layouts (NCHW[x]c, NeoCPU) carried from one fused kernel to the next.
 
-Every conv of a model runs on the fused kernel (``fuse_pass``), which can read and write
+Every conv of a model runs on the fused kernel (``transform.fuse_conv2d``), which can read and write
 NCHW or NCHW[x]c (``LegoConvSpec.in_block`` / ``out_block``). ``PropagateBlockedLayout``
 lets a kernel write NCHW[x]c when every reader of its output is a fused kernel that can read
 it (as its input, or as the residual of a kernel that writes NCHW[x]c too); each reader

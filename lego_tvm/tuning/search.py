@@ -125,15 +125,11 @@ def kernel_tasks(model, example_inputs, target: Target, lego: bool = True,
                  layout: str = "NCHW", all_kernels: bool = False) -> list:
     """MetaSchedule's tasks for ``model`` as ``tune`` tunes it: the fused conv kernels (all
     kernels with ``all_kernels``)."""
-    import torch
     from tvm.s_tir import meta_schedule as ms
 
     from ..backend import pipeline
-    from ..frontend.pytorch import export_program, to_relax
 
-    program = model if isinstance(model, torch.export.ExportedProgram) else \
-        export_program(model, tuple(example_inputs))
-    mod, _ = pipeline.fuse_convs(to_relax(program), target, lego=lego, layout=layout)
+    mod, _ = pipeline.import_and_fuse(model, example_inputs, target, lego=lego, layout=layout)
     mod = pipeline.lower(mod, target)
     return [t for t in ms.relax_integration.extract_tasks(mod, target)
             if all_kernels or any(k in t.task_name for k in OUR_KERNELS)]

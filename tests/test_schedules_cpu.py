@@ -5,7 +5,6 @@ from tvm import tirx
 
 from lego_tvm.backend import pipeline
 from lego_tvm.op.fused_op import spec_of
-from lego_tvm.frontend.pytorch import export_program, to_relax
 from lego_tvm.schedules.lego_cpu import default_config
 from lego_tvm.schedules.x86 import AVX2
 from lego_tvm.support.targets import host_target
@@ -24,7 +23,7 @@ def test_every_primfunc_is_scheduled_and_the_lego_kernel_is_parallel_and_vectori
         __import__("lego_tvm").LegoConv2d(16, 32, 3), torch.nn.MaxPool2d(2)).eval()
     x = torch.randn(1, 3, size, size)
     target = host_target()
-    mod, report = pipeline.fuse_convs(to_relax(export_program(model, (x,))), target)
+    mod, report = pipeline.import_and_fuse(model, (x,), target)
     assert len(report.layers) == 1
     assert [c.folded for c in report.dense_convs] == [["bias_add", "batch_norm", "relu"]]
     mod, tuned = pipeline.schedule(pipeline.lower(mod, target), target)  # raises if unscheduled

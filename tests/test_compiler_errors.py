@@ -2,9 +2,9 @@
 artifact or a silently different result.
 
 Elsewhere: call-time shapes, dtypes and input counts, an untraceable model, unknown presets
-and target kinds, an export folder that does not exist (test_api.py); tuning logs made for
+and target kinds, an export folder that does not exist (test_compiler_api.py); tuning logs made for
 another TVM version, target or compute version, truncated records and a folder without a
-manifest (test_tuning.py).
+manifest (test_tuning_search.py).
 """
 import json
 import shutil
@@ -52,7 +52,7 @@ def test_numpy_example_input_is_a_clear_error():
 
 
 def test_authors_module_with_fewer_input_channels_than_splits():
-    """Our module refuses this when built (test_lego_conv.py); the authors' accepts it."""
+    """Our module refuses this when built (test_nn_lego_conv.py); the authors' accepts it."""
     with pytest.raises(ModelImportError, match=r"in_channels=2, n_split=4\) has 0 input "
                                                "channels per split"):
         lego_tvm.compile(AuthorsLegoConv2d(2, 8, 3, 4, 0.5).eval(), torch.randn(1, 2, 5, 5))

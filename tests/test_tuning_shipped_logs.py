@@ -5,7 +5,6 @@ import pytest
 from tvm.target import Target
 
 from lego_tvm.backend import pipeline
-from lego_tvm.frontend.pytorch import export_program, to_relax
 from lego_tvm.bench.layers import BenchLayers
 from lego_tvm.tuning.logs import check_log, open_database, read_manifest
 from lego_tvm.nn.zoo import MODELS, get_model
@@ -30,8 +29,8 @@ def test_every_lego_kernel_finds_its_record(log_dir):
     target = Target(manifest["target"])
     check_log(log_dir, target)
     model, inputs = _tuned_model(manifest)
-    mod, report = pipeline.fuse_convs(to_relax(export_program(model, inputs)), target,
-                                      lego=manifest.get("lego_pass", True))
+    mod, report = pipeline.import_and_fuse(model, inputs, target,
+                                           lego=manifest.get("lego_pass", True))
     mod = pipeline.lower(mod, target)
     lego_kernels = {gv.name_hint for gv in mod.get_global_vars()
                     if gv.name_hint.startswith("fused_lego_conv2d")}

@@ -8,47 +8,9 @@ from torch import nn
 
 import lego_tvm
 from conftest import assert_matches_torch
+from models import LegoBlock, block_inputs, randomize_bn
 from lego_tvm import LegoConv2d
 from reference_lego import AuthorsLegoConv2d
-
-
-def randomize_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        if bn.affine:
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-    return bn
-
-
-class LegoBlock(nn.Module):
-    """A Lego conv, then optionally BatchNorm, a residual add (second input) and ReLU."""
-
-    def __init__(self, c, n, d, o, ratio, stride, epilogue):
-        super().__init__()
-        self.conv = LegoConv2d(c, n, d, o, ratio, stride=stride)
-        self.bn = randomize_bn(nn.BatchNorm2d(n)) if "bn" in epilogue else None
-        self.residual = "residual" in epilogue
-        self.relu = "relu" in epilogue
-
-    def forward(self, x, r=None):
-        y = self.conv(x)
-        if self.bn is not None:
-            y = self.bn(y)
-        if self.residual:
-            y = y + r
-        return torch.relu(y) if self.relu else y
-
-
-def block_inputs(block: LegoBlock, batch: int, c: int, size: int) -> tuple:
-    """A random input, and a random residual of the output's shape when the block adds one."""
-    x = torch.randn(batch, c, size, size)
-    if not block.residual:
-        return (x,)
-    with torch.no_grad():
-        return (x, torch.randn_like(block.conv(x)))
-
 
 EPILOGUES = ["", "bn", "bn+relu", "bn+residual+relu", "relu", "residual"]
 # Every (o, kernel, stride, batch) combination; c, n, ratio, size and epilogue cycle through.
@@ -133,7 +95,7 @@ def test_near_miss_compiles_unfused_and_correct():
 
 
 def test_without_the_pass_the_import_alone_is_exact():
-    """Guards the importer (e.g. TVM 0.27's aten.batch_norm mapping, fixed in importer.py)."""
+    """Guards the importer (e.g. TVM 0.27's aten.batch_norm mapping, fixed in frontend/pytorch.py)."""
     model = LegoBlock(8, 8, 3, 2, 0.5, 1, "bn+relu").eval()
     x = torch.randn(1, 8, 6, 6)
     compiled = lego_tvm.compile(model, (x,), fuse_lego=False)

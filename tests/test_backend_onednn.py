@@ -17,7 +17,7 @@ from lego_tvm import LegoConv2d
 from lego_tvm.backend import compute_once, onednn
 from lego_tvm.support.targets import PRESETS
 from reference_lego import AuthorsLegoConv2d
-from test_numeric import LegoBlock, block_inputs
+from models import LegoBlock, block_inputs
 
 # (c, n, kernel, splits, ratio, stride, batch, size, epilogue): blocks of 8 (AVX2), 4 and 1
 # Lego filters, 1x1 / 3x3 / 5x5, strides, batches, every epilogue.

@@ -4,14 +4,12 @@ outputs match PyTorch and the NCHW build."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import lego_tvm
 from conftest import assert_matches_torch
 from lego_tvm.nn.lego_conv import LegoConv2d
 from lego_tvm.support.targets import resolve_target, why_not_runnable_here
-from lego_tvm.nn.zoo import LegoBottleneck
-from test_numeric import randomize_bn
+from models import bottlenecks
 
 
 # Each blocked layout is checked on a target of its own, whatever the host: AVX2 blocks of 8
@@ -22,18 +20,6 @@ TARGETS = {"x86-avx2": 8, "x86-avx512": 16}
 
 def runnable(target: str) -> bool:
     return why_not_runnable_here(resolve_target(target)) is None
-
-
-def bottlenecks(lanes: int = 8):
-    """Two ResNet bottlenecks, a projection shortcut (stride 2) then an identity one, and an
-    ordinary 1x1 conv after them; every split has ``lanes`` channels or a multiple."""
-    model = nn.Sequential(LegoBottleneck(4 * lanes, 2 * lanes, 2, 2, 0.5),
-                          LegoBottleneck(8 * lanes, 2 * lanes, 1, 2, 0.5),
-                          nn.Conv2d(8 * lanes, lanes, 1))
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            randomize_bn(module)
-    return model.eval()
 
 
 def _layouts(compiled) -> list[str]:

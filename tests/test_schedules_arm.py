@@ -14,8 +14,7 @@ from lego_tvm.support.accuracy import max_relative_error
 from emulator import run_exported_on_arm
 from lego_tvm.support.targets import PRESETS, ToolchainError, resolve_target
 from lego_tvm.nn.zoo import get_model
-from test_layout import bottlenecks
-from test_numeric import LegoBlock
+from models import LegoBlock, bottlenecks
 
 ARM_PRESETS = [name for name in PRESETS if name.startswith("arm-")]
 # (c, n, kernel, o, ratio, stride, epilogue, batch, size, preset)

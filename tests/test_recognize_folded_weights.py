@@ -10,7 +10,7 @@ import lego_tvm
 from conftest import TOLERANCE, assert_matches_torch
 from lego_tvm.recognize.factor_weights import factor_weight
 from lego_tvm.nn.fold import fold_lego_to_dense
-from test_numeric import LegoBlock
+from models import LegoBlock
 
 
 def folded_weight(c, n, d, o, ratio) -> tuple[np.ndarray, nn.Module]:

@@ -9,7 +9,7 @@ from torch import nn
 import lego_tvm
 from conftest import assert_matches_torch
 from lego_tvm.nn.lego_conv import BatchFoldedLegoConv2d
-from test_numeric import randomize_bn
+from models import randomize_bn
 
 
 class PerSplitGatherLego(nn.Module):

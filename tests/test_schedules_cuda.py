@@ -57,7 +57,7 @@ def kernel_head(source: str, name: str) -> str:
 
 def fused_kernel(layer, x, target) -> tirx.PrimFunc:
     """The one fused Lego kernel of ``layer``, lowered for ``target`` and not scheduled."""
-    mod, _ = pipeline.fuse_convs(to_relax(export_program(layer, (x,))), target)
+    mod, _ = pipeline.import_and_fuse(layer, (x,), target)
     ((_, func, _),) = lego_kernels(pipeline.lower(mod, target))
     return func
 

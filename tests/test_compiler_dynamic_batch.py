@@ -9,7 +9,7 @@ import lego_tvm
 from conftest import TOLERANCE
 from lego_tvm.support.accuracy import max_relative_error
 from lego_tvm.runtime import InputError
-from test_numeric import LegoBlock, randomize_bn
+from models import LegoBlock, randomize_bn
 
 
 class SmallLegoNet(nn.Module):

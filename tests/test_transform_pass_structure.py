@@ -13,7 +13,7 @@ X = (1, 8, 6, 6)
 
 def run_pass(mod, lanes=8):
     """The split-conv recognition alone: these graphs' merge kernels and all-ones weights
-    are, as dense convs, trivially Lego-structured (test_folded_weights.py covers that)."""
+    are, as dense convs, trivially Lego-structured (test_recognize_folded_weights.py covers that)."""
     fuse = FuseLegoConv2d(simd_lanes=lanes, weight_tolerance=None)
     return fuse(mod), fuse.report
 
