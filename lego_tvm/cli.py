@@ -10,8 +10,18 @@ import sys
 DEFAULT_OUT = "lego-tvm-out"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for PyTorch and the TVM runtime (default: TVM_NUM_THREADS if "
                         "set, else one per physical core this process may use)")
 
@@ -101,7 +111,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Whole-model benchmark, all competitors side by side in one process: "
                     "median of --repeat runs after --warmup runs, fixed thread count. With an "
                     "RPC tracker or server, the TVM-built competitors run on that device "
-                    "(PyTorch does not) and the results say what the device is.")
+                    "(PyTorch does not) and the results say what the device is. With "
+                    "--target cuda (or a CUDA preset), the GPU check runs on this machine's "
+                    "GPU: models and layers against PyTorch on the GPU, a short tuning, the "
+                    "schedule variants (docs/cuda.md).")
     bench.add_argument("--models", nargs="*", default=["lego_vgg16", "lego_resnet50"],
                        help="zoo models to time (default: both; none: only layers)")
     bench.add_argument("--no-layers", action="store_true", help="skip the per-layer benchmark")
@@ -244,6 +257,10 @@ def _run(args, threads: int) -> None:
         paths = run_remote_bench(args.models, _target(args), remote, args.tuning_logs,
                                  args.repeat, args.out_dir, progress=_progress)
         _wrote(paths)
+    elif args.command == "bench" and _is_gpu(_target(args)):
+        from .bench.gpu import bench_gpu
+        if bench_gpu(args.out_dir, args.repeat, args.warmup) != 0:
+            raise SystemExit(1)
     elif args.command == "bench":
         from .bench.run import run_bench
         _wrote(run_bench(args.models, not args.no_layers, args.repeat, args.warmup, threads,
@@ -268,6 +285,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
     return (ModelImportError, OneDNNUnavailable, InputError, TargetError, ToolchainError,
             TuningLogError, RemoteError)
+
+
+def _is_gpu(target) -> bool:
+    """``--target cuda`` (this GPU), a CUDA preset or a CUDA target dict."""
+    from .support.targets import resolve_target
+
+    return target == "cuda" or (target is not None and resolve_target(target).kind.name == "cuda")
 
 
 def _wrote(paths: dict) -> None:

@@ -121,6 +121,34 @@ def test_kernels_use_every_physical_core_by_default():
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
 
 
+def test_cli_threads_default_leaves_the_users_setting_alone():
+    """Without --threads the CLI keeps TVM_NUM_THREADS (the user's, or the physical-core
+    policy's); with it, TVM's pool and PyTorch take that count."""
+    import subprocess
+    import sys
+
+    default = ("import os, tvm\n"
+               "from lego_tvm.cli import _parser, _threads\n"
+               "assert _threads(_parser().parse_args(['compile', 'm'])) == 1\n"
+               "assert os.environ['TVM_NUM_THREADS'] == '1'\n"
+               "assert tvm.get_global_func('runtime.NumThreads')() == 1\n")
+    given = ("import torch, tvm\n"
+             "from lego_tvm.cli import _parser, _threads\n"
+             "assert _threads(_parser().parse_args(['compile', 'm', '--threads', '2'])) == 2\n"
+             "assert tvm.get_global_func('runtime.NumThreads')() == 2\n"
+             "assert torch.get_num_threads() == 2\n")
+    env = {**os.environ, "TVM_NUM_THREADS": "1"}
+    for script in (default, given):
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+
+
+def test_cli_refuses_a_thread_count_below_one(capsys):
+    for value in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            main(["compile", "lego_vgg16", "--threads", value])
+        assert "--threads: must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_readme_main_job_runs(tmp_path, capsys):
     """`lego-tvm demo`: report, check against PyTorch, speed table, JSON/markdown/PNG."""

@@ -1,4 +1,5 @@
-"""tools/gpu_check.py, the one-run GPU check, keeps working between GPU runs: its whole flow
+"""The one-run GPU check (lego_tvm/bench/gpu.py, run by tools/gpu_check.py and by
+``lego-tvm bench --target cuda``) keeps working between GPU runs: its whole flow
 (compile, check against PyTorch, time every competitor, fp16 probe, a short tuning, the
 schedule variants with their threads serial, the written results) runs here on the CPU
 with small sizes."""
@@ -14,6 +15,7 @@ TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "gpu_check.py")
 
 
 def load_gpu_check():
+    """The tool script, loaded as the device kit runs it."""
     spec = importlib.util.spec_from_file_location("gpu_check", TOOL)
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
@@ -72,7 +74,7 @@ def test_cuda_variants_build_each_pixel_count_fused_staged_and_tiled():
     from lego_tvm.support.targets import resolve_target
 
     layer = LegoConv2d(16, 16, 3, 2, 0.5)
-    gpu_check = load_gpu_check()
+    from lego_tvm.bench import gpu as gpu_check
     variants = gpu_check.cuda_variants(layer, torch.randn(1, 16, 6, 6),
                                        resolve_target("cuda-h100"))
     # 4 does not divide 6; each pixel count fused (the default here), stage by stage, tiled
@@ -96,7 +98,8 @@ def test_tf32_timing_turns_tf32_on_only_while_it_times():
             return x
 
     torch.backends.cudnn.allow_tf32 = False
-    check = load_gpu_check().Check(argparse.Namespace(device="cpu", repeat=2, warmup=1))
+    from lego_tvm.bench.gpu import Check
+    check = Check(argparse.Namespace(device="cpu", repeat=2, warmup=1))
     check.time_torch_tf32(Probe(), torch.ones(1))
     assert seen == [True] * 3 and torch.backends.cudnn.allow_tf32 is False
 

@@ -1,6 +1,7 @@
 """Thread count of TVM's kernel runtime, set before its thread pool starts."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -41,7 +42,8 @@ def set_threads(threads: int) -> None:
     """Use ``threads`` threads in TVM's runtime pool, in oneDNN, and in PyTorch if it is loaded.
 
     Sets ``TVM_NUM_THREADS`` (read when TVM's pool starts, which can be as early as the
-    first constant folding) and resizes a pool already started in place.
+    first constant folding) and resizes a pool already started in place. A pool cannot grow
+    past the count it started with: call this before compiling anything.
     """
     import tvm
 
@@ -49,6 +51,11 @@ def set_threads(threads: int) -> None:
         raise ValueError(f"threads must be at least 1, not {threads}")
     os.environ["TVM_NUM_THREADS"] = str(threads)
     tvm.get_global_func("runtime.config_threadpool")(1, threads)   # 1: the big cores
+    running = int(tvm.get_global_func("runtime.NumThreads")())
+    if running != threads:
+        logging.getLogger("lego_tvm").warning(
+            "lego-tvm: TVM's thread pool runs %d threads, not %d: it started with fewer and "
+            "cannot grow; set the thread count before compiling anything", running, threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
 
