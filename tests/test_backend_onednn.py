@@ -119,7 +119,8 @@ def test_unknown_choice_and_other_targets_are_refused():
 def test_missing_onednn_is_a_clear_error_and_auto_falls_back(tmp_path):
     script = textwrap.dedent("""
         import torch, lego_tvm
-        from lego_tvm import LegoConv2d, compute_once, onednn
+        from lego_tvm import LegoConv2d
+        from lego_tvm.backend import onednn
         layer = LegoConv2d(8, 8, 3, 2, 0.5).eval()
         x = torch.randn(1, 8, 6, 6)
         try:
