@@ -1,24 +1,75 @@
-"""``lego-tvm bench``: the outputs a user reads (JSON, markdown, PNG), with the oneDNN column
-and the scaling table, on a small run."""
+"""``lego-tvm bench``: the outputs a user reads (JSON, markdown, PNG), with the oneDNN column,
+ONNX Runtime and OpenVINO, and the scaling table, on a small run; the runtimes' outputs
+checked against PyTorch, a missing runtime skipped with how to install it."""
 import json
+import sys
 
 import pytest
 import torch
 
+from conftest import TOLERANCE
+from lego_tvm.bench import runtimes
+from lego_tvm.bench.models import format_model_table
 from lego_tvm.cli import main
+
+
+def small_dense_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 8, 3, stride=2)).eval()
+    return model, torch.randn(1, 8, 12, 12)
+
+
+def test_runtimes_run_the_dense_model_and_are_checked_against_pytorch():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    model, x = small_dense_model()
+    with torch.no_grad():
+        reference = model(x).numpy()
+    lines = []
+    runs, errors = runtimes.runtime_runs(model, x, reference, 2, lines.append, "small")
+    assert set(runs) == set(errors) == {"onnxruntime", "openvino", "openvino_default"}
+    assert errors["onnxruntime"] <= TOLERANCE and errors["openvino"] <= TOLERANCE, errors
+    assert errors["openvino_default"] < 0.1, errors       # bf16 where the CPU has it
+    for run in runs.values():
+        run()
+    assert runtimes.precision_of_openvino_default() in ("bf16", "f32")
+
+
+def test_a_missing_runtime_is_skipped_with_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)      # import raises ImportError
+    model, x = small_dense_model()
+    lines = []
+    runs, _ = runtimes.runtime_runs(model, x, model(x).detach().numpy(), 2, lines.append, "m")
+    assert "onnxruntime" not in runs
+    assert any("skipping ONNX Runtime" in line and 'pip install "lego-tvm[bench]"' in line
+               for line in lines), lines
+
+
+def test_the_bar_is_the_fastest_fp32_competitor():
+    """OpenVINO's default precision (bf16) is shown with its error, never the bar."""
+    result = {"model": "m", "batch": 1, "competitor_errors": {"openvino_default": 2.4e-2},
+              "openvino_default_precision": "bf16",
+              "median_ms": {"torch_dense": 60.0, "onnxruntime": 40.0, "openvino": 38.0,
+                            "openvino_default": 20.0, "lego_tvm": 19.0}}
+    table = format_model_table([result])
+    assert "| 2.00x (OpenVINO fp32, dense-folded) |" in table
+    assert "20.00 ms (bf16, error 2.4e-02)" in table
 
 
 @pytest.mark.slow
 def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
-    main(["bench", "--threads", "2", "--models", "lego_vgg16", "--no-layers", "--no-torch-compile", "--scaling",
-          "--scaling-model", "lego_vgg16", "--scaling-batches", "1", "2", "--repeat", "2",
+    main(["bench", "--threads", "2", "--models", "lego_vgg16", "--no-layers", "--no-torch-compile",
+          "--scaling", "--scaling-model", "lego_vgg16", "--scaling-batches", "1", "2", "--repeat", "2",
           "--warmup", "1", "--out-dir", str(tmp_path)])
     with open(tmp_path / "bench.json") as f:
         results = json.load(f)
     [model] = results["models"]
     for key in ("torch_lego", "torch_dense", "tvm_no_pass", "lego_tvm", "lego_tvm_nchwc",
-                "lego_tvm_onednn"):
+                "lego_tvm_onednn", "onnxruntime", "openvino", "openvino_default"):
         assert model["median_ms"][key] > 0, key
+    assert model["competitor_errors"]["onnxruntime"] <= 1e-4
+    assert model["competitor_errors"]["openvino"] <= 1e-4
     for check in ("max_rel_error", "max_rel_error_nchwc", "max_rel_error_onednn"):
         assert model[check] <= 1e-4, check
     assert {c["backend"] for c in model["compute_once"]} <= {"tvm", "onednn"}
@@ -30,6 +81,7 @@ def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
         assert row["median_ms"]["torch_dense"] > 0 and row["median_ms"]["lego_tvm"] > 0
     out = capsys.readouterr().out
     assert "| lego_vgg16 | 2 | 2 |" in out and "oneDNN maps where faster" in out
+    assert "OpenVINO fp32, dense-folded" in out and "lego-tvm vs fastest fp32 other" in out
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert torch.get_num_threads() == 2, "the scaling run left its thread count behind"
 

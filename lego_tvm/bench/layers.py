@@ -11,7 +11,9 @@ from typing import Callable
 import torch
 
 from ..support.accuracy import max_relative_error
-from .models import time_side_by_side
+from ..support.threads import threads_in_use
+from .models import fastest, time_cell, time_side_by_side
+from .runtimes import RUNTIME_LABELS, precision_of_openvino_default, runtime_runs
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,15 @@ class LayerCase:
 LAYERS = [LayerCase(128, 56, 1), LayerCase(256, 28, 1), LayerCase(512, 14, 1),
           LayerCase(128, 56, 2), LayerCase(256, 28, 2), LayerCase(512, 14, 2)]
 LAYER_COMPETITORS = ("torch_lego", "torch_dense", "torch_lego_best", "torch_compile_dense",
-                     "tvm_no_pass", "lego_tvm", "lego_tvm_tuned", "lego_tvm_onednn",
-                     "lego_tvm_once")
+                     "onnxruntime", "openvino", "openvino_default", "tvm_no_pass", "lego_tvm",
+                     "lego_tvm_tuned", "lego_tvm_onednn", "lego_tvm_once")
+# The dense conv as users would run it: the bar each layer is measured against.
+DENSE = ("torch_dense", "torch_compile_dense", "onnxruntime", "openvino")
 LAYER_LABELS = {"torch_lego": "PyTorch, authors' formulation",
                 "torch_dense": "PyTorch, dense-folded (oneDNN)",
                 "torch_lego_best": "PyTorch, batch-folded Lego",
                 "torch_compile_dense": "torch.compile, dense-folded",
+                **RUNTIME_LABELS,
                 "tvm_no_pass": "TVM without the Lego pass",
                 "lego_tvm": "lego-tvm, default schedule",
                 "lego_tvm_tuned": "lego-tvm, tuned",
@@ -48,7 +53,8 @@ def _macs(case: LayerCase) -> dict[str, int]:
     dense = n * c * k * pixels
     once = m * c * k * pixels
     return {"torch_lego": once + n * o * m * pixels, "tvm_no_pass": once + n * o * m * pixels,
-            "torch_dense": dense, "torch_compile_dense": dense,
+            "torch_dense": dense, "torch_compile_dense": dense, "onnxruntime": dense,
+            "openvino": dense, "openvino_default": dense,
             "torch_lego_best": once + n * o * pixels, "lego_tvm": once + n * o * pixels,
             "lego_tvm_onednn": once + n * o * pixels, "lego_tvm_tuned": once + n * o * pixels,
             "lego_tvm_once": once}
@@ -123,12 +129,19 @@ def bench_layer(case: LayerCase, repeat: int, warmup: int, use_torch_compile: bo
         reference = layer(x).numpy()
     error = max(max_relative_error(runs[k](), reference)
                 for k in ("lego_tvm", "lego_tvm_tuned", "lego_tvm_onednn") if k in runs)
+    runtime_timed, runtime_errors = runtime_runs(dense, x, reference, threads_in_use(),
+                                                 progress, case.name)
+    runs.update(runtime_timed)
     times = time_side_by_side(case.name, runs, LAYER_COMPETITORS, LAYER_LABELS, dense, x,
                               use_torch_compile, repeat, warmup, progress)
     macs = _macs(case)
-    return {"layer": case.name, "channels": case.channels, "size": case.size,
-            "stride": case.stride, "median_ms": times, "max_rel_error": error,
-            "gflops": {k: 2 * macs[k] / t / 1e6 for k, t in times.items()}}
+    result = {"layer": case.name, "channels": case.channels, "size": case.size,
+              "stride": case.stride, "median_ms": times, "max_rel_error": error,
+              "competitor_errors": runtime_errors,
+              "gflops": {k: 2 * macs[k] / t / 1e6 for k, t in times.items()}}
+    if "openvino_default" in runtime_errors:
+        result["openvino_default_precision"] = precision_of_openvino_default()
+    return result
 
 
 def ours_ms(result: dict) -> float:
@@ -140,7 +153,7 @@ def ours_ms(result: dict) -> float:
 def format_layer_table(results: list[dict], peak: float | None) -> str:
     keys = [k for k in LAYER_COMPETITORS if any(k in r["median_ms"] for r in results)]
     head = "| layer | " + " | ".join(LAYER_LABELS[k] for k in keys) + \
-        " | lego-tvm (tuned) vs dense | vs batch-folded Lego |"
+        " | lego-tvm (tuned) vs fastest fp32 dense | vs batch-folded Lego |"
     lines = [head, "|---|" + "---:|" * (len(keys) + 2)]
     for r in results:
         t, g = r["median_ms"], r["gflops"]
@@ -150,8 +163,9 @@ def format_layer_table(results: list[dict], peak: float | None) -> str:
                 cells.append("-")
                 continue
             share = f", {100 * g[k] / peak:.0f}%" if peak else ""
-            cells.append(f"{t[k]:.2f} ms ({g[k]:.0f} GF/s{share})")
+            cells.append(f"{time_cell(r, k)} ({g[k]:.0f} GF/s{share})")
+        bar = fastest(t, DENSE)
         lines.append(f"| {r['layer']} | " + " | ".join(cells) +
-                     f" | {t['torch_dense'] / ours_ms(r):.2f}x"
+                     f" | {t[bar] / ours_ms(r):.2f}x ({LAYER_LABELS[bar]})"
                      f" | {t['torch_lego_best'] / ours_ms(r):.2f}x |")
     return "\n".join(lines)

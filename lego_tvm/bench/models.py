@@ -7,6 +7,9 @@ same random input with the same thread count, each the median of ``repeat`` runs
 - ``torch_lego``: PyTorch eager with the Lego module (the authors' formulation);
 - ``torch_dense``: PyTorch eager with every Lego layer folded into a dense ``Conv2d``;
 - ``torch_compile_dense``: ``torch.compile`` of the dense-folded model;
+- ``onnxruntime``, ``openvino``: the dense-folded model on ONNX Runtime and OpenVINO (fp32),
+  and ``openvino_default`` in OpenVINO's default precision (bf16 where the CPU has it; shown,
+  never the fp32 bar), when they are installed (``runtimes.py``);
 - ``tvm_no_pass``: TVM on the same imported model without the Lego pass, same schedules,
   and ``tvm_no_pass_tuned`` with the shipped tuning logs for it, when there are any;
 - ``lego_tvm``: the compiled model with default schedules, and ``lego_tvm_tuned`` with the
@@ -28,15 +31,18 @@ import torch
 
 from ..support.targets import TargetError, host_target, resolve_target, why_not_runnable_here
 from ..support.accuracy import max_relative_error, verdict
-from ..support.timing import median_ms
+from ..support.threads import threads_in_use
+from ..support.timing import ROUNDS, median_ms
+from .runtimes import NOT_FP32, RUNTIME_LABELS, precision_of_openvino_default, runtime_runs
 from ..tuning.logs import TuningLogError, check_log, shipped_logs
 
-COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "tvm_no_pass",
-               "tvm_no_pass_tuned", "lego_tvm", "lego_tvm_nchwc", "lego_tvm_tuned",
-               "lego_tvm_onednn")
+COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "onnxruntime", "openvino",
+               "openvino_default", "tvm_no_pass", "tvm_no_pass_tuned", "lego_tvm",
+               "lego_tvm_nchwc", "lego_tvm_tuned", "lego_tvm_onednn")
 LABELS = {"torch_lego": "PyTorch eager, Lego module",
           "torch_dense": "PyTorch eager, dense-folded",
           "torch_compile_dense": "torch.compile, dense-folded",
+          **RUNTIME_LABELS,
           "tvm_no_pass": "TVM without the Lego pass",
           "tvm_no_pass_tuned": "TVM without the pass, tuned",
           "lego_tvm": "lego-tvm, default schedules",
@@ -113,6 +119,9 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     with torch.no_grad():
         reference = model(example).numpy()
     error = max_relative_error(fused(x), reference)
+    runtime_timed, runtime_errors = runtime_runs(dense, example, reference, threads_in_use(),
+                                                 progress, name)
+    runs.update(runtime_timed)
     if show is not None:
         show(f"{fused.report}\ncheck against PyTorch on a random input: max error / max "
              f"|output| = {error:.2e} ({verdict(error)})")
@@ -120,7 +129,13 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
                               use_torch_compile, repeat, warmup, progress)
     result = {"model": name, "batch": batch, "input_shape": list(example.shape),
               "median_ms": times, "max_rel_error": error,
-              "lego_layers_fused": len(fused.report.layers)}
+              "lego_layers_fused": len(fused.report.layers),
+              "competitor_errors": runtime_errors,
+              # Per batch: MACs of the dense model and of the Lego one as lego-tvm runs it.
+              "macs": {"dense": fused.report.totals["model_dense_macs"],
+                       "lego": fused.report.totals["model_lego_macs"]}}
+    if "openvino_default" in runtime_errors:
+        result["openvino_default_precision"] = precision_of_openvino_default()
     result["max_rel_error_nchwc"] = max_relative_error(compiled["lego_tvm_nchwc"](x), reference)
     if "lego_tvm_onednn" in compiled:
         result["max_rel_error_onednn"] = max_relative_error(compiled["lego_tvm_onednn"](x),
@@ -133,9 +148,14 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
 
 def time_side_by_side(name: str, runs: dict, order, labels: dict, dense: torch.nn.Module,
                       example: torch.Tensor, use_torch_compile: bool, repeat: int, warmup: int,
-                      progress: Callable[[str], None]) -> dict[str, float]:
-    """Median milliseconds of every competitor in ``runs`` (plus ``torch.compile`` of
-    ``dense``, compiled here, when asked), in ``order``, one after the other."""
+                      progress: Callable[[str], None], rounds: int = ROUNDS
+                      ) -> dict[str, float]:
+    """Milliseconds of every competitor in ``runs`` (plus ``torch.compile`` of ``dense``,
+    compiled here, when asked): each competitor runs in a block of its own (the median of
+    ``repeat`` runs after ``warmup``), the blocks alternate in ``order`` over ``rounds``
+    rounds, and each keeps its best block. Single calls are never interleaved: a runtime
+    whose pool threads spin after a call slows whatever runs next (PyTorch calls took 8 ms
+    instead of 0.1 ms right after ONNX Runtime's)."""
     runs = dict(runs)
     with torch.no_grad():
         if use_torch_compile:
@@ -143,12 +163,19 @@ def time_side_by_side(name: str, runs: dict, order, labels: dict, dense: torch.n
             compiled_dense = torch.compile(dense)
             compiled_dense(example)
             runs["torch_compile_dense"] = lambda: compiled_dense(example)
-        times = {}
-        for key in order:
-            if key in runs:
-                progress(f"[{name}] timing {labels[key]} ({warmup} warm-up + {repeat} runs)")
-                times[key] = median_ms(runs[key], repeat, warmup)
+        keys = [key for key in order if key in runs]
+        times = {key: float("inf") for key in keys}
+        for round_ in range(1, rounds + 1):
+            progress(f"[{name}] timing round {round_}/{rounds}: {len(keys)} competitors, "
+                     f"{warmup} warm-up + {repeat} runs each")
+            for key in keys:
+                times[key] = min(times[key], median_ms(runs[key], repeat, warmup))
     return times
+
+
+def fastest(times: dict[str, float], among) -> str:
+    """The key of the fastest competitor in ``among`` that ran and computes in fp32."""
+    return min((k for k in times if k in among and k not in NOT_FP32), key=times.get)
 
 
 def _manifest_if_applies(log_dir, target) -> dict:
@@ -159,15 +186,37 @@ def _manifest_if_applies(log_dir, target) -> dict:
         return {}
 
 
-def format_model_table(results: list[dict]) -> str:
+def format_model_table(results: list[dict], peak: float | None = None) -> str:
+    """The model table; with the measured ``peak`` (GFLOP/s), also each side's share of it:
+    lego-tvm counted on the MACs it performs, the fastest other on the dense model's."""
     keys = [k for k in COMPETITORS if any(k in r["median_ms"] for r in results)]
-    lines = ["| model | " + " | ".join(LABELS[k] for k in keys) + " | lego-tvm vs best other |",
-             "|---|" + "---:|" * (len(keys) + 1)]
+    efficiency = peak and all("macs" in r for r in results)
+    lines = ["| model | " + " | ".join(LABELS[k] for k in keys)
+             + " | lego-tvm vs fastest fp32 other |"
+             + (" % of FMA peak: lego-tvm / fastest other |" if efficiency else ""),
+             "|---|" + "---:|" * (len(keys) + 1 + bool(efficiency))]
     for r in results:
         t = r["median_ms"]
-        best_other = min(v for k, v in t.items() if k not in OURS)
+        bar = fastest(t, [k for k in COMPETITORS if k not in OURS])
         best_ours = min(v for k, v in t.items() if k in OURS)
-        lines.append(f"| {r['model']} (batch {r['batch']}) | "
-                     + " | ".join(f"{t[k]:.2f} ms" if k in t else "-" for k in keys)
-                     + f" | {best_other / best_ours:.2f}x |")
+        line = (f"| {r['model']} (batch {r['batch']}) | "
+                + " | ".join(time_cell(r, k) for k in keys)
+                + f" | {t[bar] / best_ours:.2f}x ({LABELS[bar]}) |")
+        if efficiency:
+            share = [100 * 2 * r["macs"][kind] / ms / 1e6 / peak
+                     for kind, ms in (("lego", best_ours), ("dense", t[bar]))]
+            line += f" {share[0]:.0f}% / {share[1]:.0f}% |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def time_cell(result: dict, key: str) -> str:
+    """A table cell: the time; for a competitor that is not fp32, also its precision and
+    its measured error against PyTorch."""
+    t = result["median_ms"]
+    if key not in t:
+        return "-"
+    if key not in NOT_FP32:
+        return f"{t[key]:.2f} ms"
+    precision = result.get(f"{key}_precision", "?")
+    return f"{t[key]:.2f} ms ({precision}, error {result['competitor_errors'][key]:.1e})"

@@ -46,7 +46,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
               f"{warmup} warm-up runs; {info['date']}")
     sections = [header]
     if model_results:
-        sections.append(format_model_table(model_results))
+        sections.append(format_model_table(model_results, peak))
     if layer_results:
         sections.append(format_layer_table(layer_results, peak))
     if scaling_results:
