@@ -72,7 +72,7 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
         database = open_database(dirs, tvm_target, strict=True)
     else:
         database = None
-    tvm_only = mod
+    tvm_only, copied_outputs = mod, pipeline.outputs_not_computed(mod)
     mod, report.compute_once = compute_once_backends.choose(mod, tvm_target, compute_once,
                                                             database, progress)
     executable, report.tuned_kernels = _schedule_and_build(mod, tvm_target, database)
@@ -94,7 +94,8 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     inputs = [{"shape": [None if dynamic_batch else t.shape[0], *t.shape[1:]],
                "dtype": str(t.dtype).replace("torch.", "")} for t in example_inputs]
     device = tvm.cuda() if tvm_target.kind.name == "cuda" else tvm.cpu()
-    compiled = Model(executable, inputs, report.as_dict(), str(tvm_target), device)
+    compiled = Model(executable, inputs, report.as_dict(), str(tvm_target), device,
+                     copied_outputs)
     compiled.report = report
     return compiled
 

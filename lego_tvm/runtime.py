@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 
 import numpy as np
 import tvm
@@ -28,16 +29,23 @@ class Model:
     """A compiled Lego model: call it with numpy arrays (or torch tensors) to run it.
 
     A model built for another CPU (an ARM board, AVX-512 on an AVX2 machine) cannot be
-    called here; ``export`` it and run it there."""
+    called here; ``export`` it and run it there.
+
+    Calling one model from several threads is safe: the calls run one at a time (a Relax VM
+    is not re-entrant, and each call already runs its kernels on every core)."""
 
     def __init__(self, executable, inputs: list[dict], report: dict | None, target: str,
-                 device=None):
+                 device=None, copied_outputs: list[int] | None = None):
         self._executable = executable
         self.device = device if device is not None else tvm.cpu()
         self._vm = None               # created on first call: only where the code can run
+        self._lock = threading.Lock()  # one call at a time in the VM
         self.inputs = inputs          # [{"shape": [...], "dtype": "float32"}, ...]
         self.report_dict = report or {}
         self.target = target          # str(tvm Target), JSON
+        # Outputs a call does not compute (constants, inputs passed through): returned as
+        # copies, or a caller changing one would change what later calls return.
+        self.copied_outputs = list(copied_outputs or [])
 
     @property
     def executable(self):
@@ -62,7 +70,8 @@ class Model:
         return self._vm
 
     def __call__(self, *args):
-        machine = self._machine()          # first: says so if the code cannot run here
+        with self._lock:
+            machine = self._machine()      # first: says so if the code cannot run here
         if len(args) != len(self.inputs):
             raise InputError(f"the model takes {len(self.inputs)} input(s), got {len(args)}")
         arrays, torch_out = [], False
@@ -77,7 +86,10 @@ class Model:
                                  f"the model was compiled for shape {shape} and dtype "
                                  f"{want['dtype']}")
             arrays.append(to_device(arr, self.device))
-        outputs = _to_numpy(machine["main"](*arrays))
+        with self._lock:
+            outputs = _to_numpy(machine["main"](*arrays))
+        for i in self.copied_outputs:
+            outputs[i] = outputs[i].copy()
         if torch_out:
             import torch  # only when the caller already uses torch
             outputs = [torch.from_numpy(o) for o in outputs]
@@ -100,7 +112,8 @@ class Model:
             raise OSError(f"cannot write the exported model to {path}: it is a folder; give "
                           "a file name such as model.so")
         meta = {"format": "lego-tvm/1", "inputs": self.inputs, "target": self.target,
-                "report": self.report_dict, "needs": self.runtime_needs()}
+                "report": self.report_dict, "needs": self.runtime_needs(),
+                "copied_outputs": self.copied_outputs}
         suffix = os.path.splitext(path)[1] or ".so"
         lib_tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False).name
         meta_tmp = lib_tmp + ".json"
@@ -163,7 +176,7 @@ def load(path: str, device=None) -> Model:
     if reason:
         raise RuntimeError(f"{path} cannot be loaded on this machine: {reason}")
     return Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
-                 meta.get("target", ""), device)
+                 meta.get("target", ""), device, meta.get("copied_outputs", []))
 
 
 def _fingerprint(path: str) -> dict:

@@ -177,3 +177,48 @@ def test_inputs_and_outputs_are_shared_not_copied_and_never_overwritten():
     unaligned = np.zeros(1 + x1.numel(), np.float32)[1:].reshape(x1.shape)  # 4-byte offset
     unaligned[...] = x1.numpy()
     np.testing.assert_array_equal(compiled(unaligned), kept)
+
+
+def test_one_model_called_from_several_threads_gives_each_caller_its_answer():
+    """A server calls one model from a thread pool: the Relax VM is not re-entrant (4
+    threads crashed it every time), so the model runs the calls one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layer = LegoConv2d(16, 16, 3, 2, 0.5).eval()
+    xs = [torch.randn(1, 16, 8, 8) for _ in range(8)]
+    compiled = lego_tvm.compile(layer, (xs[0],), tuning_logs=None)
+    with torch.no_grad():
+        references = [layer(x).numpy() for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda i: (i, compiled(xs[i % 8].numpy())), range(64)))
+    for i, out in outputs:
+        assert max_relative_error(out, references[i % 8]) <= TOLERANCE, i
+
+
+class ConstantBranch(torch.nn.Module):
+    """Three outputs: computed, a constant (the VM's own buffer), the input passed through."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = LegoConv2d(8, 8, 3, 2, 0.5)
+        self.scale = torch.nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return self.conv(x), self.scale * 2, x
+
+
+def test_outputs_a_call_does_not_compute_are_returned_as_copies(tmp_path):
+    """Changing a returned array must not change what later calls return, nor the input."""
+    model, x = ConstantBranch().eval(), torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        constant = (model.scale * 2).numpy()
+    compiled = lego_tvm.compile(model, (x,), tuning_logs=None)
+    assert compiled.copied_outputs == [1, 2]
+    compiled.export(str(tmp_path / "m.so"))
+    for candidate in (compiled, lego_tvm.load(str(tmp_path / "m.so"))):
+        xn = x.numpy().copy()
+        _, first, passed = candidate(xn)
+        first += 100
+        passed += 100
+        np.testing.assert_array_equal(candidate(xn)[1], constant)
+        np.testing.assert_array_equal(xn, x.numpy())

@@ -16,6 +16,7 @@ from ..schedules.cpu_generic import ParallelInjective, TiledReduction
 from ..schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
 from ..schedules.lego_cpu import FusedLegoRule
 from ..schedules.simd import simd_profile
+from ..support.tvm_compat import Constant
 from ..transform.blocked_layout import LAYOUTS, PropagateBlockedLayout
 from ..transform.fuse_conv2d import FuseDenseConv2d, FuseLegoConv2d
 from ..transform.report import LegoReport
@@ -69,6 +70,28 @@ def import_and_fuse(model, example_inputs: tuple, target: Target, lego: bool = T
         export_program(model, tuple(example_inputs), dynamic_batch)
     return fuse_convs(to_relax(program), target, lego=lego, weight_tolerance=weight_tolerance,
                       layout=layout)
+
+
+def outputs_not_computed(mod: tvm.IRModule) -> list[int]:
+    """Positions (in the flattened output) of ``main``'s outputs that a call does not compute:
+    constants, which the VM returns as its own buffer on every call, and inputs passed
+    through, which are the caller's array. The model copies these before returning them."""
+    func = mod["main"]
+    bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    flags: list[bool] = []
+
+    def walk(expr):
+        while isinstance(expr, relax.Var) and expr in bindings:
+            expr = bindings[expr]
+        if isinstance(expr, relax.Tuple):
+            for field in expr.fields:
+                walk(field)
+        else:
+            flags.append(isinstance(expr, Constant) or any(
+                expr.same_as(param) for param in func.params))
+
+    walk(func.body.body)
+    return [i for i, flag in enumerate(flags) if flag]
 
 
 def lower(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
