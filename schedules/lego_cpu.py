@@ -55,7 +55,8 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> LegoCpu
     tasks = {t: (s.batch or 1) * (s.out_height // t) for t in candidates}
     # At least two tasks per core; then the best balance (7 tasks on 2 threads wastes an
     # eighth of the time, measured), then the largest tile.
-    enough = [t for t in candidates if tasks[t] >= 2 * cores]
+    enough = [t for t in candidates
+              if tasks[t] >= 2 * cores and t * s.out_width >= simd.fused_min_pixels]
     fuse_stages = bool(enough)
     tile_rows = max(enough or [1], key=lambda t: (
         tasks[t] / (cores * -(-tasks[t] // cores)), t))
@@ -65,12 +66,14 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> LegoCpu
 
 
 def register_tile(spec: LegoConvSpec, rows: int, simd: SimdProfile) -> tuple[int, int, int]:
-    """(filter blocks, rows, cols) of the register tile: the most accumulators the profile
-    allows, with room for the filter blocks' weight vectors and one broadcast input; then
+    """(filter blocks, rows, cols) of the register tile: at most the profile's filter blocks,
+    the most accumulators it allows, with room for the filter blocks' weight vectors and
+    one broadcast input; then
     the fewest loads per step (a weight vector per filter block, a broadcast per pixel);
     then the longest rows. Measured on the stride-2 layers (AMD EPYC, AVX2): 7 accumulators
     of one filter block ran at 55-61 GFLOP/s, 2-4 blocks x 2-4 pixels (8) at 70-72."""
-    tiles = [(f, r, c) for f in divisors(spec.lego_filters // spec.bank_block)
+    tiles = [(f, r, c) for f in divisors(spec.lego_filters // spec.bank_block,
+                                          simd.max_filter_blocks)
              for r in divisors(rows) for c in divisors(spec.out_width)
              if f * r * c <= simd.accumulators and f * r * c + f <= simd.accumulators + 2]
     return max(tiles, key=lambda t: (t[0] * t[1] * t[2], -(t[0] + t[1] * t[2]), t[2]))

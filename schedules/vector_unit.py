@@ -12,3 +12,7 @@ class SimdProfile:
     accumulators: int      # vector registers a register tile may hold as accumulators; the
                            # rest hold the weight vector and the broadcast inputs
     lego_tile_bytes: int   # Lego feature tile of one parallel task: fits the per-core L2
+    # Fused stages read the whole bank once per task: a task of fewer output pixels than
+    # this runs stage by stage instead (1: whenever there are enough tasks).
+    fused_min_pixels: int = 1
+    max_filter_blocks: int = 64   # filter blocks (weight vectors) in the register tile
