@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--stages", action="store_true",
                        help="also split each layer-table kernel's time into padding, "
                             "compute-once and gather-sum, and time it on one thread")
+    bench.add_argument("--kernels", action="store_true",
+                       help="also time every kernel of each model alone: where the model's "
+                            "time goes, with each fused kernel's share of the FMA peak")
     bench.add_argument("--scaling-model", default="lego_resnet50")
     bench.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 8, 32])
     bench.add_argument("--repeat", type=int, default=30)
@@ -265,7 +268,8 @@ def _run(args, threads: int) -> None:
         from .bench.run import run_bench
         _wrote(run_bench(args.models, not args.no_layers, args.repeat, args.warmup, threads,
                          args.out_dir, use_torch_compile=not args.no_torch_compile,
-                         target=_target(args), stages=args.stages, progress=_progress,
+                         target=_target(args), stages=args.stages, kernels=args.kernels,
+                         progress=_progress,
                          scaling=(args.scaling_model, args.scaling_batches) if args.scaling
                          else None))
     elif args.command == "demo":

@@ -102,3 +102,16 @@ def test_stage_profile_splits_a_kernel_into_its_stages():
     assert result["parallel_efficiency"] > 0 and len(lines) == 2
     table = format_stage_table([result], peak=100.0)
     assert "| 32ch 16x16 s1 |" in table and "register tile" in table
+
+
+def test_kernel_profile_times_every_kernel_of_a_model():
+    from lego_tvm.bench.kernels import format_kernel_table, profile_kernels
+    from lego_tvm.support.targets import resolve_target
+
+    lines = []
+    rows = profile_kernels("lego_vgg16", resolve_target(None), lines.append)
+    assert sum(r["calls"] for r in rows if "o=2" in r["shape"]) == 14    # every Lego layer
+    assert all(r["ms"] > 0 and r["calls"] >= 1 for r in rows)
+    assert all(r["macs"] > 0 for r in rows if r["shape"])
+    table = format_kernel_table("lego_vgg16", rows, peak=100.0, model_ms=3.0)
+    assert "kernels alone sum to" in table and "the model runs in 3.00 ms" in table

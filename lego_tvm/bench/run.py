@@ -7,6 +7,7 @@ from typing import Callable
 
 from ..support.targets import resolve_target
 from ..support.threads import set_threads
+from .kernels import format_kernel_table, profile_kernels
 from .layers import LAYERS, bench_layer, format_layer_table
 from .models import bench_model, format_model_table, machine
 from .output import write_outputs
@@ -19,7 +20,8 @@ from .stages import bench_stages, format_stage_table
 def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads: int,
               out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
               target=None, scaling: tuple[str, list[int]] | None = None,
-              stages: bool = False, progress: Callable[[str], None] = print) -> dict:
+              stages: bool = False, kernels: bool = False,
+              progress: Callable[[str], None] = print) -> dict:
     """Run the chosen benchmarks with ``threads`` threads in PyTorch and TVM, print their
     tables and write them (JSON, markdown, PNG) to ``out_dir``; returns the written paths."""
     set_threads(threads)
@@ -36,6 +38,10 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     stage_results = []
     if stages:
         stage_results = bench_stages(resolve_target(target), threads, progress=progress)
+    kernel_results = {}
+    if kernels:
+        kernel_results = {m: profile_kernels(m, resolve_target(target), progress)
+                          for m in models}
     # The machine is shared and its clock varies: the peak is the best of a measurement
     # before and one after the benchmarks.
     peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]
@@ -53,10 +59,14 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
         sections.append(format_scaling_table(scaling_results))
     if stage_results:
         sections.append(format_stage_table(stage_results, peak))
+    for m, rows in kernel_results.items():
+        model_ms = next((r["median_ms"].get("lego_tvm") for r in model_results
+                         if r["model"] == m), None)
+        sections.append(format_kernel_table(m, rows, peak, model_ms))
     markdown = "\n\n".join(sections)
     print("\n" + markdown)
     paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results,
-                          stage_results)
+                          stage_results, kernel_results)
     return paths
 
 
