@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--stages", action="store_true",
                        help="also split each layer-table kernel's time into padding, "
                             "compute-once and gather-sum, and time it on one thread")
+    bench.add_argument("--throughput", action="store_true",
+                       help="also serve each model from 1, 2 and 4 client threads: requests "
+                            "per second, next to ONNX Runtime's")
     bench.add_argument("--kernels", action="store_true",
                        help="also time every kernel of each model alone: where the model's "
                             "time goes, with each fused kernel's share of the FMA peak")
@@ -269,6 +272,7 @@ def _run(args, threads: int) -> None:
         _wrote(run_bench(args.models, not args.no_layers, args.repeat, args.warmup, threads,
                          args.out_dir, use_torch_compile=not args.no_torch_compile,
                          target=_target(args), stages=args.stages, kernels=args.kernels,
+                         throughput=args.throughput,
                          progress=_progress,
                          scaling=(args.scaling_model, args.scaling_batches) if args.scaling
                          else None))

@@ -115,3 +115,12 @@ def test_kernel_profile_times_every_kernel_of_a_model():
     assert all(r["macs"] > 0 for r in rows if r["shape"])
     table = format_kernel_table("lego_vgg16", rows, peak=100.0, model_ms=3.0)
     assert "kernels alone sum to" in table and "the model runs in 3.00 ms" in table
+
+
+def test_throughput_serves_a_model_from_several_client_threads():
+    from lego_tvm.bench.throughput import bench_throughput, format_throughput_table
+
+    rows = bench_throughput("lego_vgg16", requests=8, clients=(1, 2), progress=lambda _: None)
+    assert [r["clients"] for r in rows] == [1, 2]
+    assert all(r["requests_per_s"]["lego_tvm"] > 0 for r in rows)
+    assert "| lego_vgg16 | 2 |" in format_throughput_table(rows)

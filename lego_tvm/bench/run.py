@@ -15,12 +15,13 @@ from .peak import fma_peak_gflops
 from .remote import bench_model_remote
 from .scaling import THREADS, bench_scaling, format_scaling_table
 from .stages import bench_stages, format_stage_table
+from .throughput import bench_throughput, format_throughput_table
 
 
 def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads: int,
               out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
               target=None, scaling: tuple[str, list[int]] | None = None,
-              stages: bool = False, kernels: bool = False,
+              stages: bool = False, kernels: bool = False, throughput: bool = False,
               progress: Callable[[str], None] = print) -> dict:
     """Run the chosen benchmarks with ``threads`` threads in PyTorch and TVM, print their
     tables and write them (JSON, markdown, PNG) to ``out_dir``; returns the written paths."""
@@ -38,6 +39,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     stage_results = []
     if stages:
         stage_results = bench_stages(resolve_target(target), threads, progress=progress)
+    throughput_results = [row for m in models for row in bench_throughput(m, progress=progress)
+                          ] if throughput else []
     kernel_results = {}
     if kernels:
         kernel_results = {m: profile_kernels(m, resolve_target(target), progress)
@@ -59,6 +62,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
         sections.append(format_scaling_table(scaling_results))
     if stage_results:
         sections.append(format_stage_table(stage_results, peak))
+    if throughput_results:
+        sections.append(format_throughput_table(throughput_results))
     for m, rows in kernel_results.items():
         model_ms = next((r["median_ms"].get("lego_tvm") for r in model_results
                          if r["model"] == m), None)
@@ -66,7 +71,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     markdown = "\n\n".join(sections)
     print("\n" + markdown)
     paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results,
-                          stage_results, kernel_results)
+                          stage_results, kernel_results, throughput_results)
     return paths
 
 
