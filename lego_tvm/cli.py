@@ -286,13 +286,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that name a problem with the user's input: printed as one line, no traceback."""
     from .backend.onednn import OneDNNUnavailable
     from .frontend.pytorch import ModelImportError
-    from .runtime import InputError
+    from .runtime import ArtifactError, InputError
     from .support.targets import TargetError, ToolchainError
     from .tuning.logs import TuningLogError
     from .tuning.remote import RemoteError
 
-    return (ModelImportError, OneDNNUnavailable, InputError, TargetError, ToolchainError,
-            TuningLogError, RemoteError)
+    return (ModelImportError, OneDNNUnavailable, InputError, ArtifactError, TargetError,
+            ToolchainError, TuningLogError, RemoteError, OSError)
 
 
 def _is_gpu(target) -> bool:

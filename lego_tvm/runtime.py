@@ -25,6 +25,11 @@ class InputError(ValueError):
     """An input does not match what the model was compiled for."""
 
 
+class ArtifactError(ValueError):
+    """An exported model's files are damaged or do not belong together; the message names
+    the file and the field."""
+
+
 class Model:
     """A compiled Lego model: call it with numpy arrays (or torch tensors) to run it.
 
@@ -119,6 +124,12 @@ class Model:
         if os.path.isdir(path):
             raise OSError(f"cannot write the exported model to {path}: it is a folder; give "
                           "a file name such as model.so")
+        if os.path.isdir(path + ".json"):
+            raise OSError(f"cannot write the exported model's description to {path}.json: it "
+                          "is a folder")
+        if os.path.splitext(path)[1] != ".so":
+            raise ValueError(f"cannot export to {path}: the library's name must end in .so "
+                             "(TVM chooses the loader by the extension)")
         meta = {"format": "lego-tvm/1", "inputs": self.inputs, "target": self.target,
                 "report": self.report_dict, "needs": self.runtime_needs(),
                 "copied_outputs": self.copied_outputs}
@@ -159,8 +170,13 @@ def _load_onednn() -> None:
                            f"loaded here: {err}") from None
 
 
-def load(path: str, device=None) -> Model:
-    """Load a model written by ``Model.export`` (needs only TVM and numpy)."""
+def load(path: str, device=None, allow_unfingerprinted: bool = False) -> Model:
+    """Load a model written by ``Model.export`` (needs only TVM and numpy).
+
+    The library is checked against the size and SHA-256 its ``.json`` records before it is
+    loaded (loading a truncated library can kill the process with SIGBUS). A ``.json``
+    without them (written by hand, or by lego-tvm before 2026-11) is refused unless
+    ``allow_unfingerprinted``, and even then the library's ELF headers must fit its size."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no exported model at {path}")
     meta_path = path + ".json"
@@ -173,18 +189,59 @@ def load(path: str, device=None) -> Model:
     except ValueError as err:
         raise ValueError(f"{meta_path} is corrupt ({err}); export the model again") from None
     if not isinstance(meta, dict) or meta.get("format") != "lego-tvm/1":
-        raise ValueError(f"{meta_path} is not a lego-tvm model description")
+        raise ArtifactError(f"{meta_path} is not a lego-tvm model description (its 'format' "
+                            "is not lego-tvm/1)")
+    _check_inputs(meta, meta_path)
     # Loading a truncated library can kill the process (SIGBUS), so it is checked first.
     found, wanted = _fingerprint(path), meta.get("library")
-    if wanted and found != wanted:
-        raise ValueError(f"{path} is not the library exported with {meta_path} ({found['bytes']} "
-                         f"bytes, {wanted['bytes']} exported): truncated or changed since; "
-                         "export the model again")
+    if not wanted:
+        if not allow_unfingerprinted:
+            raise ArtifactError(f"{meta_path} has no 'library' fingerprint, so {path} cannot be "
+                                "checked before loading; export the model again, or pass "
+                                "allow_unfingerprinted=True to load it after an ELF check")
+        _check_elf(path)
+    elif found != wanted:
+        raise ArtifactError(f"{path} is not the library exported with {meta_path} ('library': "
+                            f"{found['bytes']} bytes, {wanted.get('bytes')} exported): truncated "
+                            "or changed since; export the model again")
     reason = meta.get("target") and why_not_runnable_here(parse_target(meta["target"]))
     if reason:
         raise RuntimeError(f"{path} cannot be loaded on this machine: {reason}")
     return Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
                  meta.get("target", ""), device, meta.get("copied_outputs", []))
+
+
+def _check_inputs(meta: dict, meta_path: str) -> None:
+    inputs = meta.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(
+            isinstance(i, dict) and isinstance(i.get("shape"), list)
+            and isinstance(i.get("dtype"), str) for i in inputs):
+        raise ArtifactError(f"{meta_path}: 'inputs' must be a list of {{'shape': [...], "
+                            "'dtype': ...}} as export writes it; export the model again")
+
+
+def _check_elf(path: str) -> None:
+    """A shared library whose ELF headers fit its size (a truncated one fails this)."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise ArtifactError(f"{path} is not a 64-bit little-endian ELF shared library")
+        phoff, shoff = struct.unpack_from("<QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    ends = [shoff + shentsize * shnum, phoff + phentsize * phnum]
+    if len(table) == phentsize * phnum:
+        for i in range(phnum):
+            offset, filesz = struct.unpack_from("<Q", table, i * phentsize + 8)[0], \
+                struct.unpack_from("<Q", table, i * phentsize + 32)[0]
+            ends.append(offset + filesz)
+    if max(ends) > size:
+        raise ArtifactError(f"{path} is truncated: its ELF headers need {max(ends)} bytes and "
+                            f"it has {size}")
 
 
 def _fingerprint(path: str) -> dict:

@@ -11,12 +11,14 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tvm.target import Target
 
 import lego_tvm
 from lego_tvm.frontend.pytorch import ModelImportError
+from lego_tvm.runtime import ArtifactError
 from lego_tvm.support.targets import TargetError
 from lego_tvm.tuning.logs import DATABASE_FILES, MANIFEST, TuningLogError, read_manifest
 from reference_lego import AuthorsLegoConv2d
@@ -165,8 +167,8 @@ def test_truncated_library_is_refused_before_loading(exported, tmp_path):
     """Loading it would kill the process (SIGBUS) as the loader maps past its end."""
     shutil.copy(f"{exported}.json", tmp_path / "model.so.json")
     (tmp_path / "model.so").write_bytes(exported.read_bytes()[:20000])
-    with pytest.raises(ValueError, match=r"is not the library exported with .*\(20000 bytes, "
-                                         r"\d+ exported\): truncated or changed since"):
+    with pytest.raises(ValueError, match=r"is not the library exported with .*'library': "
+                                         r"20000 bytes, \d+ exported\): truncated or changed"):
         lego_tvm.load(str(tmp_path / "model.so"))
 
 
@@ -179,6 +181,44 @@ def test_library_from_another_export_is_refused(exported, tmp_path):
         lego_tvm.load(str(tmp_path / "model.so"))
 
 
+def _without_fingerprint(exported, tmp_path, library: bytes) -> str:
+    meta = json.loads(Path(f"{exported}.json").read_text())
+    del meta["library"]
+    (tmp_path / "model.so.json").write_text(json.dumps(meta))
+    (tmp_path / "model.so").write_bytes(library)
+    return str(tmp_path / "model.so")
+
+
+def test_a_library_without_fingerprint_is_refused_unless_allowed(exported, tmp_path):
+    """A .json written by hand or by an older lego-tvm: nothing to check the library
+    against, and a truncated one killed the process with SIGBUS."""
+    path = _without_fingerprint(exported, tmp_path, exported.read_bytes())
+    with pytest.raises(ArtifactError, match="no 'library' fingerprint.*allow_unfingerprinted"):
+        lego_tvm.load(path)
+    x = X.numpy()
+    np.testing.assert_array_equal(lego_tvm.load(path, allow_unfingerprinted=True)(x),
+                                  lego_tvm.load(str(exported))(x))
+
+
+def test_a_truncated_library_without_fingerprint_fails_the_elf_check(exported, tmp_path):
+    path = _without_fingerprint(exported, tmp_path, exported.read_bytes()[:20000])
+    with pytest.raises(ArtifactError, match="is truncated: its ELF headers need"):
+        lego_tvm.load(path, allow_unfingerprinted=True)
+    (tmp_path / "model.so").write_bytes(b"not a library at all, but long enough" * 4)
+    with pytest.raises(ArtifactError, match="not a 64-bit little-endian ELF"):
+        lego_tvm.load(path, allow_unfingerprinted=True)
+
+
+@pytest.mark.parametrize("inputs", [None, [], [{"shape": [1, 8, 6, 6]}]])
+def test_a_description_without_valid_inputs_names_the_field(exported, tmp_path, inputs):
+    meta = json.loads(Path(f"{exported}.json").read_text())
+    meta["inputs"] = inputs
+    (tmp_path / "model.so.json").write_text(json.dumps(meta))
+    shutil.copy(exported, tmp_path / "model.so")
+    with pytest.raises(ArtifactError, match="'inputs' must be a list"):
+        lego_tvm.load(str(tmp_path / "model.so"))
+
+
 @pytest.mark.parametrize("text,message", [('{"format": "lego-tv', "is corrupt"),
                                           ("[1, 2]", "is not a lego-tvm model description")])
 def test_damaged_model_description_is_refused(exported, tmp_path, text, message):
@@ -186,3 +226,12 @@ def test_damaged_model_description_is_refused(exported, tmp_path, text, message)
     (tmp_path / "model.so.json").write_text(text)
     with pytest.raises(ValueError, match=message):
         lego_tvm.load(str(tmp_path / "model.so"))
+
+
+def test_export_refuses_names_it_could_not_load_and_leaves_nothing(compiled, tmp_path):
+    with pytest.raises(ValueError, match="must end in .so"):
+        compiled.export(str(tmp_path / "model"))
+    (tmp_path / "m.so.json").mkdir()
+    with pytest.raises(OSError, match=r"m.so.json: it is a folder"):
+        compiled.export(str(tmp_path / "m.so"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.so.json"]
