@@ -10,14 +10,20 @@ import sys
 DEFAULT_OUT = "lego-tvm-out"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _whole_number_at_least(lowest: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, not {value}")
+        return value
+    return parse
+
+
+_positive_int = _whole_number_at_least(1)
+_nonnegative_int = _whole_number_at_least(0)
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
@@ -70,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("model", help="zoo model name or path to a .pt2 file")
     comp.add_argument("-o", "--output", help="write the deployable library here (e.g. model.so)")
     _add_target(comp)
-    comp.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
+    comp.add_argument("--batch", type=_positive_int, default=1, help="batch size for zoo models")
     comp.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
     comp.add_argument("--dynamic-batch", action="store_true",
                       help="the batch size is chosen at each call (--batch is only the example)")
@@ -91,11 +97,12 @@ def _parser() -> argparse.ArgumentParser:
                     "with --tuning-logs DIR (and shipped logs automatically).")
     tune.add_argument("model", help="zoo model name, path to a .pt2 file, or bench_layers "
                                     "(the kernels of bench's single-layer table)")
-    tune.add_argument("--trials", type=int, default=64, help="total trial budget (default: 64)")
+    tune.add_argument("--trials", type=_nonnegative_int, default=64,
+                      help="total trial budget (default: 64)")
     tune.add_argument("--log-dir", help="where the log goes (default: "
                                         "tuning_logs/<target key>/<model>-b<batch>)")
     _add_target(tune)
-    tune.add_argument("--batch", type=int, default=1, help="batch size for zoo models")
+    tune.add_argument("--batch", type=_positive_int, default=1, help="batch size for zoo models")
     tune.add_argument("--all-kernels", action="store_true",
                       help="also tune pooling, matmul and elementwise kernels (default: only "
                            "the fused conv kernels)")
@@ -152,7 +159,13 @@ def _progress(message: str) -> None:
 def _target(args):
     """``--target``: a preset name, ``host``, or a JSON target dict."""
     text = args.target
-    return json.loads(text) if text and text.lstrip().startswith("{") else text
+    if not (text and text.lstrip().startswith("{")):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"lego-tvm: --target {text} is not valid JSON ({err.msg}); write it as "
+                         '\'{"kind": "llvm", "mcpu": "znver3"}\'') from None
 
 
 def _remote(args):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import torch
 import tvm
@@ -51,14 +52,29 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     The returned model is called with numpy arrays or torch tensors; ``.report`` says which
     Lego layers were fused and why others were not; ``.export(path)`` writes a library.
     """
+    if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
+        raise TypeError(f"model is a {type(model).__name__}; compile takes a torch.nn.Module or "
+                        "a torch.export.ExportedProgram (wrap a function in an nn.Module)")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise TypeError(f"example_inputs is {example_inputs!r}; give a tensor or a tuple of "
+                        "tensors shaped like the model's inputs")
+    if not (tuning_logs is None or tuning_logs == "auto" or isinstance(tuning_logs, (
+            str, os.PathLike)) or (isinstance(tuning_logs, (list, tuple)) and all(
+            isinstance(d, (str, os.PathLike)) for d in tuning_logs))):
+        raise TypeError(f"tuning_logs={tuning_logs!r}: give 'auto', None, a folder or a list of "
+                        "folders")
     example_inputs = tuple(example_inputs)
     for i, t in enumerate(example_inputs):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"example input {i} is a {type(t).__name__}; compile takes torch "
                             "tensors (torch.from_numpy converts a numpy array)")
     tvm_target = resolve_target(target)
+    if isinstance(model, torch.nn.Module) and model.training:
+        warnings.warn("the model is in training mode; lego-tvm compiles it as in eval mode "
+                      "(BatchNorm with its running statistics, no dropout) and leaves it as it "
+                      "was: call model.eval() first to silence this", stacklevel=2)
     mod, report = pipeline.import_and_fuse(model, example_inputs, tvm_target, lego=fuse_lego,
                                            weight_tolerance=lego_weight_tolerance,
                                            layout=layout, dynamic_batch=dynamic_batch)
@@ -113,10 +129,14 @@ def _name_layers(report: LegoReport, model: torch.nn.Module, example_inputs: tup
     names = {m: n for n, m in model.named_modules()}
     hooks = [m.register_forward_hook(lambda mod, _i, _o: called.append((names[mod], mod)))
              for m in model.modules() if is_lego_module(m)]
+    # In eval mode: a training-mode forward would update the user's BatchNorm statistics.
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             model(*[t.clone() for t in example_inputs])
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     if len(called) != len(report.layers):

@@ -92,6 +92,9 @@ class Model:
         for i, (arg, want) in enumerate(zip(args, self.inputs)):
             if type(arg).__module__.startswith("torch"):
                 torch_out = True
+                if str(arg.dtype).replace("torch.", "") != want["dtype"]:
+                    raise InputError(f"input {i} is a torch tensor of dtype {arg.dtype}; the "
+                                     f"model was compiled for {want['dtype']}")
                 arg = arg.detach().cpu().numpy()
             arr = np.asarray(arg)
             if not _fits(list(arr.shape), want["shape"]) or str(arr.dtype) != want["dtype"]:

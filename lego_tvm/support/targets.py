@@ -91,7 +91,20 @@ def resolve_target(target=None) -> Target:
     if resolved.kind.name not in SUPPORTED_KINDS:
         raise TargetError(f"target kind {resolved.kind.name!r} is not supported yet; "
                           f"supported kinds: {', '.join(SUPPORTED_KINDS)}")
+    _check_cpu(resolved)
     return resolved
+
+
+def _check_cpu(target: Target) -> None:
+    """LLVM silently emits generic code for a CPU name it does not know."""
+    mcpu = str(target.attrs.get("mcpu", "") or "")
+    if target.kind.name != "llvm" or not mcpu:
+        return
+    triple = str(target.attrs.get("mtriple", "") or "") or codegen.llvm_get_system_triple()
+    if not codegen.llvm_is_valid_cpu(mcpu, triple):
+        known = sorted(str(c) for c in codegen.llvm_get_cpu_archlist(target))
+        raise TargetError(f"LLVM does not know the CPU {mcpu!r} for {triple}; it knows: "
+                          f"{', '.join(known)}")
 
 
 def target_arch(target: Target) -> str:

@@ -59,6 +59,8 @@ def read_manifest(log_dir: str | Path) -> dict:
             from None
     except json.JSONDecodeError as err:
         raise TuningLogError(f"{path} is corrupt: {err}") from None
+    if not isinstance(manifest, dict):
+        raise TuningLogError(f"{path} is not a tuning-log manifest (a JSON object)")
     missing = [k for k in ("tvm_version", "target", "compute_version") if k not in manifest]
     if missing:
         raise TuningLogError(f"{path} lacks {', '.join(missing)}")

@@ -68,6 +68,10 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
 
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    if not isinstance(trials, int) or trials < 0:
+        raise ValueError(f"trials must be a whole number >= 0, not {trials!r}")
+    if Path(log_dir).exists() and not Path(log_dir).is_dir():
+        raise NotADirectoryError(f"the tuning log {log_dir} must be a folder; it is a file")
     tvm_target = resolve_target(target)
     cc = cross_compiler(tvm_target)
     if remote is None and why_not_runnable_here(tvm_target):
