@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Compile LegoNet models with Apache TVM: Lego convolutions are recognized, "
                     "proven exact and run as fused compute-once/gather-sum kernels.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every pass decision")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -263,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _run(args, threads)
     except _user_errors() as err:
+        if args.debug:
+            raise
         raise SystemExit(f"lego-tvm: {err}") from None
 
 

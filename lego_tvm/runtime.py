@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 
@@ -55,6 +56,7 @@ class Model:
         # Outputs a call does not compute (constants, inputs passed through): returned as
         # copies, or a caller changing one would change what later calls return.
         self.copied_outputs = list(copied_outputs or [])
+        self.source: str | None = None   # the library a loaded model came from
 
     @property
     def executable(self):
@@ -140,7 +142,10 @@ class Model:
         lib_tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False).name
         meta_tmp = lib_tmp + ".json"
         try:
-            self._executable.export_library(lib_tmp, **({"cc": cc} if cc else {}))
+            if self.source is not None:        # loaded from a library: copy it as it is
+                shutil.copyfile(self.source, lib_tmp)
+            else:
+                self._executable.export_library(lib_tmp, **({"cc": cc} if cc else {}))
             meta["library"] = _fingerprint(lib_tmp)
             with open(meta_tmp, "w") as f:
                 json.dump(meta, f, indent=1)
@@ -210,8 +215,10 @@ def load(path: str, device=None, allow_unfingerprinted: bool = False) -> Model:
     reason = meta.get("target") and why_not_runnable_here(parse_target(meta["target"]))
     if reason:
         raise RuntimeError(f"{path} cannot be loaded on this machine: {reason}")
-    return Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
-                 meta.get("target", ""), device, meta.get("copied_outputs", []))
+    model = Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
+                  meta.get("target", ""), device, meta.get("copied_outputs", []))
+    model.source = os.path.abspath(path)
+    return model
 
 
 def _check_inputs(meta: dict, meta_path: str) -> None:

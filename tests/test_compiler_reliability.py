@@ -110,3 +110,17 @@ def test_cli_refuses_counts_out_of_range_while_parsing(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "must be at least" in capsys.readouterr().err
+
+
+def test_a_loaded_model_exports_again(tmp_path):
+    layer, x = small()
+    compiled = lego_tvm.compile(layer, (x,), tuning_logs=None)
+    loaded = lego_tvm.load(compiled.export(str(tmp_path / "a.so")))
+    again = lego_tvm.load(loaded.export(str(tmp_path / "b.so")))
+    np.testing.assert_array_equal(again(x.numpy()), compiled(x.numpy()))
+
+
+def test_cli_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="not a writable folder"):
+        main(["--debug", "compile", "lego_vgg16", "-o", "nodir/m.so", "--no-check"])
