@@ -44,7 +44,7 @@ class Model:
     where the per-thread pools oversubscribe the cores)."""
 
     def __init__(self, executable, inputs: list[dict], report: dict | None, target: str,
-                 device=None, copied_outputs: list[int] | None = None):
+                 device=None, copied_outputs: list[int] | None = None, outputs=None):
         self._executable = executable
         self.device = device if device is not None else tvm.cpu()
         self._vms = threading.local()  # each thread's VM, made on its first call
@@ -57,6 +57,9 @@ class Model:
         # copies, or a caller changing one would change what later calls return.
         self.copied_outputs = list(copied_outputs or [])
         self.source: str | None = None   # the library a loaded model came from
+        # How the outputs nest (frontend.pytorch.output_structure); None: a tensor, or a
+        # flat tuple of several (models exported before 2026-11-30).
+        self.output_structure = outputs
 
     @property
     def executable(self):
@@ -111,7 +114,9 @@ class Model:
         if torch_out:
             import torch  # only when the caller already uses torch
             outputs = [torch.from_numpy(o) for o in outputs]
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        if self.output_structure is None:
+            return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return _nest(iter(outputs), self.output_structure)
 
     def export(self, path: str) -> str:
         """Write the deployable library to ``path`` and its signature to ``path + '.json'``.
@@ -137,7 +142,7 @@ class Model:
                              "(TVM chooses the loader by the extension)")
         meta = {"format": "lego-tvm/1", "inputs": self.inputs, "target": self.target,
                 "report": self.report_dict, "needs": self.runtime_needs(),
-                "copied_outputs": self.copied_outputs}
+                "copied_outputs": self.copied_outputs, "outputs": self.output_structure}
         suffix = os.path.splitext(path)[1] or ".so"
         lib_tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False).name
         meta_tmp = lib_tmp + ".json"
@@ -216,9 +221,21 @@ def load(path: str, device=None, allow_unfingerprinted: bool = False) -> Model:
     if reason:
         raise RuntimeError(f"{path} cannot be loaded on this machine: {reason}")
     model = Model(tvm.runtime.load_module(path), meta["inputs"], meta.get("report"),
-                  meta.get("target", ""), device, meta.get("copied_outputs", []))
+                  meta.get("target", ""), device, meta.get("copied_outputs", []),
+                  meta.get("outputs"))
     model.source = os.path.abspath(path)
     return model
+
+
+def _nest(flat, structure):
+    """The flat outputs, nested as ``structure`` says (see ``Model.output_structure``)."""
+    if structure == "leaf":
+        return next(flat)
+    (kind, children), = structure.items()
+    if kind == "dict":
+        return {key: _nest(flat, child) for key, child in children}
+    nested = [_nest(flat, child) for child in children]
+    return tuple(nested) if kind == "tuple" else nested
 
 
 def _check_inputs(meta: dict, meta_path: str) -> None:

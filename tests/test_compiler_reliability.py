@@ -124,3 +124,28 @@ def test_cli_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OSError, match="not a writable folder"):
         main(["--debug", "compile", "lego_vgg16", "-o", "nodir/m.so", "--no-check"])
+
+
+class Nested(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = LegoConv2d(8, 8, 3, 2, 0.5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return {"maps": y, "pair": (y.relu(), [y * 2])}
+
+
+def test_outputs_keep_the_structure_the_model_returns(tmp_path):
+    model, x = Nested().eval(), torch.randn(1, 8, 6, 6)
+    compiled = lego_tvm.compile(model, (x,), tuning_logs=None)
+    with torch.no_grad():
+        want = model(x)
+    for candidate in (compiled, lego_tvm.load(compiled.export(str(tmp_path / "m.so")))):
+        got = candidate(x)
+        assert set(got) == {"maps", "pair"} and isinstance(got["pair"], tuple)
+        assert isinstance(got["pair"][1], list) and len(got["pair"][1]) == 1
+        for a, b in ((got["maps"], want["maps"]), (got["pair"][0], want["pair"][0]),
+                     (got["pair"][1][0], want["pair"][1][0])):
+            assert isinstance(a, torch.Tensor)
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)

@@ -190,3 +190,22 @@ def load_model(name: str, batch: int = 1):
         return model, (example,), model
     program, inputs = load_program(name)
     return program, inputs, program.module()
+
+
+def output_structure(program: torch.export.ExportedProgram):
+    """How the model nests its outputs, as JSON-able data the runtime can rebuild without
+    torch: ``"leaf"``, ``{"tuple": [...]}``, ``{"list": [...]}`` or
+    ``{"dict": [[key, ...], ...]}``, in the order ``torch.export`` flattens them."""
+    def convert(spec):
+        if spec.is_leaf():
+            return "leaf"
+        children = [convert(child) for child in spec.children()]
+        if spec.type is dict:
+            return {"dict": [[key, child] for key, child in zip(spec.context, children)]}
+        if spec.type is list:
+            return {"list": children}
+        if spec.type is tuple:
+            return {"tuple": children}
+        raise ModelImportError(f"the model returns a {spec.type.__name__}; lego-tvm returns "
+                               "tensors, tuples, lists and dicts of them")
+    return convert(program.call_spec.out_spec)
