@@ -132,15 +132,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--scaling", action="store_true",
                        help="also time --scaling-model at batch 1, 8 and 32 on 1 and 2 threads "
                             "against PyTorch dense-folded (minutes)")
-    bench.add_argument("--stages", action="store_true",
-                       help="also split each layer-table kernel's time into padding, "
-                            "compute-once and gather-sum, and time it on one thread")
-    bench.add_argument("--throughput", action="store_true",
-                       help="also serve each model from 1, 2 and 4 client threads: requests "
-                            "per second, next to ONNX Runtime's")
-    bench.add_argument("--kernels", action="store_true",
-                       help="also time every kernel of each model alone: where the model's "
-                            "time goes, with each fused kernel's share of the FMA peak")
+    for flag, text in (
+            ("--stages", "split each layer-table kernel's time into padding, compute-once "
+                         "and gather-sum, and time it on one thread"),
+            ("--throughput", "serve each model from 1, 2 and 4 client threads: requests per "
+                             "second, next to ONNX Runtime's"),
+            ("--kernels", "time every kernel of each model alone: where the model's time goes, "
+                          "with each fused kernel's share of the FMA peak")):
+        bench.add_argument(flag, action="store_true", help="also " + text)
     bench.add_argument("--scaling-model", default="lego_resnet50")
     bench.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 8, 32])
     bench.add_argument("--repeat", type=int, default=30)
