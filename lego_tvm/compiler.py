@@ -12,7 +12,7 @@ from .backend import compute_once as compute_once_backends
 from .backend import pipeline
 from .tuning.logs import open_database, shipped_logs
 from .transform.report import LegoReport
-from .frontend.pytorch import export_program, output_structure
+from .frontend.pytorch import as_program, output_structure
 from .runtime import Model
 from .support.targets import resolve_target
 from .nn.lego_conv import is_lego_module
@@ -76,8 +76,7 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
         warnings.warn("the model is in training mode; lego-tvm compiles it as in eval mode "
                       "(BatchNorm with its running statistics, no dropout) and leaves it as it "
                       "was: call model.eval() first to silence this", stacklevel=2)
-    program = model if isinstance(model, torch.export.ExportedProgram) else \
-        export_program(model, example_inputs, dynamic_batch)
+    program = as_program(model, example_inputs, dynamic_batch)
     mod, report = pipeline.import_and_fuse(program, example_inputs, tvm_target, lego=fuse_lego,
                                            weight_tolerance=lego_weight_tolerance,
                                            layout=layout)

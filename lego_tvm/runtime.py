@@ -206,14 +206,14 @@ def load(path: str, device=None, allow_unfingerprinted: bool = False) -> Model:
                             "is not lego-tvm/1)")
     _check_inputs(meta, meta_path)
     # Loading a truncated library can kill the process (SIGBUS), so it is checked first.
-    found, wanted = _fingerprint(path), meta.get("library")
+    wanted = meta.get("library")
     if not wanted:
         if not allow_unfingerprinted:
             raise ArtifactError(f"{meta_path} has no 'library' fingerprint, so {path} cannot be "
                                 "checked before loading; export the model again, or pass "
                                 "allow_unfingerprinted=True to load it after an ELF check")
         _check_elf(path)
-    elif found != wanted:
+    elif (found := _fingerprint(path)) != wanted:
         raise ArtifactError(f"{path} is not the library exported with {meta_path} ('library': "
                             f"{found['bytes']} bytes, {wanted.get('bytes')} exported): truncated "
                             "or changed since; export the model again")
@@ -262,9 +262,9 @@ def _check_elf(path: str) -> None:
         table = f.read(phentsize * phnum)
     ends = [shoff + shentsize * shnum, phoff + phentsize * phnum]
     if len(table) == phentsize * phnum:
-        for i in range(phnum):
-            offset, filesz = struct.unpack_from("<Q", table, i * phentsize + 8)[0], \
-                struct.unpack_from("<Q", table, i * phentsize + 32)[0]
+        for i in range(phnum):          # Elf64_Phdr: p_offset at 8, p_filesz at 32
+            (offset,), (filesz,) = (struct.unpack_from("<Q", table, i * phentsize + at)
+                                    for at in (8, 32))
             ends.append(offset + filesz)
     if max(ends) > size:
         raise ArtifactError(f"{path} is truncated: its ELF headers need {max(ends)} bytes and "

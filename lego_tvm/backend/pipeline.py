@@ -10,7 +10,7 @@ from tvm.relax.backend import cpu_generic, cuda
 from tvm.s_tir import dlight
 from tvm.target import Target
 
-from ..frontend.pytorch import export_program, to_relax
+from ..frontend.pytorch import as_program, to_relax
 from ..op.fused_op import lego_kernels
 from ..schedules.cpu_generic import ParallelInjective, TiledReduction
 from ..schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
@@ -64,10 +64,7 @@ def import_and_fuse(model, example_inputs: tuple, target: Target, lego: bool = T
                     dynamic_batch: bool = False) -> tuple[tvm.IRModule, LegoReport]:
     """A PyTorch module (exported here) or ``torch.export`` program, imported and fused as
     ``compile`` does (``fuse_convs``): the start of every build, tuning task and check."""
-    import torch
-
-    program = model if isinstance(model, torch.export.ExportedProgram) else \
-        export_program(model, tuple(example_inputs), dynamic_batch)
+    program = as_program(model, example_inputs, dynamic_batch)
     return fuse_convs(to_relax(program), target, lego=lego, weight_tolerance=weight_tolerance,
                       layout=layout)
 

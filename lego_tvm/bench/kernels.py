@@ -54,17 +54,8 @@ def profile_kernels(name: str, target, progress: Callable[[str], None] = print) 
         timer = built.time_evaluator("main", tvm.cpu(), number=10, repeat=ROUNDS * 3)
         ms = float(np.median(timer(*[tvm.runtime.tensor(a) for a in arrays]).results)) * 1e3
         rows.append({"kernel": kernel, "calls": calls[kernel], "ms": ms,
-                     "macs": _macs(spec), "shape": _shape(spec)})
+                     "macs": spec.lego_macs if spec else 0, "shape": _shape(spec)})
     return sorted(rows, key=lambda r: -r["calls"] * r["ms"])
-
-
-def _macs(spec) -> int:
-    if spec is None:
-        return 0
-    s = spec
-    pixels = (s.batch or 1) * s.out_height * s.out_width
-    once = s.splits * s.lego_filters * s.split_channels * s.kernel[0] * s.kernel[1]
-    return (once + s.splits * s.out_channels) * pixels
 
 
 def _shape(spec) -> str:

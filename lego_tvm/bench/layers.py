@@ -13,7 +13,7 @@ import torch
 from ..support.accuracy import max_relative_error
 from ..support.threads import threads_in_use
 from .models import fastest, time_cell, time_side_by_side
-from .runtimes import RUNTIME_LABELS, precision_of_openvino_default, runtime_runs
+from .runtimes import RUNTIME_LABELS, error_fields, runtime_runs
 
 
 @dataclass(frozen=True)
@@ -135,13 +135,10 @@ def bench_layer(case: LayerCase, repeat: int, warmup: int, use_torch_compile: bo
     times = time_side_by_side(case.name, runs, LAYER_COMPETITORS, LAYER_LABELS, dense, x,
                               use_torch_compile, repeat, warmup, progress)
     macs = _macs(case)
-    result = {"layer": case.name, "channels": case.channels, "size": case.size,
-              "stride": case.stride, "median_ms": times, "max_rel_error": error,
-              "competitor_errors": runtime_errors,
-              "gflops": {k: 2 * macs[k] / t / 1e6 for k, t in times.items()}}
-    if "openvino_default" in runtime_errors:
-        result["openvino_default_precision"] = precision_of_openvino_default()
-    return result
+    return {"layer": case.name, "channels": case.channels, "size": case.size,
+            "stride": case.stride, "median_ms": times, "max_rel_error": error,
+            **error_fields(runtime_errors),
+            "gflops": {k: 2 * macs[k] / t / 1e6 for k, t in times.items()}}
 
 
 def ours_ms(result: dict) -> float:

@@ -22,18 +22,18 @@ same random input with the same thread count, each the median of ``repeat`` runs
 """
 from __future__ import annotations
 
-import os
 import platform
 import time
 from typing import Callable
 
 import torch
 
-from ..support.targets import TargetError, host_target, resolve_target, why_not_runnable_here
+from ..support.targets import (TargetError, host_cpu_name, host_target, resolve_target,
+                               why_not_runnable_here)
 from ..support.accuracy import max_relative_error, verdict
 from ..support.threads import threads_in_use
 from ..support.timing import ROUNDS, median_ms
-from .runtimes import NOT_FP32, RUNTIME_LABELS, precision_of_openvino_default, runtime_runs
+from .runtimes import NOT_FP32, RUNTIME_LABELS, error_fields, runtime_runs
 from ..tuning.logs import TuningLogError, check_log, shipped_logs
 
 COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "onnxruntime", "openvino",
@@ -57,11 +57,7 @@ def machine(threads: int) -> dict:
 
     from .peak import fma_peak_gflops
 
-    cpu = "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    return {"cpu": cpu, "target": str(host_target()), "python": platform.python_version(),
+    return {"cpu": host_cpu_name(), "target": str(host_target()), "python": platform.python_version(),
             "torch": torch.__version__, "tvm": tvm.__version__,
             "tvm_threads": int(tvm.get_global_func("runtime.NumThreads")()),
             "torch_threads": torch.get_num_threads(),
@@ -130,12 +126,10 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     result = {"model": name, "batch": batch, "input_shape": list(example.shape),
               "median_ms": times, "max_rel_error": error,
               "lego_layers_fused": len(fused.report.layers),
-              "competitor_errors": runtime_errors,
+              **error_fields(runtime_errors),
               # Per batch: MACs of the dense model and of the Lego one as lego-tvm runs it.
               "macs": {"dense": fused.report.totals["model_dense_macs"],
                        "lego": fused.report.totals["model_lego_macs"]}}
-    if "openvino_default" in runtime_errors:
-        result["openvino_default_precision"] = precision_of_openvino_default()
     result["max_rel_error_nchwc"] = max_relative_error(compiled["lego_tvm_nchwc"](x), reference)
     if "lego_tvm_onednn" in compiled:
         result["max_rel_error_onednn"] = max_relative_error(compiled["lego_tvm_onednn"](x),

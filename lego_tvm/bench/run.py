@@ -7,6 +7,7 @@ from typing import Callable
 
 from ..support.targets import resolve_target
 from ..support.threads import set_threads
+from ..support.timing import ROUNDS
 from .kernels import format_kernel_table, profile_kernels
 from .layers import LAYERS, bench_layer, format_layer_table
 from .models import bench_model, format_model_table, machine
@@ -39,8 +40,10 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     stage_results = []
     if stages:
         stage_results = bench_stages(resolve_target(target), threads, progress=progress)
-    throughput_results = [row for m in models for row in bench_throughput(m, progress=progress)
-                          ] if throughput else []
+    throughput_results = []
+    if throughput:
+        throughput_results = [row for m in models
+                              for row in bench_throughput(m, progress=progress)]
     kernel_results = {}
     if kernels:
         kernel_results = {m: profile_kernels(m, resolve_target(target), progress)
@@ -51,8 +54,9 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     peak = info["fma_peak_gflops"] = max(peaks) if peaks else None
     header = (f"machine: {info['cpu']} ({info['target']}); TVM threads {info['tvm_threads']}, "
               f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
-              f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; median of {repeat} runs after "
-              f"{warmup} warm-up runs; {info['date']}")
+              f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; each competitor the best of "
+              f"{ROUNDS} alternating blocks, a block the median of {repeat} runs after {warmup} "
+              f"warm-up runs; {info['date']}")
     sections = [header]
     if model_results:
         sections.append(format_model_table(model_results, peak))

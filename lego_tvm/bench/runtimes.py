@@ -80,6 +80,15 @@ def precision_of_openvino_default() -> str:
     return "bf16" if "BF16" in capabilities else "f32"
 
 
+def error_fields(errors: dict[str, float]) -> dict:
+    """What a result row records of the runtimes: each one's error against PyTorch, and the
+    precision OpenVINO's default ran in (the table shows both beside its time)."""
+    fields = {"competitor_errors": errors}
+    if "openvino_default" in errors:
+        fields["openvino_default_precision"] = precision_of_openvino_default()
+    return fields
+
+
 def runtime_runs(dense: torch.nn.Module, example: torch.Tensor, reference: np.ndarray,
                  threads: int, progress: Callable[[str], None], name: str
                  ) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:

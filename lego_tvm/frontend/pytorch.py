@@ -68,6 +68,14 @@ def export_program(model: torch.nn.Module, example_inputs: tuple, dynamic_batch:
         model.train(was_training)
 
 
+def as_program(model, example_inputs: tuple, dynamic_batch: bool = False
+               ) -> torch.export.ExportedProgram:
+    """``model`` itself if it is a ``torch.export`` program, else exported (``export_program``)."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return model
+    return export_program(model, tuple(example_inputs), dynamic_batch)
+
+
 def _check_lego_modules(model: torch.nn.Module) -> None:
     """The authors' module accepts sizes it cannot run (fewer input channels than splits);
     say so instead of tracing into PyTorch's conv error."""

@@ -66,6 +66,15 @@ class LegoConvSpec:
     def out_width(self) -> int:
         return (self.width + self.padding[1] + self.padding[3] - self.kernel[1]) // self.stride[1] + 1
 
+    @property
+    def lego_macs(self) -> int:
+        """Multiply-adds per call: compute once (m filters over all o*b channels) plus the
+        o-term gather-sum."""
+        pixels = (self.batch or 1) * self.out_height * self.out_width
+        once = self.lego_filters * self.splits * self.split_channels * self.kernel[0] * \
+            self.kernel[1]
+        return pixels * (once + self.out_channels * self.splits)
+
     def as_dict(self) -> dict:
         fields = asdict(self)
         # NCHW kernels keep the attributes (and so the tuning-record hash) they had before

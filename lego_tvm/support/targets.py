@@ -9,6 +9,8 @@ import shutil
 import tvm
 from tvm.target import Target, codegen
 
+from .threads import usable_cores
+
 _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
 _CUDA = {"kind": "cuda", "max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
          "thread_warp_size": 32, "registers_per_block": 65536,
@@ -48,8 +50,14 @@ class ToolchainError(OSError):
     """The compiler needed to write a library for another CPU is not installed."""
 
 
-def host_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def host_cpu_name() -> str:
+    """The CPU's model name as the OS reports it (``unknown`` where it does not)."""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def host_target() -> Target:
@@ -57,7 +65,7 @@ def host_target() -> Target:
     in TVM 0.27, so the CPU is read from the device instead."""
     host = Target.from_device(tvm.cpu())
     config = dict(host.export())
-    config["num-cores"] = host_cores()
+    config["num-cores"] = usable_cores()
     return Target(clean_config(config))
 
 
@@ -79,7 +87,7 @@ def resolve_target(target=None) -> Target:
                               "such as {'kind': 'llvm', 'mcpu': 'znver3'}")
         preset = PRESETS[target]
         resolved = Target(preset if preset["kind"] == "cuda" else
-                          {"num-cores": host_cores(), **preset})
+                          {"num-cores": usable_cores(), **preset})
     elif isinstance(target, dict):
         try:
             resolved = Target(target)

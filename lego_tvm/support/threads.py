@@ -6,6 +6,11 @@ import os
 import sys
 
 
+def usable_cores() -> int:
+    """The logical CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def no_spinning_workers() -> None:
     """Let TVM's idle pool workers sleep instead of spinning (unless the user chose).
 
@@ -29,13 +34,13 @@ def use_physical_cores() -> None:
     """
     if "TVM_NUM_THREADS" in os.environ or "OMP_NUM_THREADS" in os.environ:
         return
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cores()
     try:
         import psutil
         physical = psutil.cpu_count(logical=False) or usable
     except ImportError:
         physical = usable
-    os.environ["TVM_NUM_THREADS"] = str(max(1, min(usable or 1, physical)))
+    os.environ["TVM_NUM_THREADS"] = str(max(1, min(usable, physical)))
 
 
 def set_threads(threads: int) -> None:
@@ -66,4 +71,4 @@ def threads_in_use() -> int:
     for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
         if os.environ.get(name, "").isdigit():
             return max(1, int(os.environ[name]))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()

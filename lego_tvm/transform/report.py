@@ -33,11 +33,7 @@ class LegoLayerReport:
 
     @property
     def lego_macs(self) -> int:
-        """Compute once (m filters over all o*b channels) plus the o-term gather-sum."""
-        s = self.spec
-        pixels = (s.batch or 1) * s.out_height * s.out_width
-        once = s.lego_filters * s.splits * s.split_channels * s.kernel[0] * s.kernel[1]
-        return pixels * (once + s.out_channels * s.splits)
+        return self.spec.lego_macs
 
     def as_dict(self) -> dict:
         return {"name": self.name, "spec": self.spec.as_dict(), "folded": self.folded,

@@ -63,8 +63,8 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     import torch
 
     from .remote import describe
-    from ..support.targets import (TargetError, cross_compiler, resolve_target, target_arch,
-                                   why_not_runnable_here)
+    from ..support.targets import (TargetError, cross_compiler, host_cpu_name, resolve_target,
+                                   target_arch, why_not_runnable_here)
 
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -81,7 +81,7 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     if remote is not None:
         device = describe(remote.connect(), target_arch(tvm_target))
     else:
-        device = {"hardware": _cpu_name(), "emulated": False}
+        device = {"hardware": host_cpu_name(), "emulated": False}
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     if (log_dir / MANIFEST).exists():
@@ -184,12 +184,3 @@ def _run_tuning(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | N
             builder=builder, runner=runner, database=database,
             cost_model=ms.cost_model.XGBModel(num_warmup_samples=min(16, max(1, trials // 4))))
     return database
-
-
-def _cpu_name() -> str:
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return "unknown"
