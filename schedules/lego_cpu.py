@@ -30,6 +30,8 @@ from tvm.target import Target
 
 from ..op.fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
                            spec_of)
+from .lego_cpu_flat import (FlatLegoConfig, apply_flat_schedule, default_flat_config,
+                            tunable_flat_schedules)
 from .simd import simd_profile
 from .vector_unit import SimdProfile
 from ..support.tiling import divisors, has_block, num_cores, sample_divisor
@@ -46,7 +48,10 @@ class LegoCpuConfig:
     reg_filters: int = 1
 
 
-def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> LegoCpuConfig:
+def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
+                   ) -> LegoCpuConfig | FlatLegoConfig:
+    if spec.flat_pixels:
+        return default_flat_config(spec, cores, simd)
     s = spec
     row_bytes = s.splits * s.lego_filters * s.out_width * 4
     limit = max(1, simd.lego_tile_bytes // row_bytes)
@@ -79,8 +84,11 @@ def register_tile(spec: LegoConvSpec, rows: int, simd: SimdProfile) -> tuple[int
     return max(tiles, key=lambda t: (t[0] * t[1] * t[2], -(t[0] + t[1] * t[2]), t[2]))
 
 
-def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig) -> None:
+def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig | FlatLegoConfig) -> None:
     """Schedule the fused Lego blocks of ``sch`` in place."""
+    if isinstance(config, FlatLegoConfig):
+        apply_flat_schedule(sch, config)
+        return
     gather = sch.get_sblock(GATHER_BLOCK)
     lego = sch.get_sblock(LEGO_BLOCK)
     pad = sch.get_sblock(PAD_BLOCK) if has_block(sch, PAD_BLOCK) else None
@@ -147,6 +155,8 @@ def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
     once with fused stages and once stage by stage."""
     simd = simd_profile(target)
     default = default_config(spec, num_cores(target), simd)
+    if isinstance(default, FlatLegoConfig):
+        return tunable_flat_schedules(sch, spec, default)
     spaces = []
     for fuse_stages in (True, False):
         space = sch.copy()

@@ -16,3 +16,5 @@ class SimdProfile:
     # this runs stage by stage instead (1: whenever there are enough tasks).
     fused_min_pixels: int = 1
     max_filter_blocks: int = 64   # filter blocks (weight vectors) in the register tile
+    # 1x1 stride-1 layers store their Lego maps pixels innermost (``lego_cpu_flat.py``).
+    flat_1x1: bool = False

@@ -8,7 +8,7 @@ least ``ONEDNN_MARGIN`` (10%) faster. The choice is per kernel (layers with the 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -71,6 +71,8 @@ def choose(mod: tvm.IRModule, target: Target, mode: str, database=None,
     chosen: dict[tvm.ir.GlobalVar, LegoConvSpec] = {}
     kernels = lego_kernels(mod)
     for number, (gvar, func, spec) in enumerate(kernels, 1):
+        # oneDNN's NCHW maps ([N*o, m, H, W], block 1) are a flat_pixels kernel's maps.
+        spec = replace(spec, flat_pixels=False)
         reason = unavailable or onednn_unsupported(spec)
         if reason:
             choices.append(KernelChoice(gvar.name_hint, "tvm", note=f"not oneDNN: {reason}"))

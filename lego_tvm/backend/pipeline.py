@@ -42,11 +42,13 @@ def fuse_convs(mod: tvm.IRModule, target: Target, lego: bool = True,
                          "kernel reads and writes NCHW")
     report = LegoReport()
     lanes = BANK_BLOCK if _is_gpu(target) else simd_profile(target).lanes
+    # Pixels-innermost maps need NCHW on both sides of the kernel.
+    flat = layout == "NCHW" and not _is_gpu(target) and simd_profile(target).flat_1x1
     if lego:
-        fuse = FuseLegoConv2d(simd_lanes=lanes, weight_tolerance=weight_tolerance)
+        fuse = FuseLegoConv2d(simd_lanes=lanes, weight_tolerance=weight_tolerance, flat_1x1=flat)
         mod = fuse(mod)
         report = fuse.report
-    dense = FuseDenseConv2d(simd_lanes=lanes)
+    dense = FuseDenseConv2d(simd_lanes=lanes, flat_1x1=flat)
     mod = dense(mod)
     report.dense_convs = dense.convs
     if layout == "NCHWc":

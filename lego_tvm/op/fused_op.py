@@ -48,6 +48,10 @@ class LegoConvSpec:
     # NCHW[V]c, ``[batch, channels/V, H, W, V]`` (NeoCPU); chosen by ``transform.blocked_layout``.
     in_block: int = 1
     out_block: int = 1
+    # Lego maps stored pixels innermost, ``[batch, o, m, H*W]`` (the bank unpacked), so the
+    # gather-sum reads whole vectors of one map: 1x1 stride-1 unpadded NCHW layers only
+    # (``flat_pixels_unsupported``). Else ``[batch, o, m/bank_block, H, W, bank_block]``.
+    flat_pixels: bool = False
 
     @property
     def input_shape(self) -> tuple:
@@ -79,10 +83,22 @@ class LegoConvSpec:
         fields = asdict(self)
         # NCHW kernels keep the attributes (and so the tuning-record hash) they had before
         # the blocked layouts existed.
-        for key in ("in_block", "out_block"):
-            if fields[key] == 1:
+        for key, plain in (("in_block", 1), ("out_block", 1), ("flat_pixels", False)):
+            if fields[key] == plain:
                 del fields[key]
         return fields
+
+
+def flat_pixels_unsupported(spec: LegoConvSpec) -> str | None:
+    """Why ``spec`` cannot store its Lego maps pixels innermost (None if it can)."""
+    s = spec
+    if s.kernel != (1, 1) or s.stride != (1, 1) or any(s.padding):
+        return "not a 1x1 stride-1 unpadded convolution"
+    if s.in_block != 1 or s.out_block != 1:
+        return "blocked (NCHW[x]c) input or output"
+    if s.in_channels != s.splits * s.split_channels:
+        return "the splits read only part of the input channels"
+    return None
 
 
 def layout_name(block: int) -> str:
@@ -122,6 +138,9 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     vb, ib = s.bank_block, s.in_block
     if s.lego_filters % vb:
         raise ValueError(f"bank_block {vb} does not divide the {s.lego_filters} Lego filters")
+    if s.flat_pixels and (flat_pixels_unsupported(s) or vb != 1):
+        raise ValueError("flat_pixels: " + (flat_pixels_unsupported(s) or
+                                            f"bank_block {vb}, not 1"))
     if s.split_channels % ib or s.out_channels % s.out_block:
         raise ValueError(f"channel blocks {ib} (in) / {s.out_block} (out) do not divide the "
                          f"{s.split_channels} channels per split / {s.out_channels} outputs")
@@ -143,7 +162,16 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     rx = te.reduce_axis((0, s.kernel[1]), name="rx")
     sh, sw = s.stride
     # Stage 1, compute once: every split convolved with the one shared bank.
-    if ib == 1:
+    if s.flat_pixels:
+        rc = te.reduce_axis((0, s.split_channels), name="rc")
+        width = s.width
+
+        def flat_map(nb, i, k, p):
+            return te.sum(x[nb, i * s.split_channels + rc, p // width, p % width]
+                          * bank[k, rc, 0, 0, 0], axis=[rc])
+        lego = te.compute((batch, s.splits, s.lego_filters, s.height * s.width), flat_map,
+                          name=LEGO_BLOCK)
+    elif ib == 1:
         rc = te.reduce_axis((0, s.split_channels), name="rc")
 
         def lego_map(nb, i, ko, h, w, ki):
@@ -159,8 +187,9 @@ def lego_conv2d_compute(spec: LegoConvSpec):
         def lego_map(nb, i, ko, h, w, ki):
             return te.sum(padded[nb, i * blocks + rco, h * sh + ry, w * sw + rx, rci]
                           * bank[ko, rco * ib + rci, ry, rx, ki], axis=[rco, rci, ry, rx])
-    lego = te.compute((batch, s.splits, s.lego_filters // vb, s.out_height, s.out_width, vb),
-                      lego_map, name=LEGO_BLOCK)
+    if not s.flat_pixels:
+        lego = te.compute((batch, s.splits, s.lego_filters // vb, s.out_height, s.out_width, vb),
+                          lego_map, name=LEGO_BLOCK)
 
     # Stage 2, gather-sum with the fused epilogue.
     out = _gather_sum(s, lego, index, coef, bias, residual)
@@ -182,7 +211,8 @@ def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
         acc = bias[j]
         for i in range(s.splits):
             k = index[i, j]
-            acc = acc + coef[i, j] * lego[nb, i, k // vb, h, w, k % vb]
+            acc = acc + coef[i, j] * (lego[nb, i, k, h * s.width + w] if s.flat_pixels
+                                      else lego[nb, i, k // vb, h, w, k % vb])
         if residual is not None:
             acc = acc + residual[out_index]
         if s.relu:

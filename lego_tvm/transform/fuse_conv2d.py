@@ -12,7 +12,7 @@ kernel as one-split layers, so the whole model runs on one well-scheduled conv k
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..op.fused_op import lego_conv2d_prim_func, pack_bank
+from ..op.fused_op import flat_pixels_unsupported, lego_conv2d_prim_func, pack_bank
 from ..recognize.lego import LegoMatch, find_dense_convs, find_lego_layers
 from ..recognize.gather import find_gather_lego_layers
 from .report import LegoLayerReport, LegoReport, SkippedLayer, count_other_layers
@@ -33,14 +33,17 @@ class FuseLegoConv2d:
     skipped and why.
 
     ``simd_lanes``: fp32 lanes of the target's vectors; the bank is packed in blocks of that
-    many filters (or of the largest divisor of m below it). ``weight_tolerance``: ordinary
+    many filters (or of the largest divisor of m below it). ``flat_1x1``: 1x1 stride-1 layers
+    whose pixel count is a multiple of the lanes store their Lego maps pixels innermost
+    instead (``LegoConvSpec.flat_pixels``, the bank unpacked). ``weight_tolerance``: ordinary
     convs whose weights are folded Lego layers are fused too, exactly (0, the default) or
     within this relative tolerance (see ``factor_weights``); None leaves them alone.
     """
 
-    def __init__(self, simd_lanes: int = 8, weight_tolerance: float | None = 0.0):
+    def __init__(self, simd_lanes: int = 8, weight_tolerance: float | None = 0.0,
+                 flat_1x1: bool = False):
         self.report = LegoReport()
-        self.simd_lanes = simd_lanes
+        self.lanes = _Lanes(simd_lanes, flat_1x1)
         self.weight_tolerance = weight_tolerance
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -56,12 +59,12 @@ class FuseLegoConv2d:
             near_misses.update(name for r in rejections for name in r.convs)
             return matches + gathered
 
-        mod, matches = _rewrite(mod, find, self.simd_lanes, "fused_lego_conv2d")
+        mod, matches = _rewrite(mod, find, self.lanes, "fused_lego_conv2d")
         if self.weight_tolerance is not None:
             mod, folded = _rewrite(
                 mod, lambda func: find_dense_convs(func, self.weight_tolerance,
                                                    frozenset(near_misses)),
-                self.simd_lanes, "fused_lego_conv2d")
+                self.lanes, "fused_lego_conv2d")
             matches += folded
         report.layers = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, m.form, m.kernel,
                                          m.anchor.name) for m in matches]
@@ -78,20 +81,26 @@ class FuseDenseConv2d:
     """Run ordinary constant-weight convs (and their epilogues) on the fused kernel;
     ``self.convs`` lists them."""
 
-    def __init__(self, simd_lanes: int = 8):
+    def __init__(self, simd_lanes: int = 8, flat_1x1: bool = False):
         self.convs: list[LegoLayerReport] = []
-        self.simd_lanes = simd_lanes
+        self.lanes = _Lanes(simd_lanes, flat_1x1)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod, matches = _rewrite(mod, find_dense_convs, self.simd_lanes, "fused_conv2d")
+        mod, matches = _rewrite(mod, find_dense_convs, self.lanes, "fused_conv2d")
         self.convs = [LegoLayerReport(m.var_name, _model_spec(m), m.folded, kernel=m.kernel,
                                       output=m.anchor.name)
                       for m in matches]
         return mod
 
 
+@dataclass(frozen=True)
+class _Lanes:
+    simd: int          # fp32 lanes of the target's vectors
+    flat_1x1: bool     # 1x1 stride-1 layers vectorize along their pixels
+
+
 def _rewrite(mod: tvm.IRModule, find: Callable[[relax.Function], list[LegoMatch]],
-             simd_lanes: int, name: str) -> tuple[tvm.IRModule, list[LegoMatch]]:
+             lanes: _Lanes, name: str) -> tuple[tvm.IRModule, list[LegoMatch]]:
     """Replace every match ``find`` returns by a call of the fused PrimFunc."""
     rewriter = _Rewriter(mod, name)
     found: list[LegoMatch] = []
@@ -100,7 +109,7 @@ def _rewrite(mod: tvm.IRModule, find: Callable[[relax.Function], list[LegoMatch]
             continue
         matches = find(func)
         for m in matches:
-            _fit_bank_to_lanes(m, simd_lanes)
+            _fit_bank_to_lanes(m, lanes)
         if matches:
             rewriter.matches = {m.anchor: m for m in matches}
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
@@ -114,11 +123,17 @@ def _model_spec(match: LegoMatch):
     return replace(match.spec, lego_filters=match.spec.lego_filters - match.padding_filters)
 
 
-def _fit_bank_to_lanes(match: LegoMatch, lanes: int) -> None:
-    """Choose the bank's packing block: the SIMD width, the bank padded with unused zero
-    filters to a multiple of it when that costs at most a quarter more compute-once work
-    (a recovered m of 31 would otherwise pack in blocks of 1: scalar code); else the
-    largest divisor of m up to the width."""
+def _fit_bank_to_lanes(match: LegoMatch, vector: _Lanes) -> None:
+    """Choose the Lego maps' layout and the bank's packing block: pixels innermost (bank
+    unpacked) where ``vector.flat_1x1`` allows it; else the SIMD width, the bank padded with
+    unused zero filters to a multiple of it when that costs at most a quarter more
+    compute-once work (a recovered m of 31 would otherwise pack in blocks of 1: scalar
+    code); else the largest divisor of m up to the width."""
+    s, lanes = match.spec, vector.simd
+    if (vector.flat_1x1 and flat_pixels_unsupported(s) is None
+            and (s.height * s.width) % lanes == 0):
+        match.spec = replace(s, flat_pixels=True, bank_block=1)
+        return
     m = match.spec.lego_filters
     padded = -(-m // lanes) * lanes
     if padded != m and padded <= 1.25 * m:

@@ -1,0 +1,105 @@
+"""The CPU schedule of fused Lego 1x1 layers whose maps are stored pixels innermost
+(``LegoConvSpec.flat_pixels``: ``[batch, o, m, H*W]``).
+
+With filter lanes innermost (``lego_cpu.py``), the gather-sum along an output row reads the
+maps with a stride of V floats and builds each vector element by element; in a 1x1 layer,
+whose gather-sum is large next to its short reduction, that took 45-57% of the time (AMD
+EPYC and Intel Xeon, AVX-512). Here the vectors run along the flattened pixels of a 1x1
+stride-1 layer instead (``H*W`` is contiguous in NCHW), so both stages load and store whole
+vectors:
+
+    compute once: acc[filters x vectors of V pixels] += bank[k, c] (broadcast) * x[c, pixels]
+    gather-sum:   y[j, pixels] = epilogue(bias[j] + sum_i coef[i, j] * L[i, index[i, j], pixels])
+
+Tasks are row tiles (stages fused, the Lego tile in L2) or, for small maps, each stage on
+its own, parallel over its channels, as in ``lego_cpu.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tvm import s_tir
+
+from ..op.fused_op import GATHER_BLOCK, LEGO_BLOCK, LegoConvSpec
+from ..support.tiling import divisors, sample_choice, sample_divisor
+from .vector_unit import SimdProfile
+
+# Measured on the ResNet-50 1x1 layers (2-core Intel Xeon, AVX-512, 2026-11-30): fused
+# tasks of 4 rows of 56 (224 pixels) beat stage by stage by 10-30%; at 28x28 (tiles of 112
+# pixels) stage by stage won by 5-15%. A register tile of 4 filters x 2 vectors was the best
+# or within 5% of it on all four.
+MIN_TILE_PIXELS = 200
+TASKS_PER_CORE = 4
+REGISTER_TILE = (4, 2)       # filters, vectors of V pixels
+
+
+@dataclass(frozen=True)
+class FlatLegoConfig:
+    """The knobs (ints for the default schedule, sampled variables when tuning)."""
+    tile_rows: int        # output rows per parallel task (fused stages)
+    reg_filters: int      # register tile: filters x vectors of ``lanes`` pixels
+    reg_vectors: int
+    fuse_stages: bool
+    lanes: int            # fp32 lanes of the vector unit
+
+
+def default_flat_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> FlatLegoConfig:
+    s = spec
+    tile_limit = 2 * simd.lego_tile_bytes     # maps of o*m filters, all fp32
+    rows = [t for t in divisors(s.height)
+            if (t * s.width) % simd.lanes == 0 and t * s.width >= MIN_TILE_PIXELS
+            and t * s.width * s.splits * s.lego_filters * 4 <= tile_limit
+            and (s.batch or 1) * (s.height // t) >= TASKS_PER_CORE * cores]
+    filters, vectors = REGISTER_TILE
+    return FlatLegoConfig(tile_rows=max(rows or [s.height]),
+                          reg_filters=max(divisors(s.lego_filters, filters)),
+                          reg_vectors=vectors, fuse_stages=bool(rows), lanes=simd.lanes)
+
+
+def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
+    """Schedule the fused blocks of a ``flat_pixels`` Lego kernel in place."""
+    gather = sch.get_sblock(GATHER_BLOCK)
+    lego = sch.get_sblock(LEGO_BLOCK)
+    image, channel, row, col = sch.get_loops(gather)
+    if config.fuse_stages:
+        row_tile, row_in = sch.split(row, [None, config.tile_rows])
+        sch.reorder(image, row_tile, channel, row_in, col)
+        task = sch.fuse(image, row_tile)
+        sch.parallel(task)
+        sch.compute_at(lego, task, preserve_unit_loops=True)
+        pixels = sch.fuse(row_in, col)
+    else:
+        sch.parallel(sch.fuse(image, channel))
+        pixels = sch.fuse(row, col)
+    sch.vectorize(sch.split(pixels, [None, config.lanes])[1])
+
+    # Compute once: the register tile runs the whole reduction over a split's channels.
+    # A vector count that does not divide the pixels leaves a predicate on whole vectors.
+    lego_image, split, filt, pix, reduction = sch.get_loops(lego)[-5:]
+    filt_o, filt_i = sch.split(filt, [None, config.reg_filters])
+    pix_o, pix_v, pix_l = sch.split(pix, [None, config.reg_vectors, config.lanes])
+    sch.reorder(split, filt_o, pix_o, reduction, filt_i, pix_v, pix_l)
+    if not config.fuse_stages:
+        sch.parallel(sch.fuse(lego_image, split, filt_o))
+    acc = sch.cache_write(lego, 0, "local")
+    sch.reverse_compute_at(acc, pix_o, preserve_unit_loops=True)
+    sch.unroll(filt_i)
+    sch.unroll(pix_v)
+    sch.vectorize(pix_l)
+    sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, config.lanes])[1])
+    sch.decompose_reduction(lego, reduction)
+
+
+def tunable_flat_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, default: FlatLegoConfig
+                           ) -> list[s_tir.Schedule]:
+    """MetaSchedule design spaces: the default body with a sampled register tile, with fused
+    stages (where the default has a row tile for them) and stage by stage."""
+    spaces = []
+    for fuse_stages in sorted({default.fuse_stages, False}, reverse=True):
+        space = sch.copy()
+        apply_flat_schedule(space, replace(
+            default, fuse_stages=fuse_stages,
+            reg_filters=sample_divisor(space, spec.lego_filters, 16, default.reg_filters),
+            reg_vectors=sample_choice(space, [1, 2, 3, 4], default.reg_vectors)))
+        spaces.append(space)
+    return spaces
