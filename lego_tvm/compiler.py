@@ -93,7 +93,8 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     tvm_only, copied_outputs = mod, pipeline.outputs_not_computed(mod)
     mod, report.compute_once = compute_once_backends.choose(mod, tvm_target, compute_once,
                                                             database, progress)
-    executable, report.tuned_kernels = _schedule_and_build(mod, tvm_target, database)
+    executable, report.tuned_kernels, report.fallbacks = _schedule_and_build(
+        mod, tvm_target, database)
     if compute_once == "auto" and any(c.backend == "onednn" for c in report.compute_once):
         # Kernels timed alone do not show the cost of handing the cores between oneDNN's
         # OpenMP threads and TVM's pool: the whole model decides.
@@ -103,7 +104,7 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
         times = compute_once_backends.time_models([executable, alternative[0]], example_inputs)
         report.compute_once_check = {"onednn_ms": times[0], "tvm_only_ms": times[1]}
         if times[1] <= times[0]:
-            executable, report.tuned_kernels = alternative
+            executable, report.tuned_kernels, report.fallbacks = alternative
             for choice in report.compute_once:
                 if choice.backend == "onednn":
                     choice.backend = "tvm"
@@ -119,9 +120,9 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
 
 
 def _schedule_and_build(mod: tvm.IRModule, target, database):
-    """Fused Relax module -> (VM executable, names of the kernels scheduled from logs)."""
-    mod, tuned = pipeline.schedule(pipeline.lower(mod, target), target, database)
-    return pipeline.build(mod, target), tuned
+    """Fused Relax module -> (VM executable, names of the kernels scheduled from logs,
+    the functions left to TVM's default schedule)."""
+    return pipeline.schedule_and_build(pipeline.lower(mod, target), target, database)
 
 
 def _name_layers(report: LegoReport, model: torch.nn.Module, example_inputs: tuple) -> None:

@@ -31,6 +31,13 @@ def _try(action, *args) -> bool:
         return False
 
 
+def _only_reader(sch: s_tir.Schedule, producer, block) -> bool:
+    """``block`` is the one reader of ``producer`` and reads no other block's output."""
+    consumers = sch.get_consumers(producer)
+    return (len(consumers) == 1 and sch.get(consumers[0]).same_as(sch.get(block))
+            and len(sch.get_producers(block)) == 1)
+
+
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None
@@ -84,7 +91,10 @@ class TiledReduction(ScheduleRule):
         # Step 2: accumulate in registers; fold the elementwise epilogue into the write-back.
         write_back = sch.cache_write(red.block_rv, 0, "local")
         for info in infos[red_index + 1:]:
-            if not _try(sch.reverse_compute_inline, info.block_rv):
+            # Only a chain: a value with two readers (GELU's erf form, x * sigmoid(x)) inlined
+            # into the write-back is read before it is written, and TVM 0.27 does not refuse.
+            if not (_only_reader(sch, write_back, info.block_rv)
+                    and _try(sch.reverse_compute_inline, info.block_rv)):
                 break
         task = sch.fuse(*outer)
         sch.parallel(task)

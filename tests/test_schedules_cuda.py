@@ -39,7 +39,7 @@ def compiled_for_gpu(model_name: str, preset: str):
             _cache[model_name] = to_relax(export_program(model, (x,)))
         target = resolve_target(preset)
         mod, report = pipeline.fuse_convs(_cache[model_name], target)
-        mod, _ = pipeline.schedule(pipeline.lower(mod, target), target)
+        mod, _, _ = pipeline.schedule(pipeline.lower(mod, target), target)
         executable = pipeline.build(mod, target)
         _cache[key] = (mod, cuda_source(executable), report)
     return _cache[key]

@@ -50,7 +50,7 @@ def build_alone(func: tirx.PrimFunc, target: Target, database=None):
     from . import pipeline
 
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    mod, tuned = pipeline.schedule(mod, target, database)
+    mod, tuned, _ = pipeline.schedule(mod, target, database)
     return tvm.compile(mod, target=target).mod, bool(tuned)
 
 

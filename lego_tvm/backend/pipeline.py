@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.backend import cpu_generic, cuda
 from tvm.s_tir import dlight
 from tvm.target import Target
 
 from ..frontend.pytorch import as_program, to_relax
-from ..op.fused_op import lego_kernels
+from ..op.fused_op import GATHER_SPEC_ATTR, lego_kernels, spec_of
 from ..schedules.cpu_generic import ParallelInjective, TiledReduction
 from ..schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
 from ..schedules.lego_cpu import FusedLegoRule
@@ -94,9 +95,11 @@ def outputs_not_computed(mod: tvm.IRModule) -> list[int]:
 
 
 def lower(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Legalize to TIR and fuse neighbouring ops: the PrimFuncs that get scheduled (or tuned)."""
+    """Dispatch sort, scan and sampling ops to their library kernels, as ``tvm.compile``'s
+    default pipeline does (``torch.topk``, ``cumsum``, ``max(x, dim)``), then legalize to TIR
+    and fuse neighbouring ops: the PrimFuncs that get scheduled (or tuned)."""
     with target:
-        return tvm.transform.Sequential([
+        return tvm.transform.Sequential(_backend(target).library_dispatch_passes(target) + [
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
@@ -105,9 +108,12 @@ def lower(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
         ])(mod)
 
 
-def schedule(mod: tvm.IRModule, target: Target, database=None) -> tuple[tvm.IRModule, list[str]]:
+def schedule(mod: tvm.IRModule, target: Target, database=None
+             ) -> tuple[tvm.IRModule, list[str], list[Fallback]]:
     """Give every PrimFunc a schedule: a tuned record from ``database`` when one matches,
-    else the hand-written default rules. Returns the module and the tuned functions' names."""
+    else the hand-written default rules, else (no rule applies) TVM's own default, as plain
+    ``tvm.compile`` would build it. Returns the module, the tuned functions' names and the
+    fallbacks; a fused Lego kernel with no schedule is an error."""
     tuned: list[str] = []
     if database is not None:
         with target, database:
@@ -117,46 +123,127 @@ def schedule(mod: tvm.IRModule, target: Target, database=None) -> tuple[tvm.IRMo
                 tuned.append(gvar.name_hint)
                 applied[gvar] = func.with_attr("tirx.is_scheduled", True)
         mod = applied
+    errors: dict[int, str] = {}
     if _is_gpu(target):
         rules = (FusedLegoCudaRule(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
                  dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())
     else:
         rules = (FusedLegoRule(), dlight.cpu.GEMV(), TiledReduction(), ParallelInjective())
     with target:
-        mod = dlight.ApplyDefaultSchedule(*[_FallThrough(rule) for rule in rules])(mod)
+        mod = dlight.ApplyDefaultSchedule(*[_FallThrough(rule, errors) for rule in rules])(mod)
     if _is_gpu(target):
         for gvar, func, _ in lego_kernels(mod):
             mod[gvar] = narrow_indices(func)
-    unscheduled = [gv.name_hint for gv, f in mod.functions_items()
-                   if isinstance(f, tirx.PrimFunc) and not f.attrs.get("tirx.is_scheduled", False)]
-    if unscheduled:
-        raise UnscheduledError(f"no default schedule for {', '.join(unscheduled)}; they would run "
-                               "as naive serial loops. Please report this model.")
-    return mod, tuned
+    fallbacks = []
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
+            reason = errors.get(tvm_ffi.structural_hash(func), "no lego-tvm schedule rule matches it")
+            if _is_lego_kernel(func):
+                raise UnscheduledError(f"the fused Lego kernel {gvar.name_hint} got no schedule "
+                                       f"({reason}). Please report this model.")
+            mod[gvar] = _tvm_default(func, target)
+            fallbacks.append(Fallback(gvar.name_hint, reason))
+    return mod, tuned, fallbacks
+
+
+@dataclass
+class Fallback:
+    """A function lego-tvm's rules did not schedule, left to TVM's own default (on CPUs,
+    the loops as written, which LLVM may still vectorize; on GPUs, dlight's Fallback)."""
+    function: str
+    reason: str
+
+
+def _tvm_default(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
+    if _is_gpu(target):
+        with target:
+            scheduled = dlight.ApplyDefaultSchedule(dlight.gpu.Fallback())(
+                tvm.IRModule({"main": func}))["main"]
+        return scheduled
+    return func.with_attr("tirx.is_scheduled", True)
+
+
+def _is_lego_kernel(func: tirx.PrimFunc) -> bool:
+    return spec_of(func) is not None or spec_of(func, GATHER_SPEC_ATTR) is not None
 
 
 class _FallThrough(dlight.ScheduleRule):
-    """A rule that raises on a function it cannot handle passes it to the next rule."""
+    """A rule that raises on a function it cannot handle passes it to the next rule; the
+    error is kept (by the function's structural hash) to explain a fallback."""
 
-    def __init__(self, rule: dlight.ScheduleRule):
+    def __init__(self, rule: dlight.ScheduleRule, errors: dict[int, str]):
         self.rule = rule
+        self.errors = errors
 
     def apply(self, func, target, tunable):
         try:
             return self.rule.apply(func, target, tunable)
         except Exception as err:  # noqa: BLE001 - TVM ScheduleError and friends
-            log.debug("lego-tvm: %s does not apply: %s", type(self.rule).__name__,
-                      str(err).splitlines()[-1] if str(err) else type(err).__name__)
+            message = str(err).splitlines()[-1] if str(err) else type(err).__name__
+            log.debug("lego-tvm: %s does not apply: %s", type(self.rule).__name__, message)
+            self.errors[tvm_ffi.structural_hash(func)] = f"{type(self.rule).__name__}: {message}"
             return None
 
 
 def build(mod: tvm.IRModule, target: Target):
     """Scheduled Relax module -> VM executable."""
-    backend = cuda.pipeline if _is_gpu(target) else cpu_generic.pipeline
     with target:
-        tail = tvm.transform.Sequential(backend.dataflow_lower_passes(target)
-                                        + backend.finalize_passes(target))
+        tail = tvm.transform.Sequential(_backend(target).dataflow_lower_passes(target)
+                                        + _backend(target).finalize_passes(target))
         return tvm.compile(mod, target=target, relax_pipeline=tail)
+
+
+def schedule_and_build(lowered: tvm.IRModule, target: Target, database=None
+                       ) -> tuple[object, list[str], list[Fallback]]:
+    """``schedule`` then ``build``. If the build fails, each function a generic rule
+    scheduled is built alone; those that fail go back to TVM's default schedule (a
+    ``Fallback``) and the model is built again. A fused Lego kernel that does not build is
+    an error. Returns (executable, tuned function names, fallbacks)."""
+    # The functions as lowered (dlight's pass may update the module it is given in place).
+    originals = {gvar.name_hint: func for gvar, func in lowered.functions_items()}
+    mod, tuned, fallbacks = schedule(lowered, target, database)
+    try:
+        return build(mod, target), tuned, fallbacks
+    except Exception as err:  # noqa: BLE001 - TVM raises TVMError and friends
+        broken = _unbuildable(mod, target, skip=set(tuned) | {f.function for f in fallbacks})
+        if not broken:
+            raise
+        failed_lego = [name for name in broken if _is_lego_kernel(mod[name])]
+        if failed_lego:
+            raise KernelBuildError(f"the fused Lego kernel(s) {', '.join(failed_lego)} do not "
+                                   f"build: {_first_line(err)}. Please report this model.") from err
+        for name, error in broken.items():
+            gvar = mod.get_global_var(name)
+            mod[gvar] = _tvm_default(originals[name], target)
+            fallbacks.append(Fallback(name, f"its schedule does not build: {error}"))
+        return build(mod, target), tuned, fallbacks
+
+
+class KernelBuildError(RuntimeError):
+    """A fused Lego kernel's schedule does not build."""
+
+
+def _unbuildable(mod: tvm.IRModule, target: Target, skip: set[str]) -> dict:
+    """Each scheduled PrimFunc (not in ``skip``) that fails to build alone: name -> error."""
+    broken = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or gvar.name_hint in skip:
+            continue
+        try:
+            tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                        target=target)
+        except Exception as err:  # noqa: BLE001
+            broken[gvar.name_hint] = _first_line(err)
+    return broken
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _backend(target: Target):
+    return cuda.pipeline if _is_gpu(target) else cpu_generic.pipeline
 
 
 def _is_gpu(target: Target) -> bool:

@@ -30,7 +30,7 @@ def profile_kernels(name: str, target, progress: Callable[[str], None] = print) 
     model, example = get_model(name)
     progress(f"[kernels {name}] compiling")
     mod, _ = pipeline.import_and_fuse(model, (example,), target)
-    mod, _ = pipeline.schedule(pipeline.lower(mod, target), target)
+    mod, _, _ = pipeline.schedule(pipeline.lower(mod, target), target)
     calls = collections.Counter()
     call_tir = tvm.ir.Op.get("relax.call_tir")
 

@@ -107,24 +107,54 @@ def _check_dtypes(program: torch.export.ExportedProgram) -> None:
 def to_relax(program: torch.export.ExportedProgram) -> tvm.IRModule:
     """Translate an exported program to Relax with its parameters folded in as constants.
 
-    The program is functionalized without decomposing (``run_decompositions({})``): that
-    turns the authors' in-place ``scatter_`` into ``scatter`` and ``aten.batch_norm`` into
-    its inference form. TVM 0.27 translates a raw ``aten.batch_norm`` wrongly (training mode,
-    momentum read as epsilon), and its default decomposition turns ``F.one_hot`` into
-    ``assert_op`` checks that make ``main`` impure and stop ``FoldConstant``.
+    The program is functionalized and decomposed to core ATen as TVM's own import does
+    (``padding='same'``, Mish, pixel (un)shuffle, ... exist for TVM only in that form), with
+    one exception: ``F.one_hot``, whose decomposition adds ``assert_op`` checks that make
+    ``main`` impure and stop ``FoldConstant``. Functionalizing turns the authors' in-place
+    ``scatter_`` into ``scatter`` and ``aten.batch_norm`` into its inference form (TVM 0.27
+    translates a raw ``aten.batch_norm`` wrongly: training mode, momentum read as epsilon).
+    Every failure, TVM's constant folding of what it imported included, is a
+    ``ModelImportError`` naming the op where TVM does.
     """
     _check_dtypes(program)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
-            program = program.run_decompositions({})
+            program = program.run_decompositions(_decompositions())
+        _check_tvm_translates_correctly(program)
         _fold_parameter_ops(program)
         mod = from_exported_program(program, unwrap_unit_return_tuple=True,
                                     run_ep_decomposition=False)
+        return relax.transform.FoldConstant()(relax.transform.DeadCodeElimination()(mod))
+    except ModelImportError:
+        raise
     except Exception as err:  # noqa: BLE001
         raise ModelImportError(f"TVM's PyTorch frontend could not translate the model: "
-                           f"{type(err).__name__}: {err}") from err
-    return relax.transform.FoldConstant()(relax.transform.DeadCodeElimination()(mod))
+                               f"{type(err).__name__}: {err}") from err
+
+
+# TVM 0.27 translates these as plain bilinear / bicubic resizes: right when upsampling (where
+# antialiasing changes nothing), wrong when downsampling (measured: error 0.5 at half size).
+_ANTIALIASED = ("aten._upsample_bilinear2d_aa", "aten._upsample_bicubic2d_aa")
+
+
+def _check_tvm_translates_correctly(program: torch.export.ExportedProgram) -> None:
+    """Refuse what TVM would import without an error but compute wrongly."""
+    for node in program.graph.nodes:
+        if node.op == "call_function" and str(node.target).startswith(_ANTIALIASED):
+            source, result = node.args[0].meta.get("val"), node.meta.get("val")
+            if source is None or result is None or any(
+                    out < size for out, size in zip(result.shape[-2:], source.shape[-2:])):
+                raise ModelImportError(
+                    f"{node.target} (F.interpolate with antialias=True) downsamples; TVM 0.27 "
+                    "ignores antialias and would compute it wrongly. Use antialias=False, or "
+                    "resize outside the compiled model")
+
+
+def _decompositions():
+    table = torch.export.default_decompositions()
+    table.pop(torch.ops.aten.one_hot.default)
+    return table
 
 
 def _fold_parameter_ops(program: torch.export.ExportedProgram) -> None:

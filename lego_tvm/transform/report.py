@@ -56,6 +56,9 @@ class LegoReport:
     other_macs: int = 0
     dense_convs: list[LegoLayerReport] = field(default_factory=list)   # ordinary convs on the kernel
     tuned_kernels: list[str] = field(default_factory=list)   # scheduled from a tuning log
+    # Functions no lego-tvm rule scheduled, or whose schedule did not build, left to TVM's
+    # default schedule (``backend.pipeline.Fallback``: function, reason).
+    fallbacks: list = field(default_factory=list)
     compute_once: list = field(default_factory=list)   # compute_once.KernelChoice per kernel
     compute_once_check: dict = field(default_factory=dict)   # "auto": whole-model times
 
@@ -83,6 +86,7 @@ class LegoReport:
                 "other_weights": self.other_weights, "other_macs": self.other_macs,
                 "dense_convs": [c.as_dict() for c in self.dense_convs],
                 "tuned_kernels": self.tuned_kernels,
+                "fallbacks": [asdict(f) for f in self.fallbacks],
                 "compute_once": [c.as_dict() for c in self.compute_once],
                 "compute_once_check": self.compute_once_check,
                 "totals": self.totals}
@@ -122,6 +126,8 @@ class LegoReport:
         tuned = ", ".join(self.tuned_kernels[:4]) + (", ..." if len(self.tuned_kernels) > 4 else "")
         lines.append(f"kernels scheduled from tuning logs: {len(self.tuned_kernels)}"
                      + (f" ({tuned})" if tuned else "; all use the hand-written default schedules"))
+        for fallback in self.fallbacks:
+            lines.append(f"TVM's default schedule for {fallback.function}: {fallback.reason}")
         if self.compute_once:
             lines.append(_compute_once_summary(self.compute_once))
         if self.compute_once_check:
