@@ -8,18 +8,10 @@ from torch import nn
 
 import lego_tvm
 from conftest import assert_matches_torch
+from corpus import Op
 from lego_tvm.backend import pipeline
 from lego_tvm.frontend.pytorch import ModelImportError
 from lego_tvm.schedules import cpu_generic
-
-
-class Lambda(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def lego_gelu_head():
@@ -48,11 +40,11 @@ CASES = {
     "PixelUnshuffle": (lambda: nn.PixelUnshuffle(2), (1, 4, 6, 6)),
     "ChannelShuffle": (lambda: nn.ChannelShuffle(2), (1, 8, 3, 3)),
     "PixelShuffle": (lambda: nn.PixelShuffle(2), (1, 8, 3, 3)),
-    "antialiased bilinear upsampling": (lambda: Lambda(lambda x: F.interpolate(
+    "antialiased bilinear upsampling": (lambda: Op(lambda x: F.interpolate(
         x, scale_factor=2, mode="bilinear", antialias=True)), (1, 3, 4, 4)),
-    "topk": (lambda: Lambda(lambda x: torch.topk(x, 3, dim=-1).values), (2, 10)),
-    "cumsum": (lambda: Lambda(lambda x: torch.cumsum(x, dim=1)), (2, 10)),
-    "max over a dim": (lambda: Lambda(lambda x: torch.max(x, dim=1).values), (2, 10)),
+    "topk": (lambda: Op(lambda x: torch.topk(x, 3, dim=-1).values), (2, 10)),
+    "cumsum": (lambda: Op(lambda x: torch.cumsum(x, dim=1)), (2, 10)),
+    "max over a dim": (lambda: Op(lambda x: torch.max(x, dim=1).values), (2, 10)),
     "MLP with GELU (erf)": (lambda: nn.Sequential(nn.Linear(10, 32), nn.GELU(),
                                                   nn.Linear(32, 4)), (2, 10)),
     "SiLU after Linear": (lambda: nn.Sequential(nn.Linear(10, 32), nn.SiLU()), (2, 10)),
@@ -76,7 +68,7 @@ def test_model_plain_tvm_compiles_compiles_and_matches_torch(name):
 
 
 def test_antialiased_downsampling_tvm_computes_wrongly_is_refused():
-    model = Lambda(lambda x: F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True))
+    model = Op(lambda x: F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True))
     with pytest.raises(ModelImportError, match="antialias=True.*downsamples"):
         lego_tvm.compile(model.eval(), torch.randn(1, 3, 8, 8), tuning_logs=None)
 
