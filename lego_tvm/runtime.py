@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 
@@ -19,7 +20,7 @@ import tvm
 from tvm import relax
 
 from .support.targets import cross_compiler, parse_target, why_not_runnable_here
-from .support.tvm_compat import to_device, to_numpy
+from .support.tvm_compat import HOST, to_device, to_numpy
 
 
 class InputError(ValueError):
@@ -72,10 +73,11 @@ class Model:
         lego-tvm oneDNN extension must then be loaded before the model runs."""
         return any(c.get("backend") == "onednn" for c in self.report_dict.get("compute_once", []))
 
-    def _machine(self):
-        """This thread's VM (made on its first call, once the code is known to run here)."""
-        vm = getattr(self._vms, "vm", None)
-        if vm is None:
+    def _main(self):
+        """This thread's VM's ``main`` (the VM made on the thread's first call, once the code
+        is known to run here)."""
+        main = getattr(self._vms, "main", None)
+        if main is None:
             with self._lock:
                 if not self._checked:
                     reason = why_not_runnable_here(parse_target(self.target))
@@ -86,37 +88,53 @@ class Model:
                     if self.uses_onednn:
                         _load_onednn()
                     self._checked = True
-            vm = self._vms.vm = relax.VirtualMachine(self._executable, self.device)
-        return vm
+            self._vms.vm = relax.VirtualMachine(self._executable, self.device)
+            main = self._vms.main = self._vms.vm["main"]
+        return main
 
     def __call__(self, *args):
-        machine = self._machine()          # first: says so if the code cannot run here
+        main = self._main()                # first: says so if the code cannot run here
         if len(args) != len(self.inputs):
             raise InputError(f"the model takes {len(self.inputs)} input(s), got {len(args)}")
-        arrays, torch_out = [], False
+        tensors, torch_out = [], False
         for i, (arg, want) in enumerate(zip(args, self.inputs)):
             if type(arg).__module__.startswith("torch"):
                 torch_out = True
-                if str(arg.dtype).replace("torch.", "") != want["dtype"]:
-                    raise InputError(f"input {i} is a torch tensor of dtype {arg.dtype}; the "
-                                     f"model was compiled for {want['dtype']}")
-                arg = arg.detach().cpu().numpy()
+                tensors.append(self._from_torch(i, arg, want))
+                continue
             arr = np.asarray(arg)
-            if not _fits(list(arr.shape), want["shape"]) or str(arr.dtype) != want["dtype"]:
-                shape = ["batch" if d is None else d for d in want["shape"]]
-                raise InputError(f"input {i} has shape {list(arr.shape)} and dtype {arr.dtype}; "
-                                 f"the model was compiled for shape {shape} and dtype "
-                                 f"{want['dtype']}")
-            arrays.append(to_device(arr, self.device))
-        outputs = _to_numpy(machine["main"](*arrays))
+            self._check(i, arr.shape, _dtype_name(arr.dtype), want)
+            tensors.append(to_device(arr, self.device))
+        outputs = [to_numpy(o) for o in _flatten(main(*tensors))]
         for i in self.copied_outputs:
             outputs[i] = outputs[i].copy()
-        if torch_out:
-            import torch  # only when the caller already uses torch
-            outputs = [torch.from_numpy(o) for o in outputs]
+        if torch_out:     # shared, not copied (torch.from_dlpack measured 0.4 us slower)
+            from_numpy = sys.modules["torch"].from_numpy   # the caller has imported torch
+            outputs = [from_numpy(o) for o in outputs]
         if self.output_structure is None:
             return outputs[0] if len(outputs) == 1 else tuple(outputs)
         return _nest(iter(outputs), self.output_structure)
+
+    def _check(self, i: int, shape, dtype: str, want: dict) -> None:
+        if dtype != want["dtype"] or not _fits(list(shape), want["shape"]):
+            wanted = ["batch" if d is None else d for d in want["shape"]]
+            raise InputError(f"input {i} has shape {list(shape)} and dtype {dtype}; the model "
+                             f"was compiled for shape {wanted} and dtype {want['dtype']}")
+
+    def _from_torch(self, i: int, tensor, want: dict):
+        """A torch tensor as a TVM tensor: shared through DLPack when it is a contiguous,
+        64-byte aligned CPU tensor and the model runs on the CPU; else copied."""
+        dtype = _dtype_name(tensor.dtype)
+        if dtype != want["dtype"]:
+            raise InputError(f"input {i} is a torch tensor of dtype {tensor.dtype}; the "
+                             f"model was compiled for {want['dtype']}")
+        self._check(i, tensor.shape, dtype, want)
+        if tensor.requires_grad:
+            tensor = tensor.detach()
+        if (tensor.is_cpu and self.device.dlpack_device_type() == HOST
+                and tensor.is_contiguous() and tensor.data_ptr() % 64 == 0):
+            return tvm.runtime.from_dlpack(tensor)
+        return to_device(tensor.cpu().numpy(), self.device)
 
     def export(self, path: str) -> str:
         """Write the deployable library to ``path`` and its signature to ``path + '.json'``.
@@ -282,7 +300,19 @@ def _fits(shape: list[int], wanted: list) -> bool:
         (w is None and d >= 1) or d == w for d, w in zip(shape, wanted))
 
 
-def _to_numpy(result) -> list[np.ndarray]:
+def _flatten(result) -> list:
+    """The VM's result (a tensor or nested tuples of them) as a flat list of tensors."""
     if isinstance(result, (list, tuple)) or type(result).__name__ == "Array":
-        return [o for r in result for o in _to_numpy(r)]
-    return [to_numpy(result)]
+        return [o for r in result for o in _flatten(r)]
+    return [result]
+
+
+# numpy and torch dtypes -> their names, filled as they are met: str(dtype) takes 2 us.
+_DTYPE_NAMES: dict = {}
+
+
+def _dtype_name(dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
+    return name

@@ -88,30 +88,23 @@ class InvertedResidual(nn.Module):       # MobileNetV2
         return self.lego(x + self.body(x))
 
 
-class MobileNetV3Block(nn.Module):
-    def __init__(self, c=16, lego=False):
+class SqueezeExciteBlock(nn.Module):    # MobileNetV3 (hardswish) and EfficientNet MBConv (SiLU)
+    def __init__(self, c=16, lego=False, expand=2, act=nn.Hardswish, gate=nn.Hardsigmoid):
         super().__init__()
-        self.body = nn.Sequential(conv_bn(c, 2 * c, 1, act=nn.Hardswish),
-                                  conv_bn(2 * c, 2 * c, groups=2 * c, act=nn.Hardswish),
-                                  SqueezeExcite(2 * c, gate=nn.Hardsigmoid),
-                                  conv_bn(2 * c, c, 1, act=None))
-        self.lego = conv_bn(c, c, act=nn.Hardswish, lego=True) if lego else nn.Identity()
+        wide = expand * c
+        self.body = nn.Sequential(conv_bn(c, wide, 1, act=act),
+                                  conv_bn(wide, wide, groups=wide, act=act),
+                                  SqueezeExcite(wide, gate=gate, act=act if gate is nn.Sigmoid
+                                                else nn.ReLU),
+                                  conv_bn(wide, c, 1, act=None))
+        self.lego = conv_bn(c, c, act=act, lego=True) if lego else nn.Identity()
 
     def forward(self, x):
         return self.lego(x + self.body(x))
 
 
-class MBConv(nn.Module):                 # EfficientNet
-    def __init__(self, c=16, lego=False):
-        super().__init__()
-        self.body = nn.Sequential(conv_bn(c, 4 * c, 1, act=nn.SiLU),
-                                  conv_bn(4 * c, 4 * c, groups=4 * c, act=nn.SiLU),
-                                  SqueezeExcite(4 * c, act=nn.SiLU),
-                                  conv_bn(4 * c, c, 1, act=None))
-        self.lego = conv_bn(c, c, act=nn.SiLU, lego=True) if lego else nn.Identity()
-
-    def forward(self, x):
-        return self.lego(x + self.body(x))
+def mbconv(c=16, lego=False):
+    return SqueezeExciteBlock(c, lego, expand=4, act=nn.SiLU, gate=nn.Sigmoid)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -206,8 +199,8 @@ class RegNetY(nn.Module):
 
 ARCHITECTURES = {
     "ResNet basic block": ResNetBasic, "ResNet bottleneck": ResNetBottleneck,
-    "MobileNetV2 inverted residual": InvertedResidual, "MobileNetV3 block": MobileNetV3Block,
-    "EfficientNet MBConv": MBConv, "ConvNeXt block": ConvNeXtBlock, "DenseNet block": DenseBlock,
+    "MobileNetV2 inverted residual": InvertedResidual, "MobileNetV3 block": SqueezeExciteBlock,
+    "EfficientNet MBConv": mbconv, "ConvNeXt block": ConvNeXtBlock, "DenseNet block": DenseBlock,
     "SqueezeNet fire": Fire, "ShuffleNetV2 unit": ShuffleUnit, "U-Net": UNet,
     "RegNetY block": RegNetY,
 }

@@ -79,8 +79,12 @@ def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
     for row in scaling:
         assert row["max_rel_error_vs_dense"] <= 1e-4
         assert row["median_ms"]["torch_dense"] > 0 and row["median_ms"]["lego_tvm"] > 0
+    overhead = results["overhead_us"]
+    assert set(overhead) == {"torch", "lego_tvm_torch", "lego_tvm_numpy", "vm"}
+    assert 0 < overhead["vm"] < overhead["lego_tvm_numpy"]   # the wrapper costs something
     out = capsys.readouterr().out
     assert "| lego_vgg16 | 2 | 2 |" in out and "oneDNN maps where faster" in out
+    assert "lego-tvm's call costs" in out
     assert "OpenVINO fp32, dense-folded" in out and "lego-tvm vs fastest fp32 other" in out
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert torch.get_num_threads() == 2, "the scaling run left its thread count behind"

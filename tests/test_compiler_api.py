@@ -179,6 +179,22 @@ def test_inputs_and_outputs_are_shared_not_copied_and_never_overwritten():
     np.testing.assert_array_equal(compiled(unaligned), kept)
 
 
+
+
+def test_torch_inputs_shared_or_copied_give_the_same_answer(small):
+    """Contiguous aligned torch tensors go in through DLPack; views, tensors that need grad
+    and read-only arrays take the slower paths, with the same result."""
+    model, x, compiled = small
+    with torch.no_grad():
+        expected = model(x).numpy()
+    wide = torch.randn(2, 8, 5, 10)
+    wide[..., ::2] = x
+    read_only = x.numpy().copy()
+    read_only.flags.writeable = False
+    for arg in (x, x.clone().requires_grad_(True), wide[..., ::2], read_only):
+        out = compiled(arg)
+        assert isinstance(out, torch.Tensor) == isinstance(arg, torch.Tensor)
+        assert max_relative_error(np.asarray(out), expected) <= TOLERANCE
 @pytest.mark.parametrize("dynamic_batch", [False, True])
 def test_one_model_called_from_several_threads_gives_each_caller_its_answer(dynamic_batch,
                                                                           tmp_path):

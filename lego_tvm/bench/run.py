@@ -12,6 +12,7 @@ from .kernels import format_kernel_table, profile_kernels
 from .layers import LAYERS, bench_layer, format_layer_table
 from .models import bench_model, format_model_table, machine
 from .output import write_outputs
+from .overhead import bench_overhead, format_overhead_table
 from .peak import fma_peak_gflops
 from .remote import bench_model_remote
 from .scaling import THREADS, bench_scaling, format_scaling_table
@@ -44,6 +45,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     if throughput:
         throughput_results = [row for m in models
                               for row in bench_throughput(m, progress=progress)]
+    # Always: a few seconds, and the number a user calling small models cares about.
+    overhead = bench_overhead(progress)
     kernel_results = {}
     if kernels:
         kernel_results = {m: profile_kernels(m, resolve_target(target), progress)
@@ -68,6 +71,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
         sections.append(format_stage_table(stage_results, peak))
     if throughput_results:
         sections.append(format_throughput_table(throughput_results))
+    sections.append(format_overhead_table(overhead))
     for m, rows in kernel_results.items():
         model_ms = next((r["median_ms"].get("lego_tvm") for r in model_results
                          if r["model"] == m), None)
@@ -75,7 +79,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     markdown = "\n\n".join(sections)
     print("\n" + markdown)
     paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results,
-                          stage_results, kernel_results, throughput_results)
+                          stage_results, kernel_results, throughput_results, overhead)
     return paths
 
 
