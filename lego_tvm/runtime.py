@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -105,7 +106,11 @@ class Model:
             arr = np.asarray(arg)
             self._check(i, arr.shape, _dtype_name(arr.dtype), want)
             tensors.append(to_device(arr, self.device))
-        outputs = [to_numpy(o) for o in _flatten(main(*tensors))]
+        try:
+            result = main(*tensors)
+        except RuntimeError as err:
+            raise self._signature_error(err) from None
+        outputs = [to_numpy(o) for o in _flatten(result)]
         for i in self.copied_outputs:
             outputs[i] = outputs[i].copy()
         if torch_out:     # shared, not copied (torch.from_dlpack measured 0.4 us slower)
@@ -114,6 +119,19 @@ class Model:
         if self.output_structure is None:
             return outputs[0] if len(outputs) == 1 else tuple(outputs)
         return _nest(iter(outputs), self.output_structure)
+
+    def _signature_error(self, err: RuntimeError) -> Exception:
+        """The VM refusing an input the signature let through: the signature (a loaded
+        model's ``.json``) does not describe the library; any other error as it was."""
+        found = re.search(r"ErrorContext\(fn=main, loc=param\[(\d+)\].*annotation=(.*?)\)\s",
+                          str(err))
+        if found is None:
+            return err
+        i, expected = int(found.group(1)), found.group(2)
+        where = f"{self.source}.json" if self.source else "the model's signature"
+        return ArtifactError(f"{where}: 'inputs'[{i}] says shape {self.inputs[i]['shape']} and "
+                             f"dtype {self.inputs[i]['dtype']}, but the library takes {expected}"
+                             " (was the file edited?)")
 
     def _check(self, i: int, shape, dtype: str, want: dict) -> None:
         if dtype != want["dtype"] or not _fits(list(shape), want["shape"]):

@@ -219,6 +219,18 @@ def test_a_description_without_valid_inputs_names_the_field(exported, tmp_path, 
         lego_tvm.load(str(tmp_path / "model.so"))
 
 
+def test_a_description_edited_to_another_shape_names_the_field(exported, tmp_path):
+    meta = json.loads(Path(f"{exported}.json").read_text())
+    real = meta["inputs"][0]["shape"]
+    meta["inputs"][0]["shape"] = real[:2] + [real[2] + 1, real[3] + 1]
+    (tmp_path / "model.so.json").write_text(json.dumps(meta))
+    shutil.copy(exported, tmp_path / "model.so")
+    model = lego_tvm.load(str(tmp_path / "model.so"))
+    with pytest.raises(ArtifactError, match=r"model.so.json: 'inputs'\[0\] says shape .* but the "
+                                            r"library takes R.Tensor\(\(1, 8, 5, 5\)"):
+        model(np.zeros(meta["inputs"][0]["shape"], np.float32))
+
+
 @pytest.mark.parametrize("text,message", [('{"format": "lego-tv', "is corrupt"),
                                           ("[1, 2]", "is not a lego-tvm model description")])
 def test_damaged_model_description_is_refused(exported, tmp_path, text, message):
