@@ -108,6 +108,17 @@ def test_cli_help(command, capsys):
     assert "usage: lego-tvm " + command in capsys.readouterr().out
 
 
+def test_python_dash_m_is_the_command():
+    import subprocess
+    import sys
+    ok = subprocess.run([sys.executable, "-m", "lego_tvm", "compile", "--help"],
+                        capture_output=True, text=True, timeout=120, cwd="/")
+    assert ok.returncode == 0 and "usage: lego-tvm compile" in ok.stdout
+    wrong = subprocess.run([sys.executable, "-m", "lego_tvm", "compile", "--threads", "0", "x"],
+                           capture_output=True, text=True, timeout=120, cwd="/")
+    assert wrong.returncode == 2 and "--threads" in wrong.stderr
+
+
 def test_kernels_use_every_physical_core_by_default():
     """TVM alone would take half the logical CPUs (one thread on a 2-vCPU machine)."""
     import subprocess

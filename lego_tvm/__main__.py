@@ -1,0 +1,4 @@
+"""``python -m lego_tvm ...``: the same as the ``lego-tvm`` command."""
+from .cli import main
+
+main()
