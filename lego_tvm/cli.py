@@ -36,8 +36,9 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     from .support.targets import PRESETS
 
     p.add_argument("--target", default=None,
-                   help=f"host (default), a preset ({', '.join(PRESETS)}) or a TVM target as "
-                        "JSON, e.g. '{\"kind\": \"llvm\", \"mcpu\": \"znver3\"}'")
+                   help=f"host (default), a preset ({', '.join(PRESETS)}), a TVM target tag "
+                        "(e.g. raspberry-pi/4b-aarch64; tvm.target.list_tags() lists them) or a "
+                        "TVM target as JSON, e.g. '{\"kind\": \"llvm\", \"mcpu\": \"znver3\"}'")
 
 
 def _add_remote(p: argparse.ArgumentParser) -> None:

@@ -30,7 +30,8 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     exactly these shapes and dtypes, except that with ``dynamic_batch=True`` the first
     dimension of every input is the batch size, chosen at each call (the same for all
     inputs; tuned records, made for fixed shapes, then do not apply). ``target``: ``None``
-    for the host CPU, a preset name (see ``lego_tvm.targets.PRESETS``), a TVM target dict or
+    for the host CPU, a preset name (see ``lego_tvm.targets.PRESETS``), a TVM target tag
+    (``tvm.target.list_tags()``, e.g. ``"nvidia/nvidia-h100"``), a TVM target dict or
     ``tvm.target.Target``.
     ``fuse_lego=False`` compiles the same graph without the Lego pass (for comparison).
     ``tuning_logs``: ``"auto"`` applies the logs shipped for this target when their TVM

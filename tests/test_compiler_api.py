@@ -47,12 +47,26 @@ def test_targets():
     assert resolve_target(None).kind.name == "llvm"
     assert str(resolve_target("x86-avx512").attrs["mcpu"]) == "skylake-avx512"
     assert str(resolve_target({"kind": "llvm", "mcpu": "znver3"}).attrs["mcpu"]) == "znver3"
-    with pytest.raises(TargetError, match="unknown target preset 'x86-avx9'.*presets: host"):
+    with pytest.raises(TargetError, match=r"unknown target 'x86-avx9': not a preset \(host, .*"
+                                          r"target tags \(tvm.target.list_tags\(\)"):
         resolve_target("x86-avx9")
+    # TVM's tags, as TVM users write targets
+    h100 = resolve_target("nvidia/nvidia-h100")
+    assert (h100.kind.name, str(h100.attrs["arch"])) == ("cuda", "sm_90a")
+    pi = resolve_target("raspberry-pi/4b-aarch64")
+    assert (str(pi.attrs["mcpu"]), str(pi.attrs["mtriple"])) == ("cortex-a72", "aarch64-linux-gnu")
     with pytest.raises(TargetError, match="kind 'opencl' is not supported yet"):
         resolve_target({"kind": "opencl"})
     with pytest.raises(TargetError, match="TVM rejects the target"):
         resolve_target({"kind": "no-such-kind"})
+
+
+def test_compile_takes_a_tvm_tag_for_another_cpu():
+    compiled = lego_tvm.compile(lego_tvm.LegoConv2d(8, 8, 3).eval(), torch.randn(1, 8, 6, 6),
+                                target="raspberry-pi/4b-aarch64", tuning_logs=None)
+    assert len(compiled.report.layers) == 1
+    with pytest.raises(RuntimeError, match="built for aarch64"):
+        compiled(torch.randn(1, 8, 6, 6))
 
 
 def test_compile_accepts_a_target_dict_and_a_preset():

@@ -75,19 +75,24 @@ def clean_config(config: dict) -> dict:
 
 
 def resolve_target(target=None) -> Target:
-    """``None`` (the host CPU), a preset name, a TVM target dict, or a ``tvm.target.Target``."""
+    """``None`` (the host CPU), a preset name, a TVM target tag (``tvm.target.list_tags()``),
+    a TVM target dict, or a ``tvm.target.Target``."""
     if target is None or target == "host":
         resolved = host_target()
     elif isinstance(target, Target):
         resolved = target
-    elif isinstance(target, str):
-        if target not in PRESETS:
-            raise TargetError(f"unknown target preset {target!r}; presets: "
-                              f"{', '.join(['host'] + sorted(PRESETS))}, or pass a TVM target dict "
-                              "such as {'kind': 'llvm', 'mcpu': 'znver3'}")
+    elif isinstance(target, str) and target in PRESETS:
         preset = PRESETS[target]
         resolved = Target(preset if preset["kind"] == "cuda" else
                           {"num-cores": usable_cores(), **preset})
+    elif isinstance(target, str) and target in tvm.target.list_tags():
+        resolved = Target(target)          # a TVM tag, e.g. "nvidia/nvidia-h100"
+    elif isinstance(target, str):
+        raise TargetError(f"unknown target {target!r}: not a preset ("
+                          f"{', '.join(['host'] + sorted(PRESETS))}), nor one of TVM's "
+                          f"{len(tvm.target.list_tags())} target tags (tvm.target.list_tags(): "
+                          "'nvidia/nvidia-h100', 'raspberry-pi/4b-aarch64', ...); or pass a TVM "
+                          "target dict such as {'kind': 'llvm', 'mcpu': 'znver3'}")
     elif isinstance(target, dict):
         try:
             resolved = Target(target)
