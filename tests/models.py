@@ -36,6 +36,9 @@ class LegoBlock(nn.Module):
         return torch.relu(y) if self.relu else y
 
 
+EPILOGUES = ["", "bn", "bn+relu", "bn+residual+relu", "relu", "residual"]
+
+
 def block_inputs(block: LegoBlock, batch: int, c: int, size: int) -> tuple:
     """A random input, and a random residual of the output's shape when the block adds one."""
     x = torch.randn(batch, c, size, size)

@@ -8,11 +8,10 @@ from torch import nn
 
 import lego_tvm
 from conftest import assert_matches_torch
-from models import LegoBlock, block_inputs, randomize_bn
+from models import EPILOGUES, LegoBlock, block_inputs, randomize_bn
 from lego_tvm import LegoConv2d
 from reference_lego import AuthorsLegoConv2d
 
-EPILOGUES = ["", "bn", "bn+relu", "bn+residual+relu", "relu", "residual"]
 # Every (o, kernel, stride, batch) combination; c, n, ratio, size and epilogue cycle through.
 GRID = [(o, d, s, batch, [4, 8, 12][i % 3] * o // (o if i % 2 else 1), [4, 8, 16][i % 3],
          [0.5, 0.25, 1.0][i % 3], [7, 9, 8][i % 3], EPILOGUES[i % len(EPILOGUES)])

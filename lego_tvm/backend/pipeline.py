@@ -12,6 +12,7 @@ from tvm.s_tir import dlight
 from tvm.target import Target
 
 from ..frontend.pytorch import as_program, to_relax
+from .nan_legalize import NAN_KEEPING
 from ..op.fused_op import GATHER_SPEC_ATTR, lego_kernels, spec_of
 from ..schedules.cpu_generic import ParallelInjective, TiledReduction
 from ..schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
@@ -100,7 +101,7 @@ def lower(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     and fuse neighbouring ops: the PrimFuncs that get scheduled (or tuned)."""
     with target:
         return tvm.transform.Sequential(_backend(target).library_dispatch_passes(target) + [
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps(customize_legalize_map=NAN_KEEPING),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),

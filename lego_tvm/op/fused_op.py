@@ -18,7 +18,7 @@ from tvm import s_tir, te, tirx, topi
 
 from ..support.tiling import has_block
 
-COMPUTE_VERSION = 1
+COMPUTE_VERSION = 2   # 2: the ReLU keeps NaN
 SCHEDULE_RULE = "lego_tvm.fused_lego_conv2d"
 # Block names the schedules look up.
 PAD_BLOCK, LEGO_BLOCK, GATHER_BLOCK = "lego_pad", "lego_feature", "lego_gather_sum"
@@ -215,8 +215,9 @@ def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
                                       else lego[nb, i, k // vb, h, w, k % vb])
         if residual is not None:
             acc = acc + residual[out_index]
-        if s.relu:
-            acc = te.max(acc, tirx.const(0, s.dtype))
+        if s.relu:     # NaN stays NaN, as in PyTorch (TVM's max(acc, 0) would give 0)
+            zero = tirx.const(0, s.dtype)
+            acc = tirx.Select(acc < zero, zero, acc)
         return acc
 
     return te.compute(_with_batch(s.output_shape, lego.shape[0]), gather_sum,
