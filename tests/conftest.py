@@ -62,6 +62,21 @@ def assert_matches_torch(compiled, model, inputs):
     return err
 
 
+def assert_same_as_torch(compiled, model, inputs):
+    """NaN where PyTorch has NaN, infinities alike, position by position; the finite values
+    within the tolerance."""
+    from lego_tvm.support.accuracy import max_relative_error
+    with torch.no_grad():
+        expected = model(*inputs).numpy()
+    got = np.asarray(compiled(*[t.numpy() for t in inputs]))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    if finite.any():
+        assert max_relative_error(got[finite], expected[finite]) <= TOLERANCE
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,30 +1,18 @@
 """NaN and Inf as PyTorch: ReLU (fused into a Lego kernel or not), ReLU6, clamp and max-pool
-keep a NaN, checked position by position; an Inf into a Lego layer gives what the Lego
+keep a NaN, checked position by position (each layer of the numeric grid is checked with a
+NaN pixel too, in test_compiler_numeric.py); an Inf into a Lego layer gives what the Lego
 formula gives (docs/how-it-works.md, "NaN and Inf")."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lego_tvm
-from conftest import TOLERANCE
-from lego_tvm.nn.lego_conv import BatchFoldedLegoConv2d
-from lego_tvm.support.accuracy import max_relative_error
+from conftest import assert_same_as_torch
+from lego_tvm.nn.lego_conv import BatchFoldedLegoConv2d, is_lego_module
 from lego_tvm.zoo import get_model
-from models import EPILOGUES, LegoBlock, block_inputs
-
-
-def assert_same_as_torch(compiled, model, inputs):
-    """NaN where PyTorch has NaN, infinities alike, the finite values within tolerance."""
-    with torch.no_grad():
-        expected = model(*inputs).numpy()
-    got = np.asarray(compiled(*[t.numpy() for t in inputs]))
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
-    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
-    finite = np.isfinite(expected)
-    if finite.any():
-        assert max_relative_error(got[finite], expected[finite]) <= TOLERANCE
 
 
 class PoolsAndClamps(nn.Module):
@@ -55,23 +43,25 @@ def test_relu_clamp_and_max_pool_keep_nan_where_pytorch_does(pixels):
     assert np.isnan(compiled(all_nan.numpy())).all()
 
 
-@pytest.mark.parametrize("epilogue", EPILOGUES)
-def test_a_nan_pixel_through_each_fused_epilogue(epilogue):
-    block = LegoBlock(8, 8, 3, 2, 0.5, 1, epilogue).eval()
-    inputs = block_inputs(block, 1, 8, 7)
-    compiled = lego_tvm.compile(block, inputs, tuning_logs=None)
-    x = inputs[0].clone()
-    x[0, 1, 3, 3] = float("nan")
-    assert_same_as_torch(compiled, block, (x, *inputs[1:]))
-
-
 @pytest.mark.parametrize("name", ["lego_vgg16", pytest.param("lego_resnet50", marks=pytest.mark.slow)])
-def test_zoo_models_keep_nan_like_pytorch(name):
+def test_zoo_models_keep_nan_like_pytorch_and_inf_like_the_lego_formula(name):
     model, x = get_model(name)
     compiled = lego_tvm.compile(model, (x,), tuning_logs=None)
-    x = x.clone()
-    x[0, 0, 5, 5] = float("nan")
-    assert_same_as_torch(compiled, model, (x,))
+    with_nan, with_inf = x.clone(), x.clone()
+    with_nan[0, 0, 5, 5] = float("nan")
+    assert_same_as_torch(compiled, model, (with_nan,))
+    with_inf[0, 1, 7, 3] = float("inf")
+    assert_same_as_torch(compiled, _lego_formula(model), (with_inf,))
+
+
+def _lego_formula(model: nn.Module) -> nn.Module:
+    """``model`` with every Lego layer computed as the Lego formula (gather, no dense merge)."""
+    formula = copy.deepcopy(model)
+    for name, module in list(formula.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if is_lego_module(child):
+                setattr(module, child_name, BatchFoldedLegoConv2d(child).eval())
+    return formula.eval()
 
 
 def test_an_inf_into_a_lego_layer_gives_what_the_lego_formula_gives():

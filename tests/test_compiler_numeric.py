@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lego_tvm
-from conftest import assert_matches_torch
+from conftest import assert_matches_torch, assert_same_as_torch
 from models import EPILOGUES, LegoBlock, block_inputs, randomize_bn
 from lego_tvm import LegoConv2d
 from reference_lego import AuthorsLegoConv2d
@@ -37,6 +37,9 @@ def test_single_lego_layer(o, d, stride, batch, c, n, ratio, size, epilogue):
                       if f.split("_")[0] in epilogue.replace("bn", "batch")]
     assert layer.folded == expected_folds
     assert_matches_torch(compiled, block, inputs)
+    with_nan = inputs[0].clone()
+    with_nan[-1, 0, size // 2, size // 3] = float("nan")
+    assert_same_as_torch(compiled, block, (with_nan, *inputs[1:]))
 
 
 def test_channels_past_the_last_split_are_ignored_like_the_reference():
