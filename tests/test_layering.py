@@ -17,7 +17,7 @@ SCHEDULES = pathlib.Path(lego_tvm.schedules.__file__).parent
 # what each layer holds). "lego_tvm" is the package's lazy facade over all of them.
 LAYERS = [("support",), ("nn", "zoo"), ("frontend",), ("op",), ("recognize",), ("transform",),
           ("schedules",), ("backend",), ("tuning",), ("runtime", "check"), ("compiler",),
-          ("bench",), ("cli",), ("",)]
+          ("bench",), ("cli", "__main__"), ("",)]
 
 
 def layer_of(module: str) -> int:
