@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Compile MODEL (a zoo name: lego_vgg16, lego_resnet50; or a .pt2 file "
                     "written by torch.export.save) for TARGET, check it against PyTorch on a "
                     "random input, print the Lego report and optionally export a library.")
-    comp.add_argument("model", help="zoo model name or path to a .pt2 file")
+    comp.add_argument("model", help="zoo model name, or path to a .pt2 or .onnx file")
     comp.add_argument("-o", "--output", help="write the deployable library here (e.g. model.so)")
     _add_target(comp)
     comp.add_argument("--batch", type=_positive_int, default=1, help="batch size for zoo models")
@@ -191,6 +191,10 @@ def _model_and_inputs(name: str, batch: int):
         from .bench.layers import BenchLayers
         model = BenchLayers().eval()
         return model, model.example, model
+    from .frontend import onnx
+    if onnx.is_onnx(name):              # checked against ONNX Runtime when it is installed
+        proto = onnx.load_onnx(name)
+        return name, onnx.example_inputs(proto, batch=batch), onnx.onnx_runner(proto)
     from .frontend.pytorch import load_model
     return load_model(name, batch)
 
@@ -237,10 +241,14 @@ def _compile(args) -> None:
     if elsewhere and not args.no_check:
         print(f"not checked against PyTorch here: {elsewhere} (lego-tvm's tests check ARM "
               "builds under an emulator)")
+    elif run_torch is None and not args.no_check:
+        print("not checked: an ONNX model is checked against ONNX Runtime, which is not "
+              "installed (pip install onnxruntime)")
     elif not args.no_check:
         error = error_against_torch(compiled, run_torch, inputs)
-        print(f"check against PyTorch on a random input: max error / max |output| = {error:.2e} "
-              f"({verdict(error)})")
+        reference = "ONNX Runtime" if str(args.model).endswith(".onnx") else "PyTorch"
+        print(f"check against {reference} on a random input: max error / max |output| = "
+              f"{error:.2e} ({verdict(error)})")
         if verdict(error) != "ok":
             raise SystemExit(1)
     if args.output:

@@ -12,6 +12,8 @@ from .backend import compute_once as compute_once_backends
 from .backend import pipeline
 from .tuning.logs import open_database, shipped_logs
 from .transform.report import LegoReport
+from .frontend.onnx import example_inputs as onnx_example_inputs
+from .frontend.onnx import is_onnx, load_onnx, onnx_to_relax
 from .frontend.pytorch import as_program, output_structure
 from .runtime import Model
 from .support.targets import resolve_target
@@ -20,13 +22,15 @@ from .nn.lego_conv import is_lego_module
 log = logging.getLogger("lego_tvm")
 
 
-def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # noqa: A001
+def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True,  # noqa: A001
             tuning_logs="auto", dynamic_batch: bool = False,
             lego_weight_tolerance: float = 0.0, compute_once: str = "tvm",
             layout: str = "NCHW", progress=None) -> Model:
-    """Compile a PyTorch model (or a ``torch.export`` program) for ``target``.
+    """Compile a PyTorch model (or a ``torch.export`` program, or an ONNX model: an
+    ``.onnx`` path or an ``onnx.ModelProto``) for ``target``.
 
-    ``example_inputs``: a tensor or tuple of tensors; the compiled model takes inputs of
+    ``example_inputs``: a tensor or tuple of tensors (for an ONNX model, optional: the
+    shapes in the file are used when they are all fixed); the compiled model takes inputs of
     exactly these shapes and dtypes, except that with ``dynamic_batch=True`` the first
     dimension of every input is the batch size, chosen at each call (the same for all
     inputs; tuned records, made for fixed shapes, then do not apply). ``target``: ``None``
@@ -54,9 +58,17 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
     The returned model is called with numpy arrays or torch tensors; ``.report`` says which
     Lego layers were fused and why others were not; ``.export(path)`` writes a library.
     """
-    if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
-        raise TypeError(f"model is a {type(model).__name__}; compile takes a torch.nn.Module or "
-                        "a torch.export.ExportedProgram (wrap a function in an nn.Module)")
+    onnx_model = None
+    if is_onnx(model):
+        if dynamic_batch:
+            raise ValueError("dynamic_batch=True is for PyTorch models; compile an ONNX model "
+                             "for one batch size (example_inputs, or --batch)")
+        onnx_model = load_onnx(model)
+        example_inputs = onnx_example_inputs(onnx_model, example_inputs)
+    elif not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
+        raise TypeError(f"model is a {type(model).__name__}; compile takes a torch.nn.Module, "
+                        "a torch.export.ExportedProgram (wrap a function in an nn.Module) or "
+                        "an ONNX model (a .onnx path or an onnx.ModelProto)")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
@@ -77,10 +89,17 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
         warnings.warn("the model is in training mode; lego-tvm compiles it as in eval mode "
                       "(BatchNorm with its running statistics, no dropout) and leaves it as it "
                       "was: call model.eval() first to silence this", stacklevel=2)
-    program = as_program(model, example_inputs, dynamic_batch)
-    mod, report = pipeline.import_and_fuse(program, example_inputs, tvm_target, lego=fuse_lego,
-                                           weight_tolerance=lego_weight_tolerance,
-                                           layout=layout)
+    if onnx_model is not None:
+        program = None
+        mod, report = pipeline.fuse_convs(onnx_to_relax(onnx_model, example_inputs), tvm_target,
+                                          lego=fuse_lego, weight_tolerance=lego_weight_tolerance,
+                                          layout=layout)
+    else:
+        program = as_program(model, example_inputs, dynamic_batch)
+        mod, report = pipeline.import_and_fuse(program, example_inputs, tvm_target,
+                                               lego=fuse_lego,
+                                               weight_tolerance=lego_weight_tolerance,
+                                               layout=layout)
     if isinstance(model, torch.nn.Module):
         _name_layers(report, model, example_inputs)
     log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))
@@ -115,7 +134,7 @@ def compile(model, example_inputs, target=None, *, fuse_lego: bool = True,  # no
                "dtype": str(t.dtype).replace("torch.", "")} for t in example_inputs]
     device = tvm.cuda() if tvm_target.kind.name == "cuda" else tvm.cpu()
     compiled = Model(executable, inputs, report.as_dict(), str(tvm_target), device,
-                     copied_outputs, output_structure(program))
+                     copied_outputs, output_structure(program) if program else None)
     compiled.report = report
     return compiled
 
