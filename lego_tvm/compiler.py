@@ -64,7 +64,8 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
             raise ValueError("dynamic_batch=True is for PyTorch models; compile an ONNX model "
                              "for one batch size (example_inputs, or --batch)")
         onnx_model = load_onnx(model)
-        example_inputs = onnx_example_inputs(onnx_model, example_inputs)
+        if example_inputs is None:
+            example_inputs = onnx_example_inputs(onnx_model)
     elif not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
         raise TypeError(f"model is a {type(model).__name__}; compile takes a torch.nn.Module, "
                         "a torch.export.ExportedProgram (wrap a function in an nn.Module) or "

@@ -81,6 +81,8 @@ def test_onnx_errors_say_what_to_do(tmp_path, monkeypatch):
         lego_tvm.compile(str(open_batch))
     x = torch.randn(3, 8, 8, 8)
     assert_matches_torch(lego_tvm.compile(str(open_batch), (x,), tuning_logs=None), model, (x,))
+    with pytest.raises(ModelImportError, match=r"takes 1 input\(s\) \(x\), 2 example input"):
+        lego_tvm.compile(str(open_batch), (x, x))
     with pytest.raises(ValueError, match="dynamic_batch=True is for PyTorch models"):
         lego_tvm.compile(str(open_batch), (x,), dynamic_batch=True)
     real_import = builtins.__import__

@@ -13,7 +13,6 @@ the loops needs tuning again.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from tvm.target import Target
 from lego_tvm.bench.layers import BenchLayers
 from lego_tvm.nn.zoo import get_model
 from lego_tvm.op.fused_op import COMPUTE_VERSION, spec_of
-from lego_tvm.tuning.logs import DATABASE_FILES, MANIFEST, read_manifest
+from lego_tvm.tuning.logs import DATABASE_FILES, read_manifest, write_manifest
 from lego_tvm.tuning.search import kernel_tasks
 
 
@@ -64,16 +63,17 @@ def migrate(log_dir: Path) -> str:
             workload = new.commit_workload(mod)
             new.commit_tuning_record(ms.database.TuningRecord(
                 record.trace, workload, record.run_secs, record.target, record.args_info))
-            moved, kept = (moved + 1, kept) if spec is not None else (moved, kept + 1)
+            if spec is not None:
+                moved += 1
+            else:
+                kept += 1
         for name in DATABASE_FILES:
             shutil.copyfile(Path(tmp) / name, log_dir / name)
     before, manifest["compute_version"] = manifest["compute_version"], COMPUTE_VERSION
     manifest.setdefault("migrated", []).append(
         f"records moved from compute version {before} to {COMPUTE_VERSION} by tools/migrate_tuning_logs.py: {moved} fused-kernel records "
         f"moved, {kept} others kept, {dropped} dropped")
-    with open(log_dir / (MANIFEST + ".tmp"), "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(log_dir / (MANIFEST + ".tmp"), log_dir / MANIFEST)
+    write_manifest(log_dir, manifest)
     return f"{log_dir}: {moved} fused-kernel records moved, {kept} kept, {dropped} dropped"
 
 

@@ -45,18 +45,10 @@ def load_onnx(model):
                                f"{str(err).splitlines()[0] if str(err) else ''}") from None
 
 
-def example_inputs(proto, given=None, batch: int | None = None) -> tuple:
-    """Random float32 inputs shaped as the model's inputs say, or ``given`` checked against
-    them; a dimension the file leaves open must come from ``given``, or be the first (the
-    batch) with ``batch`` given."""
+def example_inputs(proto, batch: int | None = None) -> tuple:
+    """Random float32 inputs shaped as the model's inputs say; a dimension the file leaves
+    open must be the first (the batch) with ``batch`` given, or come from example inputs."""
     graph_inputs = _graph_inputs(proto)
-    if given is not None:
-        given = (given,) if isinstance(given, torch.Tensor) else tuple(given)
-        if len(given) != len(graph_inputs):
-            raise ModelImportError(f"the ONNX model takes {len(graph_inputs)} input(s) "
-                                   f"({', '.join(i.name for i in graph_inputs)}), "
-                                   f"{len(given)} example input(s) given")
-        return given
     inputs = []
     for value in graph_inputs:
         dims = [d.dim_value if d.HasField("dim_value") else None
@@ -64,8 +56,8 @@ def example_inputs(proto, given=None, batch: int | None = None) -> tuple:
         if dims and dims[0] is None and batch is not None:
             dims[0] = batch
         if None in dims:
-            dims = value.type.tensor_type.shape.dim
-            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
+            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                     for d in value.type.tensor_type.shape.dim]
             raise ModelImportError(f"ONNX input {value.name} has shape {shape}: give "
                                    "example_inputs (or --batch on the command line) to fix "
                                    "the open dimensions")
@@ -78,6 +70,10 @@ def onnx_to_relax(proto, inputs: tuple) -> tvm.IRModule:
     from tvm.relax.frontend.onnx import from_onnx
 
     graph_inputs = _graph_inputs(proto)
+    if len(inputs) != len(graph_inputs):
+        raise ModelImportError(f"the ONNX model takes {len(graph_inputs)} input(s) "
+                               f"({', '.join(i.name for i in graph_inputs)}), "
+                               f"{len(inputs)} example input(s) given")
     for value, tensor in zip(graph_inputs, inputs):
         if value.type.tensor_type.elem_type != FLOAT or tensor.dtype != torch.float32:
             raise ModelImportError(f"ONNX input {value.name} is not float32; lego-tvm compiles "

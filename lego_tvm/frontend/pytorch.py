@@ -143,17 +143,18 @@ def _check_tvm_translates_correctly(program: torch.export.ExportedProgram) -> No
     for node in program.graph.nodes:
         if node.op != "call_function":
             continue
-        if str(node.target).startswith("aten.grid_sampler"):
+        op = str(node.target)
+        if op.startswith("aten.grid_sampler"):
             raise ModelImportError(f"{node.target} (F.grid_sample): TVM 0.27 translates it "
                                    "wrongly (measured: an output of the wrong shape)")
         # aten.elu(x, alpha, scale, input_scale): TVM reads alpha only; SELU is elu with a scale.
-        if str(node.target).startswith("aten.elu") and any(
+        if op.startswith("aten.elu") and any(
                 float(v) != 1.0 for v in list(node.args[2:4]) + [
                     node.kwargs.get(k, 1.0) for k in ("scale", "input_scale")]):
             raise ModelImportError(f"{node.target} with scale or input_scale other than 1 (SELU "
                                    "decomposes to it): TVM 0.27 ignores both and would compute it "
                                    "wrongly (measured: relative error 5e-2)")
-        if str(node.target).startswith(_ANTIALIASED):
+        if op.startswith(_ANTIALIASED):
             source, result = node.args[0].meta.get("val"), node.meta.get("val")
             if source is None or result is None or any(
                     out < size for out, size in zip(result.shape[-2:], source.shape[-2:])):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import tvm
@@ -65,6 +66,14 @@ def read_manifest(log_dir: str | Path) -> dict:
     if missing:
         raise TuningLogError(f"{path} lacks {', '.join(missing)}")
     return manifest
+
+
+def write_manifest(log_dir: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` whole or not at all (a temporary file, then renamed)."""
+    tmp = log_dir / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, log_dir / MANIFEST)
 
 
 def check_log(log_dir: str | Path, target: Target) -> dict:

@@ -7,9 +7,7 @@ GPUs: the default schedule's body with sampled tile sizes).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from tvm_ffi import register_global_func
 from ..op.fused_op import SCHEDULE_RULE, spec_of
 from . import default_records
 from .logs import (MANIFEST, check_log, check_records, count_records, identity, read_manifest,
-                   target_key)
+                   target_key, write_manifest)
 
 log = logging.getLogger("lego_tvm")
 # The PrimFuncs transform/fuse_conv2d.py creates.
@@ -118,10 +116,7 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
                 "batch": batch, "trials": count_records(log_dir),
                 "date": time.strftime("%Y-%m-%d"), "lego_pass": lego, "layout": layout,
                 **device, **({"checked": checked} if checked is not None else {})}
-    tmp = log_dir / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, log_dir / MANIFEST)
+    write_manifest(log_dir, manifest)
     return manifest
 
 
