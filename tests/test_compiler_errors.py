@@ -17,7 +17,7 @@ import torch
 from tvm.target import Target
 
 import lego_tvm
-from lego_tvm.frontend.pytorch import ModelImportError
+from lego_tvm.frontend.pytorch import InputMutationWarning, ModelImportError
 from lego_tvm.runtime import ArtifactError
 from lego_tvm.support.targets import TargetError
 from lego_tvm.tuning.logs import DATABASE_FILES, MANIFEST, TuningLogError, read_manifest
@@ -68,6 +68,35 @@ def test_op_tvm_cannot_translate_is_named():
     with pytest.raises(ModelImportError, match="PyTorch frontend could not translate the "
                                                "model: .*cummax"):
         lego_tvm.compile(CumulativeMax(), X, tuning_logs=None)
+
+
+class CountsCalls(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return x * self.calls
+
+
+def test_model_updating_its_buffers_is_refused_naming_them():
+    with pytest.raises(ModelImportError, match=r"forward updates calls in place.*keeps no state"):
+        lego_tvm.compile(CountsCalls().eval(), torch.randn(1, 3, 4, 4))
+
+
+class ReluInPlace(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu_(x) * 2
+
+
+def test_model_changing_its_input_is_compiled_with_a_warning():
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.warns(InputMutationWarning, match=r"changes its input\(s\) x in place"):
+        compiled = lego_tvm.compile(ReluInPlace().eval(), x)
+    before = x.clone()
+    np.testing.assert_array_equal(compiled(x).numpy(), torch.relu(before).numpy() * 2)
+    assert torch.equal(x, before)
 
 
 def test_unknown_preset_is_refused_by_compile_before_any_work():

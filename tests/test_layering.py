@@ -16,7 +16,7 @@ SCHEDULES = pathlib.Path(lego_tvm.schedules.__file__).parent
 # Lowest first. A module may import its own layer and those before it (DEVELOPERS.md says
 # what each layer holds). "lego_tvm" is the package's lazy facade over all of them.
 LAYERS = [("support",), ("nn", "zoo"), ("frontend",), ("op",), ("recognize",), ("transform",),
-          ("schedules",), ("backend",), ("tuning",), ("runtime", "check"), ("compiler",),
+          ("schedules",), ("backend",), ("tuning",), ("runtime", "check"), ("compiler", "dynamo_backend"),
           ("bench",), ("cli", "__main__"), ("",)]
 
 

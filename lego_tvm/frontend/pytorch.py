@@ -8,6 +8,7 @@ changed by compiling it.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from contextlib import contextmanager
@@ -23,6 +24,11 @@ from ..nn.lego_conv import is_lego_module
 
 class ModelImportError(RuntimeError):
     """The model could not be traced or translated; the message says which step failed."""
+
+
+class InputMutationWarning(UserWarning):
+    """The model changes one of its inputs in place; the compiled model computes the same
+    outputs but leaves its inputs as they were."""
 
 
 @contextmanager
@@ -48,6 +54,9 @@ def export_program(model: torch.nn.Module, example_inputs: tuple, dynamic_batch:
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1)
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+        if any(p.kind == p.VAR_POSITIONAL
+               for p in inspect.signature(model.forward).parameters.values()):
+            dynamic_shapes = (dynamic_shapes,)   # forward(*inputs): one argument, a tuple
         # torch.export specializes sizes 0 and 1: trace with two images.
         example_inputs = tuple(torch.cat([t[:1], t[:1]]) for t in example_inputs)
     _check_lego_modules(model)
@@ -121,6 +130,7 @@ def to_relax(program: torch.export.ExportedProgram) -> tvm.IRModule:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             program = program.run_decompositions(_decompositions())
+        _check_mutations(program)
         _check_tvm_translates_correctly(program)
         _fold_parameter_ops(program)
         mod = from_exported_program(program, unwrap_unit_return_tuple=True,
@@ -131,6 +141,23 @@ def to_relax(program: torch.export.ExportedProgram) -> tvm.IRModule:
     except Exception as err:  # noqa: BLE001
         raise ModelImportError(f"TVM's PyTorch frontend could not translate the model: "
                                f"{type(err).__name__}: {err}") from err
+
+
+def _check_mutations(program: torch.export.ExportedProgram) -> None:
+    """A compiled model keeps no state between calls and leaves its inputs alone: refuse a
+    forward that updates buffers, warn of one that changes its inputs (functionalized
+    programs list both in their signature)."""
+    signature = program.graph_signature
+    if signature.buffers_to_mutate:
+        raise ModelImportError(
+            f"forward updates {', '.join(sorted(set(signature.buffers_to_mutate.values())))} in "
+            "place (BatchNorm in training mode, a counter, ...); a compiled model keeps no state "
+            "between calls: call model.eval(), or move the update out of the model")
+    if signature.user_inputs_to_mutate:
+        warnings.warn(f"forward changes its input(s) "
+                      f"{', '.join(sorted(set(signature.user_inputs_to_mutate.values())))} in "
+                      "place; the compiled model computes the same outputs but leaves its "
+                      "inputs as they were", InputMutationWarning, stacklevel=4)
 
 
 # TVM 0.27 translates these as plain bilinear / bicubic resizes: right when upsampling (where
@@ -260,3 +287,4 @@ def output_structure(program: torch.export.ExportedProgram):
         raise ModelImportError(f"the model returns a {spec.type.__name__}; lego-tvm returns "
                                "tensors, tuples, lists and dicts of them")
     return convert(program.call_spec.out_spec)
+
