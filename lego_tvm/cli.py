@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 DEFAULT_OUT = "lego-tvm-out"
 
@@ -59,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every pass decision")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or progress lines (results and errors only); "
+                             "without a terminal there are lines, not bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -154,10 +156,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _target(args):
     """``--target``: a preset name, ``host``, or a JSON target dict."""
     text = args.target
@@ -199,7 +197,7 @@ def _model_and_inputs(name: str, batch: int):
     return load_model(name, batch)
 
 
-def _tune(args) -> None:
+def _tune(args, progress) -> None:
     from .support.targets import resolve_target
     from .tuning.logs import default_log_dir
     from .tuning.search import tune
@@ -209,11 +207,11 @@ def _tune(args) -> None:
     target = _target(args)
     log_dir = args.log_dir or default_log_dir(name, resolve_target(target), args.batch,
                                               not args.no_lego_pass, args.layout)
-    # MetaSchedule prints its per-task progress table through Python logging.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
+    if args.verbose:    # MetaSchedule's per-task tables, through Python logging
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
     manifest = tune(model, inputs, log_dir, target=target, trials=args.trials, model_name=name,
                     lego=not args.no_lego_pass, all_kernels=args.all_kernels,
-                    remote=_remote(args), layout=args.layout)
+                    remote=_remote(args), layout=args.layout, progress=progress)
     print(f"{log_dir}: {manifest['trials']} records for {manifest['model']} "
           f"({manifest['target']}); compile applies them with --tuning-logs {log_dir}")
     if "checked" in manifest:
@@ -223,7 +221,7 @@ def _tune(args) -> None:
               "already was the default are not listed)")
 
 
-def _compile(args) -> None:
+def _compile(args, progress) -> None:
     from .check import error_against_torch
     from .compiler import compile as lego_compile
     from .support.accuracy import verdict
@@ -231,11 +229,13 @@ def _compile(args) -> None:
 
     target = _target(args)
     model, inputs, run_torch = _model_and_inputs(args.model, args.batch)
-    _progress(f"compiling {args.model} for {target or 'the host CPU'}")
     logs = "auto" if args.tuning_logs is None else args.tuning_logs
-    compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
-                            dynamic_batch=args.dynamic_batch, compute_once=args.compute_once,
-                            layout=args.layout, progress=_progress)
+    with progress.bar(None, "", "compile"):
+        progress(f"compiling {args.model} for {target or 'the host CPU'}")
+        compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
+                                dynamic_batch=args.dynamic_batch,
+                                compute_once=args.compute_once, layout=args.layout,
+                                progress=progress)
     print(compiled.report)
     elsewhere = why_not_runnable_here(parse_target(compiled.target))
     if elsewhere and not args.no_check:
@@ -265,28 +265,30 @@ def _threads(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .support.progress import Progress
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s")
     # Before anything compiles: TVM's thread pool may start during constant folding.
     threads = _threads(args)
     try:
-        _run(args, threads)
+        _run(args, threads, Progress(quiet=args.quiet))
     except _user_errors() as err:
         if args.debug:
             raise
         raise SystemExit(f"lego-tvm: {err}") from None
 
 
-def _run(args, threads: int) -> None:
+def _run(args, threads: int, progress) -> None:
     if args.command == "compile":
-        _compile(args)
+        _compile(args, progress)
     elif args.command == "tune":
-        _tune(args)
+        _tune(args, progress)
     elif args.command == "bench" and (remote := _remote(args)) is not None:
         from .bench.run import run_remote_bench
         paths = run_remote_bench(args.models, _target(args), remote, args.tuning_logs,
-                                 args.repeat, args.out_dir, progress=_progress)
+                                 args.repeat, args.out_dir, progress=progress)
         _wrote(paths)
     elif args.command == "bench" and _is_gpu(_target(args)):
         from .bench.gpu import bench_gpu
@@ -298,13 +300,13 @@ def _run(args, threads: int) -> None:
                          args.out_dir, use_torch_compile=not args.no_torch_compile,
                          target=_target(args), stages=args.stages, kernels=args.kernels,
                          throughput=args.throughput,
-                         progress=_progress,
+                         progress=progress,
                          scaling=(args.scaling_model, args.scaling_batches) if args.scaling
                          else None))
     elif args.command == "demo":
         from .bench.run import run_bench
         _wrote(run_bench(["lego_vgg16"], False, args.repeat, 5, threads, args.out_dir,
-                         use_torch_compile=False, show_report=True, progress=_progress))
+                         use_torch_compile=False, show_report=True, progress=progress))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

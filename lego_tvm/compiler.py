@@ -53,7 +53,8 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
     cannot be used). ``layout``: ``"NCHW"`` (the default) or ``"NCHWc"``: chains of fused
     kernels hand each other NCHW[x]c tensors (x = SIMD lanes; CPU targets; see
     ``transform.blocked_layout``; the shipped tuning logs are for NCHW kernels).
-    ``progress``: called with a line of text as the "auto" timing goes.
+    ``progress``: called with a line of text at each phase (import, scheduling and
+    building, each kernel timed for ``compute_once="auto"``).
 
     The returned model is called with numpy arrays or torch tensors; ``.report`` says which
     Lego layers were fused and why others were not; ``.export(path)`` writes a library.
@@ -90,6 +91,8 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         warnings.warn("the model is in training mode; lego-tvm compiles it as in eval mode "
                       "(BatchNorm with its running statistics, no dropout) and leaves it as it "
                       "was: call model.eval() first to silence this", stacklevel=2)
+    say = progress or (lambda _line: None)
+    say("importing the model and fusing Lego layers")
     if onnx_model is not None:
         program = None
         mod, report = pipeline.fuse_convs(onnx_to_relax(onnx_model, example_inputs), tvm_target,
@@ -111,6 +114,8 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         database = open_database(dirs, tvm_target, strict=True)
     else:
         database = None
+    say(f"fused {len(report.layers)} Lego layers; scheduling and building for "
+        f"{tvm_target.kind.name}")
     tvm_only, copied_outputs = mod, pipeline.outputs_not_computed(mod)
     mod, report.compute_once = compute_once_backends.choose(mod, tvm_target, compute_once,
                                                             database, progress)

@@ -82,7 +82,8 @@ def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
     overhead = results["overhead_us"]
     assert set(overhead) == {"torch", "lego_tvm_torch", "lego_tvm_numpy", "vm"}
     assert 0 < overhead["vm"] < overhead["lego_tvm_numpy"]   # the wrapper costs something
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "bench: 3/3 benchmarks" in err          # the model, the scaling run, the overhead
     assert "| lego_vgg16 | 2 | 2 |" in out and "oneDNN maps where faster" in out
     assert "lego-tvm's call costs" in out
     assert "OpenVINO fp32, dense-folded" in out and "lego-tvm vs fastest fp32 other" in out

@@ -1,5 +1,6 @@
 """MetaSchedule tuning of the fused operator: records, resuming, applying, refusing bad logs."""
 import json
+import re
 import shutil
 
 import pytest
@@ -23,8 +24,20 @@ def tuned(tmp_path_factory):
                                 torch.nn.ReLU()).eval()
     x = torch.randn(1, 16, 14, 14)
     log_dir = tmp_path_factory.mktemp("log")
-    manifest = lego_tvm.tune(model, (x,), log_dir, trials=6, model_name="tiny", seed=0)
+    lines = []
+    manifest = lego_tvm.tune(model, (x,), log_dir, trials=6, model_name="tiny", seed=0,
+                             progress=lines.append)
+    manifest["progress_lines"] = lines      # (not on disk) for the progress test
     return model, x, log_dir, manifest
+
+
+def test_tuning_reports_trials_kernels_and_best_time(tuned):
+    lines = tuned[3]["progress_lines"]
+    assert lines[0] == "tuning: timing the default schedule of 1 kernels"
+    final = [line for line in lines if line.startswith("tuning: 6/6 trials")]
+    assert len(final) == 1, lines
+    assert re.search(r"kernels finished [01]/1; fused_lego_conv2d\w*: best \d+\.\d{3} ms",
+                     final[0]), final[0]
 
 
 def test_tuning_writes_records_and_a_manifest(tuned):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from ..support.progress import as_progress
 from ..support.targets import resolve_target
 from ..support.threads import set_threads
 from ..support.timing import ROUNDS
@@ -16,7 +17,7 @@ from .overhead import bench_overhead, format_overhead_table
 from .peak import fma_peak_gflops
 from .remote import bench_model_remote
 from .scaling import THREADS, bench_scaling, format_scaling_table
-from .stages import bench_stages, format_stage_table
+from .stages import format_stage_table, profile_layer
 from .throughput import bench_throughput, format_throughput_table
 
 
@@ -29,28 +30,35 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     tables and write them (JSON, markdown, PNG) to ``out_dir``; returns the written paths."""
     set_threads(threads)
     info = machine(threads)
-    model_results = [bench_model(m, repeat=repeat, warmup=warmup, progress=progress,
-                                 use_torch_compile=use_torch_compile, target=target,
-                                 show=print if show_report else None) for m in models]
-    layer_results = [bench_layer(case, repeat, warmup, use_torch_compile, progress)
-                     for case in LAYERS] if layers else []
-    scaling_results = []
-    if scaling:
-        scaling_results = bench_scaling(scaling[0], scaling[1], sorted({1, threads, *THREADS}),
-                                        repeat, warmup, progress)
-    stage_results = []
-    if stages:
-        stage_results = bench_stages(resolve_target(target), threads, progress=progress)
-    throughput_results = []
-    if throughput:
-        throughput_results = [row for m in models
-                              for row in bench_throughput(m, progress=progress)]
-    # Always: a few seconds, and the number a user calling small models cares about.
-    overhead = bench_overhead(progress)
-    kernel_results = {}
-    if kernels:
-        kernel_results = {m: profile_kernels(m, resolve_target(target), progress)
-                          for m in models}
+    progress = as_progress(progress)
+    stage_cases = list(LAYERS) if stages else []
+    items = (len(models) + len(LAYERS) * layers + bool(scaling) + len(stage_cases)
+             + len(models) * throughput + 1 + len(models) * kernels)
+    with progress.bar(items, "benchmarks", "bench") as bar:
+        def each(things, run) -> list:
+            done = []
+            for thing in things:
+                done.append(run(thing))
+                bar.update(1)
+            return done
+
+        model_results = each(models, lambda m: bench_model(
+            m, repeat=repeat, warmup=warmup, progress=progress,
+            use_torch_compile=use_torch_compile, target=target,
+            show=print if show_report else None))
+        layer_results = each(LAYERS if layers else [], lambda case: bench_layer(
+            case, repeat, warmup, use_torch_compile, progress))
+        scaling_results = each([scaling] if scaling else [], lambda s: bench_scaling(
+            s[0], s[1], sorted({1, threads, *THREADS}), repeat, warmup, progress))
+        scaling_results = scaling_results[0] if scaling_results else []
+        stage_results = each(stage_cases, lambda case: profile_layer(
+            case, resolve_target(target), threads, progress=progress))
+        throughput_results = [row for rows in each(models if throughput else [], lambda m: (
+            bench_throughput(m, progress=progress))) for row in rows]
+        # Always: a few seconds, and the number a user calling small models cares about.
+        overhead = each([None], lambda _: bench_overhead(progress))[0]
+        kernel_results = dict(zip(models, each(models if kernels else [], lambda m: (
+            profile_kernels(m, resolve_target(target), progress))))) if kernels else {}
     # The machine is shared and its clock varies: the peak is the best of a measurement
     # before and one after the benchmarks.
     peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]

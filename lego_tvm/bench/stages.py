@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .layers import LAYERS, LayerCase
+from .layers import LayerCase
 
 FEW_OUTPUTS = 8
 
@@ -97,11 +97,6 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
                 "register_tile": f"{config.reg_filters} blocks x {config.reg_rows}x"
                                  f"{config.reg_cols} pixels",
                 "fuse_stages": config.fuse_stages}}
-
-
-def bench_stages(target, threads: int, rounds: int = 15, cases=LAYERS,
-                 progress: Callable[[str], None] = print) -> list[dict]:
-    return [profile_layer(case, target, threads, rounds, progress) for case in cases]
 
 
 def format_stage_table(results: list[dict], peak: float | None) -> str:

@@ -15,6 +15,7 @@ from tvm.target import Target
 from tvm_ffi import register_global_func
 
 from ..op.fused_op import SCHEDULE_RULE, spec_of
+from ..support.progress import Progress, as_progress
 from . import default_records
 from .logs import (MANIFEST, check_log, check_records, count_records, identity, read_manifest,
                    target_key, write_manifest)
@@ -42,7 +43,8 @@ def _tunable_lego_rule_cuda(sch, _block):
 
 def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 64,
          model_name: str | None = None, lego: bool = True, seed: int | None = None,
-         all_kernels: bool = False, remote=None, layout: str = "NCHW") -> dict:
+         all_kernels: bool = False, remote=None, layout: str = "NCHW",
+         progress="default") -> dict:
     """Tune ``model`` with MetaSchedule + XGBoost and write the log to ``log_dir``.
 
     ``remote``: a ``lego_tvm.remote.Remote`` (an RPC tracker + device key, or an RPC
@@ -56,7 +58,10 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     an interrupted run keeps every record it finished. Before the search each fused kernel's
     default schedule is timed and committed as a record (on top of ``trials``); after it,
     on this CPU, each kernel's best record is checked against the default
-    (``default_records.py``; the manifest's ``checked``). Returns the manifest.
+    (``default_records.py``; the manifest's ``checked``). ``progress``: a
+    ``support.progress.Progress`` (the default shows a bar on a terminal, lines elsewhere:
+    trials done out of the budget, kernels finished, best time, time left), a callable
+    taking lines, or ``None`` (quiet). Returns the manifest.
     """
     import torch
 
@@ -101,7 +106,8 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     if tasks:
         # Inside the target's scope: the custom rule reads the core count from it.
         with tvm_target:
-            database = _tune_tasks(tasks, log_dir, remaining, seed, cc, remote, tvm_target)
+            database = _tune_tasks(tasks, log_dir, remaining, seed, cc, remote, tvm_target,
+                                   Progress() if progress == "default" else as_progress(progress))
             # Defaults are seeded everywhere, but checked only where this CPU runs the
             # target's code; again only when records were added.
             if remote is None and tvm_target.kind.name == "llvm" and (
@@ -135,7 +141,7 @@ def kernel_tasks(model, example_inputs, target: Target, lego: bool = True,
 
 
 def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
-                remote, target: Target):
+                remote, target: Target, progress: Progress):
     """``tune_relax`` minus its own task extraction (minutes for ResNet-50), on ``tasks``,
     after seeding the default schedules (``default_records.py``). Returns the database."""
     # MetaSchedule's logging setup reads every handler's name from its logger and fails on
@@ -145,14 +151,14 @@ def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | N
     for handler in unnamed:
         ms_logger.removeHandler(handler)
     try:
-        return _run_tuning(tasks, log_dir, trials, seed, cc, remote, target)
+        return _run_tuning(tasks, log_dir, trials, seed, cc, remote, target, progress)
     finally:
         for handler in unnamed:
             ms_logger.addHandler(handler)
 
 
 def _run_tuning(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
-                remote, target: Target):
+                remote, target: Target, progress: Progress):
     from functools import partial
 
     from tvm.s_tir import meta_schedule as ms
@@ -166,16 +172,49 @@ def _run_tuning(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | N
         timeout_sec=120)
     runner = remote.runner() if remote is not None else \
         ms.runner.LocalRunner(f_alloc_argument=measure.alloc_arguments, timeout_sec=60)
+    progress(f"tuning: timing the default schedule of {len(tasks)} kernels")
     default_records.seed(tasks, database, builder, runner, target)
     if trials > 0:
         contexts, weights = extracted_tasks_to_tune_contexts(
             extracted_tasks=tasks, work_dir=str(log_dir), space="post-order-apply",
             strategy="evolutionary", seed=seed)
-        ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(log_dir),
-            max_trials_global=trials,
-            # Small rounds so that every kernel gets trials before the budget runs out.
-            num_trials_per_iter=max(2, min(16, trials // len(tasks))),
-            builder=builder, runner=runner, database=database,
-            cost_model=ms.cost_model.XGBModel(num_warmup_samples=min(16, max(1, trials // 4))))
+        with progress.bar(trials, "trials", "tuning") as bar:
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(log_dir),
+                max_trials_global=trials,
+                # Small rounds so that every kernel gets trials before the budget runs out.
+                num_trials_per_iter=max(2, min(16, trials // len(tasks))),
+                builder=builder, runner=runner, database=database,
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                   tuning_progress(bar)],
+                cost_model=ms.cost_model.XGBModel(
+                    num_warmup_samples=min(16, max(1, trials // 4))))
     return database
+
+
+def tuning_progress(bar):
+    """A MetaSchedule measure callback that advances ``bar`` by each round's trials and
+    shows the kernels finished and the best time of the kernel just measured."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class TuningProgress(PyMeasureCallback):
+        def __init__(self):
+            self.best: dict[int, float] = {}
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            times = [sum(map(float, r.run_secs)) / len(r.run_secs) for r in runner_results
+                     if r.error_msg is None and r.run_secs]
+            if times:
+                self.best[task_id] = min(self.best.get(task_id, float("inf")), *times)
+            tasks = task_scheduler.tasks_
+            finished = sum(bool(t.is_terminated) for t in tasks)
+            best = self.best.get(task_id)
+            name = tasks[task_id].ctx.task_name
+            bar.set_postfix_str(f"kernels finished {finished}/{len(tasks)}; {name}: best "
+                                + (f"{best * 1e3:.3f} ms" if best is not None else "none yet"))
+            bar.update(len(measure_candidates))
+
+    return TuningProgress()
