@@ -94,9 +94,13 @@ class _CannotCompile(Exception):
 
 
 def _eager(gm, record: GraphReport, reason: str):
+    _note_eager(record, reason)
+    return gm.forward
+
+
+def _note_eager(record: GraphReport, reason: str) -> None:
     record.eager_reason = reason
     log.warning("lego-tvm: graph %d (%d ops) runs eagerly: %s", record.index, record.ops, reason)
-    return gm.forward
 
 
 class _CompiledGraph:
@@ -139,9 +143,8 @@ class _CompiledGraph:
                     if isinstance(size, torch.SymInt)}
         if not symbolic:
             return True          # static shapes: one model (batch symbolic if asked)
-        if (self.dynamic_batch is None or self.dynamic_batch) and {d for _, d in symbolic} == {0} \
-                and len(symbolic) == len(self.inputs) and len(set(symbolic.values())) == 1 \
-                and len(self.size_dims) == len(self.sizes):
+        if {d for _, d in symbolic} == {0} and len(symbolic) == len(self.inputs) \
+                and len(set(symbolic.values())) == 1 and len(self.size_dims) == len(self.sizes):
             self.dynamic_batch = True
             return True
         return False
@@ -216,9 +219,8 @@ class _CompiledGraph:
             return model
 
     def _give_up(self, reason: str) -> None:
-        self.eager_reason = self.record.eager_reason = reason
-        log.warning("lego-tvm: graph %d (%d ops) runs eagerly: %s", self.record.index,
-                    self.record.ops, reason)
+        self.eager_reason = reason
+        _note_eager(self.record, reason)
 
 
 def _size_dims(placeholders, inputs: list, sizes: list) -> dict:

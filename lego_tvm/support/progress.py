@@ -8,6 +8,7 @@ its total; ``quiet`` prints nothing.
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 
 
@@ -74,6 +75,7 @@ class _LineBar(_NoBar):
     def __init__(self, total, unit: str, what: str, progress: Progress):
         self.total, self.unit, self.what, self.progress = total, unit, what, progress
         self.n, self.postfix, self._printed = 0, "", 0
+        self.start = time.monotonic()
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -82,8 +84,15 @@ class _LineBar(_NoBar):
                                                         and self._printed < self.total):
             self._printed = self.n
             of = f"/{self.total}" if self.total else ""
+            spent = time.monotonic() - self.start
+            left = (f", about {_duration(spent / self.n * (self.total - self.n))} left"
+                    if self.total and self.n < self.total else "")
             self.progress(f"{self.what}: {self.n}{of} {self.unit}"
-                          + (f", {self.postfix}" if self.postfix else ""))
+                          + (f", {self.postfix}" if self.postfix else "") + left)
 
     def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
         self.postfix = text
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
