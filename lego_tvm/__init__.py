@@ -1,7 +1,8 @@
 """lego-tvm: compile LegoNet models with Apache TVM.
 
 ``lego_tvm.compile(model, example_inputs, target=None)`` is the one call to learn;
-``lego_tvm.load(path)`` loads an exported model with the TVM runtime alone.
+``lego_tvm.load(path)`` loads an exported model with the TVM runtime alone;
+``lego_tvm.estimate(model, inputs, target)`` estimates a CPU target's speed without it.
 Attributes are imported lazily so that ``load`` never pulls in PyTorch.
 """
 from importlib import import_module
@@ -23,6 +24,7 @@ _LAZY = {
     "fold_lego_to_dense": "nn.fold",
     "FuseLegoConv2d": "transform.fuse_conv2d",
     "tune": "tuning.search",
+    "estimate": "bench.estimate",
 }
 __all__ = sorted(_LAZY)
 __version__ = "0.1.0"

@@ -143,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
             ("--kernels", "time every kernel of each model alone: where the model's time goes, "
                           "with each fused kernel's share of the FMA peak")):
         bench.add_argument(flag, action="store_true", help="also " + text)
+    bench.add_argument("--estimate", nargs="*", metavar="TARGET", default=None,
+                       help="also estimate the models on these CPU targets without running "
+                            "them (default: arm-cortex-a72 arm-cortex-a76 arm-neoverse-n1): "
+                            "llvm-mca 19+'s pipeline model of each fused kernel's hot loop, "
+                            "calibrated by the stage table on this machine")
     bench.add_argument("--scaling-model", default="lego_resnet50")
     bench.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 8, 32])
     bench.add_argument("--repeat", type=int, default=30)
@@ -299,7 +304,7 @@ def _run(args, threads: int, progress) -> None:
         _wrote(run_bench(args.models, not args.no_layers, args.repeat, args.warmup, threads,
                          args.out_dir, use_torch_compile=not args.no_torch_compile,
                          target=_target(args), stages=args.stages, kernels=args.kernels,
-                         throughput=args.throughput,
+                         throughput=args.throughput, estimate=_estimate_targets(args),
                          progress=progress,
                          scaling=(args.scaling_model, args.scaling_batches) if args.scaling
                          else None))
@@ -309,9 +314,18 @@ def _run(args, threads: int, progress) -> None:
                          use_torch_compile=False, show_report=True, progress=progress))
 
 
+def _estimate_targets(args) -> list[str] | None:
+    from .bench.estimate import DEFAULT_TARGETS
+
+    if args.estimate is None:
+        return None
+    return list(args.estimate or DEFAULT_TARGETS)
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that name a problem with the user's input: printed as one line, no traceback."""
     from .backend.onednn import OneDNNUnavailable
+    from .bench.estimate import EstimateUnavailable
     from .frontend.pytorch import ModelImportError
     from .runtime import ArtifactError, InputError
     from .support.targets import TargetError, ToolchainError
@@ -319,7 +333,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .tuning.remote import RemoteError
 
     return (ModelImportError, OneDNNUnavailable, InputError, ArtifactError, TargetError,
-            ToolchainError, TuningLogError, RemoteError, OSError)
+            ToolchainError, TuningLogError, RemoteError, EstimateUnavailable, OSError)
 
 
 def _is_gpu(target) -> bool:

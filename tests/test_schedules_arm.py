@@ -128,3 +128,18 @@ def test_cli_cross_compiles_a_zoo_model_to_an_aarch64_library(tmp_path, capsys):
         header = f.read(20)
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
     assert os.path.exists(output + ".json")
+
+
+def test_cortex_a76_code_is_scheduled_with_the_neoverse_n1_model():
+    """LLVM's own A76 entry schedules with the Cortex-A57 model (half the A76's FMA pipes),
+    and register-tiled kernels spill; the N1 has the A76's instruction set."""
+    from lego_tvm.support.targets import codegen_target, resolve_target
+
+    a76 = resolve_target("arm-cortex-a76")
+    built_as = codegen_target(a76)
+    assert built_as.attrs["mcpu"] == "neoverse-n1"
+    assert built_as.attrs["mtriple"] == a76.attrs["mtriple"]
+    assert int(built_as.attrs["num-cores"]) == int(a76.attrs["num-cores"])
+    for name in ("arm-cortex-a72", "arm-neoverse-n1", None):
+        assert codegen_target(resolve_target(name)) == resolve_target(name) or \
+            str(codegen_target(resolve_target(name))) == str(resolve_target(name))

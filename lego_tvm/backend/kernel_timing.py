@@ -16,6 +16,7 @@ from tvm import tirx
 from tvm.target import Target
 
 from ..op.fused_op import LegoConvSpec, pack_bank
+from ..support.targets import codegen_target
 
 
 def random_inputs(spec: LegoConvSpec, rng) -> dict[str, np.ndarray]:
@@ -51,7 +52,7 @@ def build_alone(func: tirx.PrimFunc, target: Target, database=None):
 
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     mod, tuned, _ = pipeline.schedule(mod, target, database)
-    return tvm.compile(mod, target=target).mod, bool(tuned)
+    return tvm.compile(mod, target=codegen_target(target)).mod, bool(tuned)
 
 
 def fused_kernel_run(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database=None

@@ -18,6 +18,7 @@ from ..schedules.cpu_generic import ParallelInjective, TiledReduction
 from ..schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
 from ..schedules.lego_cpu import FusedLegoRule
 from ..schedules.simd import simd_profile
+from ..support.targets import codegen_target
 from ..support.tvm_compat import Constant
 from ..transform.blocked_layout import LAYOUTS, PropagateBlockedLayout
 from ..transform.fuse_conv2d import FuseDenseConv2d, FuseLegoConv2d
@@ -191,7 +192,7 @@ def build(mod: tvm.IRModule, target: Target):
     with target:
         tail = tvm.transform.Sequential(_backend(target).dataflow_lower_passes(target)
                                         + _backend(target).finalize_passes(target))
-        return tvm.compile(mod, target=target, relax_pipeline=tail)
+        return tvm.compile(mod, target=codegen_target(target), relax_pipeline=tail)
 
 
 def schedule_and_build(lowered: tvm.IRModule, target: Target, database=None

@@ -17,14 +17,16 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
                   stages: list[dict] | None = None,
                   kernels: dict[str, list[dict]] | None = None,
                   throughput: list[dict] | None = None,
-                  overhead: dict | None = None) -> dict[str, str]:
+                  overhead: dict | None = None,
+                  estimates: list[dict] | None = None) -> dict[str, str]:
     """``bench.json`` (everything), ``bench.md`` (the tables) and ``bench.png`` (charts)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"bench.{ext}") for ext in ("json", "md", "png")}
     with open(paths["json"], "w") as f:
         json.dump({"machine": info, "models": models, "layers": layers,
                    "scaling": scaling or [], "stages": stages or [], "kernels": kernels or {},
-                   "throughput": throughput or [], "overhead_us": overhead or {}},
+                   "throughput": throughput or [], "overhead_us": overhead or {},
+                   "estimates": estimates or []},
                   f, indent=1)
     with open(paths["md"], "w") as f:
         f.write(markdown + "\n")

@@ -9,6 +9,7 @@ from ..support.progress import as_progress
 from ..support.targets import resolve_target
 from ..support.threads import set_threads
 from ..support.timing import ROUNDS
+from .estimate import bench_estimates, find_llvm_mca, format_estimate_table
 from .kernels import format_kernel_table, profile_kernels
 from .layers import LAYERS, bench_layer, format_layer_table
 from .models import bench_model, format_model_table, machine
@@ -25,15 +26,21 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
               out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
               target=None, scaling: tuple[str, list[int]] | None = None,
               stages: bool = False, kernels: bool = False, throughput: bool = False,
+              estimate: list[str] | None = None,
               progress: Callable[[str], None] = print) -> dict:
     """Run the chosen benchmarks with ``threads`` threads in PyTorch and TVM, print their
-    tables and write them (JSON, markdown, PNG) to ``out_dir``; returns the written paths."""
+    tables and write them (JSON, markdown, PNG) to ``out_dir``; returns the written paths.
+
+    ``estimate``: CPU targets to estimate the models on (``bench/estimate.py``); it also
+    runs the stage table, whose compute-once column it calibrates on this machine."""
     set_threads(threads)
     info = machine(threads)
     progress = as_progress(progress)
-    stage_cases = list(LAYERS) if stages else []
+    mca = find_llvm_mca() if estimate else None     # says how to install it, before any work
+    stage_cases = list(LAYERS) if stages or estimate else []
     items = (len(models) + len(LAYERS) * layers + bool(scaling) + len(stage_cases)
-             + len(models) * throughput + 1 + len(models) * kernels)
+             + len(models) * throughput + 1 + len(models) * kernels
+             + len(models) * bool(estimate))
     with progress.bar(items, "benchmarks", "bench") as bar:
         def each(things, run) -> list:
             done = []
@@ -52,17 +59,20 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
             s[0], s[1], sorted({1, threads, *THREADS}), repeat, warmup, progress))
         scaling_results = scaling_results[0] if scaling_results else []
         stage_results = each(stage_cases, lambda case: profile_layer(
-            case, resolve_target(target), threads, progress=progress))
+            case, resolve_target(target), threads, progress=progress, llvm_mca=mca))
         throughput_results = [row for rows in each(models if throughput else [], lambda m: (
             bench_throughput(m, progress=progress))) for row in rows]
         # Always: a few seconds, and the number a user calling small models cares about.
         overhead = each([None], lambda _: bench_overhead(progress))[0]
         kernel_results = dict(zip(models, each(models if kernels else [], lambda m: (
             profile_kernels(m, resolve_target(target), progress))))) if kernels else {}
-    # The machine is shared and its clock varies: the peak is the best of a measurement
-    # before and one after the benchmarks.
-    peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]
-    peak = info["fma_peak_gflops"] = max(peaks) if peaks else None
+        # The machine is shared and its clock varies: the peak is the best of a measurement
+        # before and one after the benchmarks.
+        peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]
+        peak = info["fma_peak_gflops"] = max(peaks) if peaks else None
+        estimate_results = [row for rows in each(models if estimate else [], lambda m: (
+            bench_estimates([m], estimate, model_results, peak, progress=progress)))
+            for row in rows]
     header = (f"machine: {info['cpu']} ({info['target']}); TVM threads {info['tvm_threads']}, "
               f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
               f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; each competitor the best of "
@@ -80,6 +90,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     if throughput_results:
         sections.append(format_throughput_table(throughput_results))
     sections.append(format_overhead_table(overhead))
+    if estimate_results:
+        sections.append(format_estimate_table(estimate_results))
     for m, rows in kernel_results.items():
         model_ms = next((r["median_ms"].get("lego_tvm") for r in model_results
                          if r["model"] == m), None)
@@ -87,7 +99,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     markdown = "\n\n".join(sections)
     print("\n" + markdown)
     paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results,
-                          stage_results, kernel_results, throughput_results, overhead)
+                          stage_results, kernel_results, throughput_results, overhead,
+                          estimate_results)
     return paths
 
 

@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..support.targets import target_arch
+from .estimate import LABEL, assembly, core_of, estimate_kernel
 from .layers import LayerCase
 
 FEW_OUTPUTS = 8
@@ -48,9 +50,11 @@ def _variant_specs(spec) -> dict:
 
 
 def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
-                  progress: Callable[[str], None] = print) -> dict:
+                  progress: Callable[[str], None] = print, llvm_mca: str | None = None) -> dict:
     """Stage times (ms, medians over ``rounds`` rounds that time every variant once) of
-    ``case`` on ``threads`` threads."""
+    ``case`` on ``threads`` threads. With ``llvm_mca`` (``estimate.find_llvm_mca()``), also
+    the static estimate of the kernel's hot loop: the calibration of the estimate, measured
+    and estimated side by side."""
     import tvm
 
     from ..backend.kernel_timing import build_alone, kernel_arguments
@@ -64,12 +68,15 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
     config = default_config(spec, num_cores(target), simd_profile(target))
     progress(f"[stages {case.name}] building the kernel and its variants")
     rng = np.random.default_rng(0)
-    timers = {}
+    timers, estimated = {}, None
     for name, variant in _variant_specs(spec).items():
         if name == "one_thread":     # the full kernel again, on one thread
             timers[name] = timers["full"]
             continue
         module, _ = build_alone(lego_conv2d_prim_func(variant), target)
+        if name == "full" and llvm_mca:
+            estimated = estimate_kernel(llvm_mca, assembly(module), "main", target_arch(target),
+                                        core_of(target).mca_cpu)
         arguments = [tvm.runtime.tensor(a) for a in kernel_arguments(variant, rng)]
         timers[name] = (module.time_evaluator("main", tvm.cpu(), number=3, repeat=1), arguments)
     progress(f"[stages {case.name}] timing {len(timers)} variants x {rounds} rounds")
@@ -92,6 +99,7 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
             "stages_ms": {"padding": pad, "compute_once": once, "gather_sum": gather},
             "compute_once_gflops": once_flops / once / 1e6 if once > 0 else None,
             "parallel_efficiency": ms["one_thread"] / (threads * ms["full"]),
+            **({"compute_once_estimated": estimated.as_dict()} if estimated else {}),
             "schedule": {"tile_rows": config.tile_rows, "tasks": (
                 spec.out_height // config.tile_rows if config.fuse_stages else None),
                 "register_tile": f"{config.reg_filters} blocks x {config.reg_rows}x"
@@ -100,13 +108,20 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
 
 
 def format_stage_table(results: list[dict], peak: float | None) -> str:
+    estimated = any("compute_once_estimated" in r for r in results)
     lines = ["| layer | kernel | padding | compute-once | gather-sum | compute-once GFLOP/s "
-             "| % of peak | 1 thread | parallel efficiency | schedule |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| % of peak | " + (f"% of peak, {LABEL} | " if estimated else "")
+             + "1 thread | parallel efficiency | schedule |",
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if estimated else "")
+             + "---:|---:|---|"]
     for r in results:
         ms, st, sched = r["median_ms"], r["stages_ms"], r["schedule"]
         gflops = r["compute_once_gflops"]
         share = f"{100 * gflops / peak:.0f}%" if gflops and peak else "-"
+        if estimated:
+            loop = r.get("compute_once_estimated")
+            share += (f" | {loop['efficiency']:.0%} ({loop['spills']} spills)" if loop
+                      else " | -")
         lines.append(
             f"| {r['layer']} | {ms['full']:.2f} ms | {st['padding']:.2f} | "
             f"{st['compute_once']:.2f} | {st['gather_sum']:.2f} | "

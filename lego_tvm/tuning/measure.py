@@ -14,6 +14,8 @@ import tempfile
 import numpy as np
 import tvm
 
+from ..support.targets import codegen_target
+
 
 def build(mod, target, _params=None):
     """MetaSchedule's default build, minus the tensor-intrinsics import."""
@@ -21,7 +23,7 @@ def build(mod, target, _params=None):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
+    return tvm_build(mod, target=codegen_target(target))
 
 
 def alloc_arguments(device, args_info, alloc_repeat):
