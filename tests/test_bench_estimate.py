@@ -51,6 +51,19 @@ def test_the_innermost_loop_with_the_most_fmas_is_cut_out():
     assert fmas == 2 and len(body) == 7 and body[0].startswith("\tvbroadcastss")
 
 
+def test_the_gather_loop_is_not_taken_for_the_compute_once_tile():
+    """A 1x1 Lego kernel: a small compute-once tile, then a long gather-sum loop with more
+    FMAs in all but far more loads."""
+    gather = "".join(f"\tldr q{i % 8}, [x2, #{16 * i}]\n\tldr s9, [x3, #{4 * i}]\n"
+                     + ("\tfmla v10.4s, v1.4s, v9.s[0]\n" if i % 4 == 0 else "")
+                     for i in range(24))
+    code = ("k:\n.LBB0_1:\n\tfmla v1.4s, v0.4s, v2.s[0]\n\tfmla v3.4s, v0.4s, v2.s[1]\n"
+            "\tfmla v4.4s, v0.4s, v2.s[2]\n\tldr q0, [x1], #16\n\tb.ne .LBB0_1\n"
+            f".LBB0_2:\n{gather}\tb.ne .LBB0_2\n")
+    body, fmas = hot_loop(code, "aarch64")
+    assert fmas == 3 and body[-1] == "\tb.ne .LBB0_1"
+
+
 def test_a_loop_estimate_counts_fmas_loads_and_spills():
     mca = est.find_llvm_mca()
     arm = est.estimate_kernel(mca, {"fused_lego_conv2d_compute_": ARM_LOOPS},

@@ -124,7 +124,8 @@ def assembly(runtime_module) -> dict[str, str]:
 
 
 def hot_loop(assembly: str, arch: str) -> tuple[list[str], int]:
-    """The innermost loop with the most vector FMAs, as instruction lines, and that count."""
+    """The kernel's hot loop, as instruction lines, and its vector FMA count: of the
+    innermost loops with at least a quarter of the most FMAs any has, the densest in FMAs."""
     comment = "//" if arch == "aarch64" else "#"      # on aarch64 "#" starts an immediate
     lines = [line.split(comment)[0].rstrip() for line in assembly.splitlines()]
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
@@ -137,9 +138,13 @@ def hot_loop(assembly: str, arch: str) -> tuple[list[str], int]:
     def fmas(loop):
         return sum(bool(fma.search(line)) for line in lines[loop[0]:loop[1] + 1])
 
-    best = max(innermost, key=fmas, default=None)
-    if best is None or fmas(best) == 0:
+    most = max(map(fmas, innermost), default=0)
+    if most == 0:
         return [], 0
+    # The compute-once register tile: of the loops with a fair share of the FMAs, the one
+    # densest in them (a gather-sum loop has more loads than FMAs, and is not it).
+    best = max((loop for loop in innermost if 4 * fmas(loop) >= most),
+               key=lambda loop: fmas(loop) / (loop[1] - loop[0] + 1))
     body = [line for line in lines[best[0]:best[1] + 1]
             if line.strip() and not line.lstrip().startswith(".") and not _LABEL.match(line)]
     return body, fmas(best)
