@@ -15,4 +15,12 @@ from __future__ import annotations
 
 from .vector_unit import SimdProfile
 
-NEON = SimdProfile("neon", lanes=4, accumulators=24, lego_tile_bytes=64 * 1024)
+# Channels innermost: with the 9 taps innermost (unrolled), LLVM's schedules for these cores
+# keep several taps' inputs and weights live and spill: llvm-mca 19 estimates 128ch 28x28 on
+# a 16-core Neoverse N1 (stage by stage) at 68% of the FMA peak with 58 vector spills per
+# iteration, 256->512 at 7x7 at 57% with 68. Channels innermost: no spills, 93-99%
+# (``lego-tvm bench --estimate``, docs/estimate.md).
+# At most 4 filter blocks in the register tile: 8 blocks x 2 pixels (1x1, 14x14) ran at
+# 82-87% where 2 blocks x 7 pixels ran at 98% (estimated, Cortex-A76).
+NEON = SimdProfile("neon", lanes=4, accumulators=24, lego_tile_bytes=64 * 1024,
+                   max_filter_blocks=4, channels_innermost=True)

@@ -46,6 +46,7 @@ class LegoCpuConfig:
     reg_cols: int         # filters each
     fuse_stages: bool     # compute the Lego tile inside each task (else stage by stage)
     reg_filters: int = 1
+    channels_innermost: bool = False   # the reduction's order (see SimdProfile)
 
 
 def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
@@ -67,7 +68,8 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
         tasks[t] / (cores * -(-tasks[t] // cores)), t))
     rows = tile_rows if fuse_stages else s.out_height
     reg_filters, reg_rows, reg_cols = register_tile(s, rows, simd)
-    return LegoCpuConfig(tile_rows, reg_rows, reg_cols, fuse_stages, reg_filters)
+    return LegoCpuConfig(tile_rows, reg_rows, reg_cols, fuse_stages, reg_filters,
+                         simd.channels_innermost)
 
 
 def register_tile(spec: LegoConvSpec, rows: int, simd: SimdProfile) -> tuple[int, int, int]:
@@ -120,8 +122,17 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig | FlatLegoCon
         filt, *filt_i = sch.split(filt, [None, config.reg_filters])
     row_o, row_i = sch.split(lrow, [None, config.reg_rows])
     col_o, col_i = sch.split(lcol, [None, config.reg_cols])
-    sch.reorder(split, filt, row_o, col_o, *lego_loops[-reduction:], *filt_i, row_i, col_i,
-                lanes)
+    reduce = lego_loops[-reduction:]           # channels (blocks, lanes), then the taps
+    if config.channels_innermost:
+        reduce = reduce[-2:] + reduce[:-2]
+    sch.reorder(split, filt, row_o, col_o, *reduce, *filt_i, row_i, col_i, lanes)
+    if config.channels_innermost:
+        # Up to 4 channels a loop step: the loop's own instructions (about 5) then take a
+        # few percent of the step, not a sixth (estimated on Neoverse N1: 94% -> 98.5%).
+        channels = int(sch.get(reduce[-1]).extent)
+        unroll = max(divisors(channels, 4))
+        if unroll > 1:
+            sch.unroll(sch.split(reduce[-1], [None, unroll])[1])
     if not config.fuse_stages:
         sch.parallel(sch.fuse(*outer, split, filt))
     acc = sch.cache_write(lego, 0, "local")
@@ -133,7 +144,7 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig | FlatLegoCon
     sch.vectorize(lanes)
     sch.vectorize(sch.get_loops(acc)[-1])
     # Vectorize first: after decompose_reduction the update block is no longer a reduction.
-    sch.decompose_reduction(lego, lego_loops[-reduction])
+    sch.decompose_reduction(lego, reduce[0])
     if pad is not None:
         sch.vectorize(sch.get_loops(pad)[-1])
 
@@ -168,7 +179,8 @@ def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
                                      default.reg_cols),
             fuse_stages=fuse_stages,
             reg_filters=sample_divisor(space, spec.lego_filters // spec.bank_block, 4,
-                                       default.reg_filters))
+                                       default.reg_filters),
+            channels_innermost=default.channels_innermost)
         apply_lego_schedule(space, config)
         spaces.append(space)
     return spaces

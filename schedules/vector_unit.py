@@ -18,3 +18,6 @@ class SimdProfile:
     max_filter_blocks: int = 64   # filter blocks (weight vectors) in the register tile
     # 1x1 stride-1 layers store their Lego maps pixels innermost (``lego_cpu_flat.py``).
     flat_1x1: bool = False
+    # The register tile's reduction: the kernel taps outermost and the input channels
+    # innermost (else channels outermost, taps innermost, which LLVM unrolls 9 times).
+    channels_innermost: bool = False
