@@ -37,6 +37,10 @@ from .vector_unit import SimdProfile
 from ..support.tiling import divisors, has_block, num_cores, sample_divisor
 
 
+# With channels innermost (``SimdProfile.channels_innermost``), input channels per loop step.
+CHANNELS_PER_STEP = 4
+
+
 @dataclass(frozen=True)
 class LegoCpuConfig:
     """The knobs. Tile sizes are ints (default schedule) or sampled variables (tuning);
@@ -79,8 +83,13 @@ def register_tile(spec: LegoConvSpec, rows: int, simd: SimdProfile) -> tuple[int
     the fewest loads per step (a weight vector per filter block, a broadcast per pixel);
     then the longest rows. Measured on the stride-2 layers (AMD EPYC, AVX2): 7 accumulators
     of one filter block ran at 55-61 GFLOP/s, 2-4 blocks x 2-4 pixels (8) at 70-72."""
-    tiles = [(f, r, c) for f in divisors(spec.lego_filters // spec.bank_block,
-                                          simd.max_filter_blocks)
+    blocks = simd.max_filter_blocks
+    if simd.channels_innermost and spec.split_channels <= CHANNELS_PER_STEP:
+        # The whole reduction is one unrolled step (an RGB input): every tap's weights are
+        # live at once, so one filter block (estimated on Cortex-A76, 3->64 3x3: 4 blocks x
+        # 4 pixels 93% with 9 spills, 1 block x 16 pixels 94% with none).
+        blocks = 1
+    tiles = [(f, r, c) for f in divisors(spec.lego_filters // spec.bank_block, blocks)
              for r in divisors(rows) for c in divisors(spec.out_width)
              if f * r * c <= simd.accumulators and f * r * c + f <= simd.accumulators + 2]
     return max(tiles, key=lambda t: (t[0] * t[1] * t[2], -(t[0] + t[1] * t[2]), t[2]))
@@ -130,7 +139,7 @@ def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig | FlatLegoCon
         # Up to 4 channels a loop step: the loop's own instructions (about 5) then take a
         # few percent of the step, not a sixth (estimated on Neoverse N1: 94% -> 98.5%).
         channels = int(sch.get(reduce[-1]).extent)
-        unroll = max(divisors(channels, 4))
+        unroll = max(divisors(channels, CHANNELS_PER_STEP))
         if unroll > 1:
             sch.unroll(sch.split(reduce[-1], [None, unroll])[1])
     if not config.fuse_stages:
