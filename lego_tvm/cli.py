@@ -148,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
                             "them (default: arm-cortex-a72 arm-cortex-a76 arm-neoverse-n1): "
                             "llvm-mca 19+'s pipeline model of each fused kernel's hot loop, "
                             "calibrated by the stage table on this machine")
+    bench.add_argument("--targets", type=lambda text: [t for t in text.split(",") if t],
+                       metavar="T1,T2,...", default=None,
+                       help="also one report across these targets, e.g. host,arm-cortex-a72,"
+                            "arm-neoverse-n1,cuda-h100: lego-tvm against the dense-folded "
+                            "model on each (measured here; estimated for other CPUs; CUDA "
+                            "measured only on a GPU machine)")
     bench.add_argument("--scaling-model", default="lego_resnet50")
     bench.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 8, 32])
     bench.add_argument("--repeat", type=int, default=30)
@@ -305,6 +311,7 @@ def _run(args, threads: int, progress) -> None:
                          args.out_dir, use_torch_compile=not args.no_torch_compile,
                          target=_target(args), stages=args.stages, kernels=args.kernels,
                          throughput=args.throughput, estimate=_estimate_targets(args),
+                         targets=args.targets,
                          progress=progress,
                          scaling=(args.scaling_model, args.scaling_batches) if args.scaling
                          else None))

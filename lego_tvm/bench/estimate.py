@@ -198,10 +198,12 @@ def estimate_kernel(mca: str, functions: dict[str, str], kernel: str, arch: str,
                         round(min(1.0, fmas / cycles / peak), 3))
 
 
-def estimate(model, example_inputs, target, progress=None) -> dict:
+def estimate(model, example_inputs, target, progress=None, fuse_lego: bool = True) -> dict:
     """Compile ``model`` for the CPU ``target`` and estimate it (see the module docstring):
     per fused kernel (``LoopEstimate``), and the whole model's lower bound at the core's
-    nominal clock. ``lego_tvm.estimate`` is this function."""
+    nominal clock. ``fuse_lego=False``: the model without the Lego pass, every conv on the
+    fused operator as an ordinary conv (how a dense-folded model is compared).
+    ``lego_tvm.estimate`` is this function."""
     from ..compiler import compile as lego_compile
     mca = find_llvm_mca()
     tvm_target = resolve_target(target)
@@ -211,7 +213,7 @@ def estimate(model, example_inputs, target, progress=None) -> dict:
     core, arch = core_of(tvm_target), target_arch(tvm_target)
     if progress:
         progress(f"estimate: compiling for {target} ({core.mca_cpu} model)")
-    compiled = lego_compile(model, example_inputs, target=tvm_target)
+    compiled = lego_compile(model, example_inputs, target=tvm_target, fuse_lego=fuse_lego)
     functions = assembly(compiled._executable.mod)
     report = compiled.report
     kernels, seen = [], {}
@@ -220,7 +222,10 @@ def estimate(model, example_inputs, target, progress=None) -> dict:
             seen[layer.kernel] = estimate_kernel(mca, functions, layer.kernel, arch,
                                                  core.mca_cpu)
         loop = seen[layer.kernel]
+        s = layer.spec
         kernels.append({"layer": layer.name, "kernel": layer.kernel,
+                        "conv": f"{s.in_channels}->{s.out_channels} {s.kernel[0]}x{s.kernel[1]} "
+                                f"s{s.stride[0]} at {s.height}x{s.width}",
                         "fma_macs": _fma_macs(layer),
                         **(loop.as_dict() if loop else {"label": LABEL, "efficiency": None})})
     lanes = _LANES["aarch64"] if arch == "aarch64" else 16

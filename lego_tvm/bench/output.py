@@ -9,6 +9,7 @@ import numpy as np
 
 from .layers import DENSE, LAYER_LABELS, ours_ms
 from .models import COMPETITORS, LABELS, OURS, fastest
+from .cross_target import plot_targets
 from .stages import plot_stages
 
 
@@ -18,7 +19,8 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
                   kernels: dict[str, list[dict]] | None = None,
                   throughput: list[dict] | None = None,
                   overhead: dict | None = None,
-                  estimates: list[dict] | None = None) -> dict[str, str]:
+                  estimates: list[dict] | None = None,
+                  targets: list[dict] | None = None) -> dict[str, str]:
     """``bench.json`` (everything), ``bench.md`` (the tables) and ``bench.png`` (charts)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"bench.{ext}") for ext in ("json", "md", "png")}
@@ -26,7 +28,7 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
         json.dump({"machine": info, "models": models, "layers": layers,
                    "scaling": scaling or [], "stages": stages or [], "kernels": kernels or {},
                    "throughput": throughput or [], "overhead_us": overhead or {},
-                   "estimates": estimates or []},
+                   "estimates": estimates or [], "targets": targets or []},
                   f, indent=1)
     with open(paths["md"], "w") as f:
         f.write(markdown + "\n")
@@ -41,6 +43,8 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
         panels.append(("scaling", scaling, None))
     if stages:
         panels.append(("stages", stages, None))
+    if targets and any("speedup" in r for r in targets):
+        panels.append(("targets", targets, None))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (kind, data, labels) in zip(axes[0], panels):
         if kind == "model":
@@ -66,6 +70,8 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
             ax.legend(fontsize=8)
         elif kind == "stages":
             plot_stages(ax, data)
+        elif kind == "targets":
+            plot_targets(ax, data)
         else:
             names = [r["layer"] for r in data]
             bars = (("the fastest fp32 dense conv", lambda r: fastest(r["median_ms"], DENSE)),

@@ -9,6 +9,7 @@ from ..support.progress import as_progress
 from ..support.targets import resolve_target
 from ..support.threads import set_threads
 from ..support.timing import ROUNDS
+from .cross_target import bench_targets, format_target_table
 from .estimate import bench_estimates, find_llvm_mca, format_estimate_table
 from .kernels import format_kernel_table, profile_kernels
 from .layers import LAYERS, bench_layer, format_layer_table
@@ -26,13 +27,14 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
               out_dir: str, use_torch_compile: bool = True, show_report: bool = False,
               target=None, scaling: tuple[str, list[int]] | None = None,
               stages: bool = False, kernels: bool = False, throughput: bool = False,
-              estimate: list[str] | None = None,
+              estimate: list[str] | None = None, targets: list[str] | None = None,
               progress: Callable[[str], None] = print) -> dict:
     """Run the chosen benchmarks with ``threads`` threads in PyTorch and TVM, print their
     tables and write them (JSON, markdown, PNG) to ``out_dir``; returns the written paths.
 
     ``estimate``: CPU targets to estimate the models on (``bench/estimate.py``); it also
-    runs the stage table, whose compute-once column it calibrates on this machine."""
+    runs the stage table, whose compute-once column it calibrates on this machine.
+    ``targets``: the cross-target report (``bench/cross_target.py``) for these targets."""
     set_threads(threads)
     info = machine(threads)
     progress = as_progress(progress)
@@ -40,7 +42,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     stage_cases = list(LAYERS) if stages or estimate else []
     items = (len(models) + len(LAYERS) * layers + bool(scaling) + len(stage_cases)
              + len(models) * throughput + 1 + len(models) * kernels
-             + len(models) * bool(estimate))
+             + len(models) * bool(estimate) + len(models) * bool(targets))
     with progress.bar(items, "benchmarks", "bench") as bar:
         def each(things, run) -> list:
             done = []
@@ -73,6 +75,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
         estimate_results = [row for rows in each(models if estimate else [], lambda m: (
             bench_estimates([m], estimate, model_results, peak, progress=progress)))
             for row in rows]
+        target_results = [row for rows in each(models if targets else [], lambda m: (
+            bench_targets([m], targets, progress))) for row in rows]
     header = (f"machine: {info['cpu']} ({info['target']}); TVM threads {info['tvm_threads']}, "
               f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
               f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; each competitor the best of "
@@ -92,6 +96,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     sections.append(format_overhead_table(overhead))
     if estimate_results:
         sections.append(format_estimate_table(estimate_results))
+    if target_results:
+        sections.append(format_target_table(target_results))
     for m, rows in kernel_results.items():
         model_ms = next((r["median_ms"].get("lego_tvm") for r in model_results
                          if r["model"] == m), None)
@@ -100,7 +106,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     print("\n" + markdown)
     paths = write_outputs(model_results, layer_results, markdown, out_dir, info, scaling_results,
                           stage_results, kernel_results, throughput_results, overhead,
-                          estimate_results)
+                          estimate_results, target_results)
     return paths
 
 

@@ -1,0 +1,126 @@
+"""One report across targets (``lego-tvm bench --targets host,arm-cortex-a72,...``):
+lego-tvm against the dense-folded model compiled by TVM for the same target, model by model,
+and layer by layer where the numbers come from the static estimate.
+
+How each target's numbers are obtained, and said so in every row (``basis``):
+
+- the host: measured (medians, side by side in alternating rounds);
+- a CPU that is not this one (ARM): ``estimate.LABEL``, both sides put through the same
+  static pipeline model; per layer, lego-tvm's compute-once work against the dense conv's;
+- CUDA: measured when this machine has a GPU, else compiled for it and unmeasured.
+"""
+from __future__ import annotations
+
+import tvm
+
+from ..support.progress import as_progress
+from ..support.targets import resolve_target, why_not_runnable_here
+from ..support.timing import best_of_rounds
+from .estimate import LABEL, EstimateUnavailable, estimate
+
+MEASURED = "measured"
+UNMEASURED = "compiled, unmeasured (no such device here)"
+
+
+def bench_targets(models: list[str], targets: list[str], progress=print) -> list[dict]:
+    """A row per model and target (see the module docstring)."""
+    from ..nn.fold import fold_lego_to_dense
+    from ..nn.zoo import get_model
+
+    progress = as_progress(progress)
+    rows = []
+    for name in models:
+        model, x = get_model(name)
+        dense = fold_lego_to_dense(model).eval()
+        for target in targets:
+            progress(f"[targets {name}] {target}")
+            rows.append({"model": name, "target": target,
+                         **_compare(model, dense, x, target, progress)})
+    return rows
+
+
+def _compare(model, dense, x, target: str, progress) -> dict:
+    from ..compiler import compile as lego_compile
+
+    tvm_target = resolve_target(None if target == "host" else target)
+    gpu = tvm_target.kind.name == "cuda"
+    if not why_not_runnable_here(tvm_target) and (not gpu or tvm.cuda().exist):
+        ours = lego_compile(model, x, target=tvm_target)
+        theirs = lego_compile(dense, x, target=tvm_target, fuse_lego=False)
+        times = best_of_rounds([lambda: ours(x), lambda: theirs(x)])
+        return {"basis": MEASURED, "lego_ms": times[0], "dense_ms": times[1],
+                "speedup": times[1] / times[0]}
+    if gpu:
+        lego_compile(model, x, target=tvm_target)
+        lego_compile(dense, x, target=tvm_target, fuse_lego=False)
+        return {"basis": UNMEASURED}
+    try:
+        ours = estimate(model, (x,), tvm_target, progress)
+        theirs = estimate(dense, (x,), tvm_target, progress, fuse_lego=False)
+    except EstimateUnavailable as why:
+        return {"basis": f"not estimated: {why}"}
+    row = {"basis": LABEL, "core_model": ours["core_model"],
+           "layers": _layer_pairs(ours["kernels"], theirs["kernels"])}
+    if "model_ms_low" in ours and "model_ms_low" in theirs:
+        row.update(lego_ms=ours["model_ms_low"], dense_ms=theirs["model_ms_low"],
+                   speedup=theirs["model_ms_low"] / ours["model_ms_low"])
+    return row
+
+
+def _layer_pairs(lego: list[dict], dense: list[dict]) -> list[dict]:
+    """Each Lego layer next to the dense conv that replaced it in the folded model (the next
+    one of the same shape), both estimated: FMA MACs over the loop's efficiency."""
+    pairs, unused = [], list(dense)
+    for ours in (k for k in lego if not k["kernel"].startswith("fused_conv2d")):
+        theirs = next((k for k in unused if k["conv"] == ours["conv"]), None)
+        if theirs is None or not (ours["efficiency"] and theirs["efficiency"]):
+            continue
+        unused.remove(theirs)
+        cost = {side: k["fma_macs"] / k["efficiency"] for side, k in (("lego", ours),
+                                                                        ("dense", theirs))}
+        pairs.append({"layer": ours["layer"], "conv": ours["conv"],
+                      "lego_efficiency": ours["efficiency"],
+                      "dense_efficiency": theirs["efficiency"],
+                      "speedup": cost["dense"] / cost["lego"]})
+    return pairs
+
+
+def format_target_table(rows: list[dict]) -> str:
+    lines = ["lego-tvm against the dense-folded model compiled by TVM for the same target. "
+             f"Host: measured. Other CPUs: {LABEL}, both models through the same model of "
+             "the core; lego-tvm's side counts its compute-once work only (the gather-sum is "
+             "left out, as the estimate leaves it out everywhere).",
+             "",
+             "| model | target | basis | lego-tvm | dense-folded, TVM | lego-tvm speed-up | "
+             "layers: speed-up min / median / max |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        cells = ["-", "-", "-"]
+        if "speedup" in r:
+            unit = "ms" if r["basis"] == MEASURED else "ms, lower bound"
+            cells = [f"{r['lego_ms']:.2f} {unit}", f"{r['dense_ms']:.2f} {unit}",
+                     f"{r['speedup']:.2f}x"]
+        layers = sorted(p["speedup"] for p in r.get("layers", []))
+        spread = (f"{layers[0]:.2f}x / {layers[len(layers) // 2]:.2f}x / {layers[-1]:.2f}x"
+                  if layers else "-")
+        lines.append(f"| {r['model']} | {r['target']} | {r['basis']} | " + " | ".join(cells)
+                     + f" | {spread} |")
+    return "\n".join(lines)
+
+
+def plot_targets(ax, rows: list[dict]) -> None:
+    """lego-tvm's speed-up over the dense-folded model per model and target; estimated bars
+    hatched and labelled."""
+    shown = [r for r in rows if "speedup" in r]
+    labels = [f"{r['model']}\n{r['target']}" for r in shown]
+    bars = ax.barh(labels, [r["speedup"] for r in shown],
+                   color=["#d62728" if r["basis"] == MEASURED else "#f4a582" for r in shown])
+    for bar, r in zip(bars, shown):
+        if r["basis"] != MEASURED:
+            bar.set_hatch("//")
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                f" {r['speedup']:.2f}x" + ("" if r["basis"] == MEASURED else " (estimated)"),
+                va="center", fontsize=8)
+    ax.axvline(1.0, color="#333", lw=0.8)
+    ax.set_xlabel("speed-up over the dense-folded model on the same target")
+    ax.set_title("across targets (hatched: estimated)")
