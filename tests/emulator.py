@@ -9,32 +9,20 @@ import time
 
 import pytest
 
-ROOT = os.environ.get("LEGO_ARM_EMU", os.path.expanduser("~/.cache/lego-tvm/arm-emu"))
-PYTHON = os.path.join(ROOT, "bin", "python-aarch64")
-# A plain ARMv8.0-A + NEON core: code that uses an instruction it lacks dies with SIGILL.
-QEMU_CPU = "cortex-a72"
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def emulated_env() -> dict:
-    # TVM_USE_RUNTIME_LIB: the runtime alone, as on a board (skips the 240 MB compiler library).
-    return dict(os.environ, QEMU_CPU=QEMU_CPU, TVM_USE_RUNTIME_LIB="1", TVM_NUM_THREADS="2",
-                PYTHONPATH="")
+from lego_tvm.bench.emulator import PYTHON, emulated_env, emulator_ready, run_exported
 
 
 def require_emulator() -> str:
-    if not os.access(PYTHON, os.X_OK):
+    if not emulator_ready():
         pytest.fail(f"the aarch64 emulator is not set up ({PYTHON} is missing): run "
                     "`bash tools/arm-emulator.sh setup` (CI's .ci/run does)", pytrace=False)
     return PYTHON
 
 
 def run_exported_on_arm(folder: str, timeout: int = 600) -> str:
-    """Run every exported library in ``folder`` under the emulator (tests/arm_runner.py)."""
-    done = subprocess.run([require_emulator(), os.path.join(HERE, "arm_runner.py"), folder],
-                          env=emulated_env(), capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"emulated run failed ({done.returncode}):\n{done.stderr[-3000:]}"
-    return done.stdout
+    """Run every exported library in ``folder`` under the emulator (an emulated Cortex-A72)."""
+    require_emulator()
+    return run_exported(folder, timeout=timeout)
 
 
 @contextlib.contextmanager

@@ -26,8 +26,12 @@ def test_each_target_says_how_its_numbers_were_obtained(rows):
     # VGG-16's 14 Lego layers at o=2, ratio 0.5 do half a dense conv's compute-once work.
     assert len(arm["layers"]) == 14
     assert all(1.5 < p["speedup"] < 2.5 for p in arm["layers"]), arm["layers"]
+    assert host["correctness"].startswith("matches PyTorch, max relative error")
+    # CI sets the emulator up (.ci/run): the A72 build runs there and is checked.
+    assert arm["correctness"].startswith("run under emulation (cortex-a72): matches PyTorch")
     if not tvm.cuda().exist:
-        assert cuda == {"model": "lego_vgg16", "target": "cuda-h100", "basis": UNMEASURED}
+        assert cuda == {"model": "lego_vgg16", "target": "cuda-h100", "basis": UNMEASURED,
+                        "correctness": "compiled; not run here"}
 
 
 def test_the_table_and_plot_label_estimates(rows):

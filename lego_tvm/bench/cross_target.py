@@ -11,6 +11,9 @@ How each target's numbers are obtained, and said so in every row (``basis``):
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 import tvm
 
 from ..support.progress import as_progress
@@ -49,22 +52,61 @@ def _compare(model, dense, x, target: str, progress) -> dict:
         theirs = lego_compile(dense, x, target=tvm_target, fuse_lego=False)
         times = best_of_rounds([lambda: ours(x), lambda: theirs(x)])
         return {"basis": MEASURED, "lego_ms": times[0], "dense_ms": times[1],
-                "speedup": times[1] / times[0]}
+                "speedup": times[1] / times[0], "correctness": _checked(ours(x), model, x)}
     if gpu:
         lego_compile(model, x, target=tvm_target)
         lego_compile(dense, x, target=tvm_target, fuse_lego=False)
-        return {"basis": UNMEASURED}
+        return {"basis": UNMEASURED, "correctness": "compiled; not run here"}
     try:
         ours = estimate(model, (x,), tvm_target, progress)
         theirs = estimate(dense, (x,), tvm_target, progress, fuse_lego=False)
     except EstimateUnavailable as why:
         return {"basis": f"not estimated: {why}"}
     row = {"basis": LABEL, "core_model": ours["core_model"],
-           "layers": _layer_pairs(ours["kernels"], theirs["kernels"])}
+           "layers": _layer_pairs(ours["kernels"], theirs["kernels"]),
+           "correctness": _run_under_emulation(model, x, tvm_target, progress)}
     if "model_ms_low" in ours and "model_ms_low" in theirs:
         row.update(lego_ms=ours["model_ms_low"], dense_ms=theirs["model_ms_low"],
                    speedup=theirs["model_ms_low"] / ours["model_ms_low"])
     return row
+
+
+def _run_under_emulation(model, x, target, progress) -> str:
+    """lego-tvm's build for an aarch64 ``target`` run under the emulator on ``x`` and checked
+    against PyTorch: what happened, in words."""
+    import numpy as np
+
+    from ..compiler import compile as lego_compile
+    from ..support.targets import ToolchainError, target_arch
+    from .emulator import emulator_ready, run_exported
+
+    if target_arch(target) != "aarch64":
+        return "-"
+    if not emulator_ready():
+        return "not run (set the emulator up with bash tools/arm-emulator.sh setup)"
+    cpu = str(target.attrs.get("mcpu", "") or "max")
+    progress(f"[targets] running the {cpu} build under the emulator")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            lego_compile(model, x, target=target).export(os.path.join(folder, "model.so"))
+        except ToolchainError as why:
+            return f"not run: {why}"
+        np.savez(os.path.join(folder, "model.in.npz"), arg0=x.numpy())
+        run_exported(folder, cpu)
+        got = np.load(os.path.join(folder, "model.out.npz"))["arr_0"]
+    return f"run under emulation ({cpu}): {_checked(got, model, x)}"
+
+
+def _checked(output, model, x) -> str:
+    import numpy as np
+    import torch
+
+    from ..support.accuracy import TOLERANCE, max_relative_error
+
+    with torch.no_grad():
+        error = max_relative_error(np.asarray(output), model(x).numpy())
+    verdict = "matches PyTorch" if error <= TOLERANCE else "DIFFERS from PyTorch"
+    return f"{verdict}, max relative error {error:.1e}"
 
 
 def _layer_pairs(lego: list[dict], dense: list[dict]) -> list[dict]:
@@ -92,8 +134,8 @@ def format_target_table(rows: list[dict]) -> str:
              "left out, as the estimate leaves it out everywhere).",
              "",
              "| model | target | basis | lego-tvm | dense-folded, TVM | lego-tvm speed-up | "
-             "layers: speed-up min / median / max |",
-             "|---|---|---|---:|---:|---:|---|"]
+             "layers: speed-up min / median / max | correctness on the target |",
+             "|---|---|---|---:|---:|---:|---|---|"]
     for r in rows:
         cells = ["-", "-", "-"]
         if "speedup" in r:
@@ -104,7 +146,7 @@ def format_target_table(rows: list[dict]) -> str:
         spread = (f"{layers[0]:.2f}x / {layers[len(layers) // 2]:.2f}x / {layers[-1]:.2f}x"
                   if layers else "-")
         lines.append(f"| {r['model']} | {r['target']} | {r['basis']} | " + " | ".join(cells)
-                     + f" | {spread} |")
+                     + f" | {spread} | {r.get('correctness', '-')} |")
     return "\n".join(lines)
 
 
