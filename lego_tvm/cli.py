@@ -351,7 +351,7 @@ def _is_gpu(target) -> bool:
 
 
 def _wrote(paths: dict) -> None:
-    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
+    print(f"wrote {', '.join(paths.values())}")
 
 
 if __name__ == "__main__":

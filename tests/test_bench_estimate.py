@@ -144,3 +144,23 @@ def test_every_fused_arm_kernel_of_the_zoo_holds_up(name, batch):
                  if k["efficiency"] is None or k["efficiency"] < 0.9 or k["spills"]]
         assert not short, f"{target}: {short}"
         assert len(result["kernels"]) == (15 if name == "lego_vgg16" else 53)
+
+
+def test_bench_without_llvm_mca_skips_the_estimate_saying_how_to_install(monkeypatch, tmp_path):
+    import json
+
+    from lego_tvm.bench import run
+
+    def missing():
+        raise EstimateUnavailable("the static estimate needs llvm-mca 19 or newer: "
+                                  "apt-get install llvm-19")
+
+    monkeypatch.setattr(run, "find_llvm_mca", missing)
+    lines = []
+    paths = run.run_bench([], False, 2, 1, 2, str(tmp_path), estimate=["arm-cortex-a72"],
+                          progress=lines.append)
+    assert any(line.startswith("skipping the static estimate") and "apt-get install llvm-19"
+               in line for line in lines), lines
+    with open(paths["json"]) as f:
+        written = json.load(f)
+    assert written["estimates"] == [] and written["stages"] == []

@@ -45,6 +45,9 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
         panels.append(("stages", stages, None))
     if targets and any("speedup" in r for r in targets):
         panels.append(("targets", targets, None))
+    if not panels:       # only tables (the call overhead, estimates): no chart to draw
+        del paths["png"]
+        return paths
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (kind, data, labels) in zip(axes[0], panels):
         if kind == "model":

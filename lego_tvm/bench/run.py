@@ -10,7 +10,8 @@ from ..support.targets import resolve_target
 from ..support.threads import set_threads
 from ..support.timing import ROUNDS
 from .cross_target import bench_targets, format_target_table
-from .estimate import bench_estimates, find_llvm_mca, format_estimate_table
+from .estimate import (EstimateUnavailable, bench_estimates, find_llvm_mca,
+                       format_estimate_table)
 from .kernels import format_kernel_table, profile_kernels
 from .layers import LAYERS, bench_layer, format_layer_table
 from .models import bench_model, format_model_table, machine
@@ -38,7 +39,13 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     set_threads(threads)
     info = machine(threads)
     progress = as_progress(progress)
-    mca = find_llvm_mca() if estimate else None     # says how to install it, before any work
+    mca = None
+    if estimate:
+        try:
+            mca = find_llvm_mca()
+        except EstimateUnavailable as why:              # says how to install it; the rest runs
+            progress(f"skipping the static estimate: {why}")
+            estimate = None
     stage_cases = list(LAYERS) if stages or estimate else []
     items = (len(models) + len(LAYERS) * layers + bool(scaling) + len(stage_cases)
              + len(models) * throughput + 1 + len(models) * kernels
