@@ -296,7 +296,7 @@ def _run(args, threads: int, progress) -> None:
         _compile(args, progress)
     elif args.command == "tune":
         _tune(args, progress)
-    elif args.command == "bench" and (remote := _remote(args)) is not None:
+    elif args.command == "bench" and not args.targets and (remote := _remote(args)) is not None:
         from .bench.run import run_remote_bench
         paths = run_remote_bench(args.models, _target(args), remote, args.tuning_logs,
                                  args.repeat, args.out_dir, progress=progress)
@@ -311,7 +311,7 @@ def _run(args, threads: int, progress) -> None:
                          args.out_dir, use_torch_compile=not args.no_torch_compile,
                          target=_target(args), stages=args.stages, kernels=args.kernels,
                          throughput=args.throughput, estimate=_estimate_targets(args),
-                         targets=args.targets,
+                         targets=args.targets, remote=_remote(args) if args.targets else None,
                          progress=progress,
                          scaling=(args.scaling_model, args.scaling_batches) if args.scaling
                          else None))

@@ -42,3 +42,22 @@ def test_the_table_and_plot_label_estimates(rows):
     plot_targets(ax, rows)
     assert any("(estimated)" in t.get_text() for t in ax.texts)
     plt.close(figure)
+
+
+def test_a_board_over_rpc_times_both_models_and_an_emulated_one_says_so():
+    from emulator import rpc_server
+    from lego_tvm.tuning.remote import Remote
+
+    with rpc_server() as port:
+        [row] = bench_targets(["lego_vgg16"], ["arm-cortex-a72"], progress=None,
+                              remote=Remote.parse(server=f"127.0.0.1:{port}"))
+    assert row["basis"].startswith("EMULATED device (") and "say nothing about speed" in \
+        row["basis"]
+    assert row["device"]["emulated"] is True
+    assert row["lego_ms"] > 0 and row["dense_ms"] > 0
+    error = float(row["correctness"].rsplit(" ", 1)[1])
+    assert row["correctness"].startswith("on the device: max relative error") and error <= 1e-4
+    figure, ax = plt.subplots()
+    plot_targets(ax, [row])
+    assert not ax.patches             # an emulator's timings are not charted as speed
+    plt.close(figure)

@@ -5,8 +5,10 @@ and layer by layer where the numbers come from the static estimate.
 How each target's numbers are obtained, and said so in every row (``basis``):
 
 - the host: measured (medians, side by side in alternating rounds);
-- a CPU that is not this one (ARM): ``estimate.LABEL``, both sides put through the same
-  static pipeline model; per layer, lego-tvm's compute-once work against the dense conv's;
+- a CPU that is not this one (ARM): measured on the board when one is given over TVM RPC
+  (an emulated board is said to be one, and left out of the plot); else ``estimate.LABEL``,
+  both sides put through the same static pipeline model, and per layer lego-tvm's
+  compute-once work against the dense conv's;
 - CUDA: measured when this machine has a GPU, else compiled for it and unmeasured.
 """
 from __future__ import annotations
@@ -22,11 +24,14 @@ from ..support.timing import best_of_rounds
 from .estimate import LABEL, EstimateUnavailable, estimate
 
 MEASURED = "measured"
+REMOTE_REPEAT = 10          # runs timed on a board, per model
 UNMEASURED = "compiled, unmeasured (no such device here)"
 
 
-def bench_targets(models: list[str], targets: list[str], progress=print) -> list[dict]:
-    """A row per model and target (see the module docstring)."""
+def bench_targets(models: list[str], targets: list[str], progress=print, remote=None
+                  ) -> list[dict]:
+    """A row per model and target (see the module docstring). ``remote``: a board over TVM
+    RPC (``tuning.remote.Remote``) that times the targets of its architecture."""
     from ..nn.fold import fold_lego_to_dense
     from ..nn.zoo import get_model
 
@@ -38,15 +43,17 @@ def bench_targets(models: list[str], targets: list[str], progress=print) -> list
         for target in targets:
             progress(f"[targets {name}] {target}")
             rows.append({"model": name, "target": target,
-                         **_compare(model, dense, x, target, progress)})
+                         **_compare(model, dense, x, target, progress, remote)})
     return rows
 
 
-def _compare(model, dense, x, target: str, progress) -> dict:
+def _compare(model, dense, x, target: str, progress, remote) -> dict:
     from ..compiler import compile as lego_compile
 
     tvm_target = resolve_target(None if target == "host" else target)
     gpu = tvm_target.kind.name == "cuda"
+    if remote is not None and not gpu and why_not_runnable_here(tvm_target):
+        return _measure_on_board(model, dense, x, tvm_target, remote, progress)
     if not why_not_runnable_here(tvm_target) and (not gpu or tvm.cuda().exist):
         ours = lego_compile(model, x, target=tvm_target)
         theirs = lego_compile(dense, x, target=tvm_target, fuse_lego=False)
@@ -69,6 +76,31 @@ def _compare(model, dense, x, target: str, progress) -> dict:
         row.update(lego_ms=ours["model_ms_low"], dense_ms=theirs["model_ms_low"],
                    speedup=theirs["model_ms_low"] / ours["model_ms_low"])
     return row
+
+
+def _measure_on_board(model, dense, x, target, remote, progress) -> dict:
+    """Both models timed on the board; a board that is an emulator is said to be one."""
+    import torch
+
+    from ..compiler import compile as lego_compile
+    from ..support.targets import target_arch
+    from ..tuning.remote import describe
+    from .remote import time_remotely
+
+    session = remote.connect()
+    device = describe(session, target_arch(target))
+    progress(f"[targets] timing on {device['hardware']} ({remote})")
+    with torch.no_grad():
+        reference = model(x).numpy()
+    results = [time_remotely(session, lego_compile(m, x, target=target, fuse_lego=fuse), x,
+                             reference, REMOTE_REPEAT, f"cross-target-{side}")
+               for side, m, fuse in (("lego", model, True), ("dense", dense, False))]
+    (lego_ms, lego_error), (dense_ms, _) = results
+    basis = (f"EMULATED device ({device['hardware']}): timings say nothing about speed"
+             if device["emulated"] else f"measured on {device['hardware']} over RPC")
+    return {"basis": basis, "lego_ms": lego_ms, "dense_ms": dense_ms,
+            "speedup": dense_ms / lego_ms, "device": device,
+            "correctness": f"on the device: max relative error {lego_error:.1e}"}
 
 
 def _run_under_emulation(model, x, target, progress) -> str:
@@ -139,7 +171,7 @@ def format_target_table(rows: list[dict]) -> str:
     for r in rows:
         cells = ["-", "-", "-"]
         if "speedup" in r:
-            unit = "ms" if r["basis"] == MEASURED else "ms, lower bound"
+            unit = "ms, lower bound" if r["basis"] == LABEL else "ms"
             cells = [f"{r['lego_ms']:.2f} {unit}", f"{r['dense_ms']:.2f} {unit}",
                      f"{r['speedup']:.2f}x"]
         layers = sorted(p["speedup"] for p in r.get("layers", []))
@@ -153,15 +185,15 @@ def format_target_table(rows: list[dict]) -> str:
 def plot_targets(ax, rows: list[dict]) -> None:
     """lego-tvm's speed-up over the dense-folded model per model and target; estimated bars
     hatched and labelled."""
-    shown = [r for r in rows if "speedup" in r]
+    shown = [r for r in rows if "speedup" in r and not r["basis"].startswith("EMULATED")]
     labels = [f"{r['model']}\n{r['target']}" for r in shown]
     bars = ax.barh(labels, [r["speedup"] for r in shown],
-                   color=["#d62728" if r["basis"] == MEASURED else "#f4a582" for r in shown])
+                   color=["#f4a582" if r["basis"] == LABEL else "#d62728" for r in shown])
     for bar, r in zip(bars, shown):
-        if r["basis"] != MEASURED:
+        if r["basis"] == LABEL:
             bar.set_hatch("//")
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {r['speedup']:.2f}x" + ("" if r["basis"] == MEASURED else " (estimated)"),
+                f" {r['speedup']:.2f}x" + (" (estimated)" if r["basis"] == LABEL else ""),
                 va="center", fontsize=8)
     ax.axvline(1.0, color="#333", lw=0.8)
     ax.set_xlabel("speed-up over the dense-folded model on the same target")

@@ -29,13 +29,14 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
               target=None, scaling: tuple[str, list[int]] | None = None,
               stages: bool = False, kernels: bool = False, throughput: bool = False,
               estimate: list[str] | None = None, targets: list[str] | None = None,
-              progress: Callable[[str], None] = print) -> dict:
+              remote=None, progress: Callable[[str], None] = print) -> dict:
     """Run the chosen benchmarks with ``threads`` threads in PyTorch and TVM, print their
     tables and write them (JSON, markdown, PNG) to ``out_dir``; returns the written paths.
 
     ``estimate``: CPU targets to estimate the models on (``bench/estimate.py``); it also
     runs the stage table, whose compute-once column it calibrates on this machine.
-    ``targets``: the cross-target report (``bench/cross_target.py``) for these targets."""
+    ``targets``: the cross-target report (``bench/cross_target.py``) for these targets, the
+    ones ``remote`` (a board over TVM RPC) can run timed there."""
     set_threads(threads)
     info = machine(threads)
     progress = as_progress(progress)
@@ -83,7 +84,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
             bench_estimates([m], estimate, model_results, peak, progress=progress)))
             for row in rows]
         target_results = [row for rows in each(models if targets else [], lambda m: (
-            bench_targets([m], targets, progress))) for row in rows]
+            bench_targets([m], targets, progress, remote))) for row in rows]
     header = (f"machine: {info['cpu']} ({info['target']}); TVM threads {info['tvm_threads']}, "
               f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
               f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; each competitor the best of "
