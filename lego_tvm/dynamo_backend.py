@@ -19,6 +19,7 @@ with the reason logged (logger ``lego_tvm``, and ``graph_reports()``).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import threading
@@ -112,6 +113,10 @@ class _CompiledGraph:
         self.options = options
         self.inputs, self.state, self.sizes = [], [], []   # placeholder positions by role
         self.state_names = {}
+        # Python numbers Dynamo passes as 0-d tensors (``dynamic=True`` does so with float
+        # attributes such as BatchNorm's eps): frozen like weights, their values written
+        # into the graph, since export cannot trace ``.item()`` of an input.
+        self.numbers = []
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         for pos, node in enumerate(placeholders):
             value = node.meta.get("example_value")
@@ -120,11 +125,14 @@ class _CompiledGraph:
                 self.sizes.append(pos)
             elif not isinstance(value, torch.Tensor) or grapharg is None:
                 raise _CannotCompile(f"input {node.name} is a {type(value).__name__}")
-            elif _CALLER_INPUT.fullmatch(grapharg.source.name):
+            elif _CALLER_INPUT.fullmatch(grapharg.source.name) and not \
+                    grapharg.pass_arg_as_tensor:
                 self.inputs.append(pos)
             else:
                 self.state.append(pos)
                 self.state_names[pos] = node.name
+                if grapharg.pass_arg_as_tensor:
+                    self.numbers.append(pos)
         if not self.inputs:
             raise _CannotCompile("it has no tensor inputs (it reads only weights)")
         self.size_dims = _size_dims(placeholders, self.inputs, self.sizes)
@@ -197,7 +205,7 @@ class _CompiledGraph:
                 self.record.reports[key] = model.report
                 return model
             module = _GraphModule(self.gm, args, self.inputs, self.state_names, self.size_dims
-                                  if not self.per_shape else {})
+                                  if not self.per_shape else {}, self.numbers)
             try:
                 program = export_program(module, inputs, dynamic_batch=bool(self.dynamic_batch))
                 with warnings.catch_warnings():
@@ -242,22 +250,25 @@ class _GraphModule(torch.nn.Module):
     tensors are its buffers (constants after import) and the sizes are read from the
     inputs (``size_dims``) or fixed to this call's."""
 
-    def __init__(self, gm, args, inputs: list, state: dict, size_dims: dict):
+    def __init__(self, gm, args, inputs: list, state: dict, size_dims: dict, numbers: list):
         super().__init__()
-        self.gm = gm
+        self.numbers = {pos: args[pos].item() for pos in numbers}
+        self.gm = _numbers_written_in(gm, self.numbers)
         self.arity, self.input_positions, self.size_dims = len(args), inputs, size_dims
-        self.fixed = {pos: a for pos, a in enumerate(args)
+        self.fixed = {pos: int(a) for pos, a in enumerate(args)
                       if pos not in inputs and pos not in state and pos not in size_dims}
         self.state_names = {}
         for pos, name in state.items():   # named as Dynamo named them: errors name the weight
+            if pos in self.numbers:
+                continue
             self.state_names[pos] = name if not hasattr(self, name) else f"state_{name}"
             self.register_buffer(self.state_names[pos], args[pos].detach())
         self.eval()
 
     def forward(self, *inputs):
         args = [None] * self.arity
-        for pos, value in self.fixed.items():
-            args[pos] = int(value)
+        for pos, value in (*self.fixed.items(), *self.numbers.items()):
+            args[pos] = value
         for pos, tensor in zip(self.input_positions, inputs):
             args[pos] = tensor
         for pos, (k, d) in self.size_dims.items():
@@ -265,6 +276,23 @@ class _GraphModule(torch.nn.Module):
         for pos, name in self.state_names.items():
             args[pos] = getattr(self, name)
         return self.gm(*args)
+
+
+def _numbers_written_in(gm, values: dict):
+    """A copy of ``gm`` in which ``placeholder.item()`` is the number itself, for the
+    placeholders at the positions ``values`` gives (``gm`` itself when there are none)."""
+    if not values:
+        return gm
+    gm = copy.deepcopy(gm)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for pos, value in values.items():
+        for item in [u for u in placeholders[pos].users
+                     if u.op == "call_method" and u.target == "item"]:
+            for user in list(item.users):
+                user.replace_input_with(item, value)
+            gm.graph.erase_node(item)
+    gm.recompile()
+    return gm
 
 
 trace_requires_grad_assignments_as_nothing(lego_tvm_backend)

@@ -195,3 +195,14 @@ def test_options_are_compile_keywords():
     torch._dynamo.reset()
     with pytest.raises(Exception, match="unknown target"):
         torch.compile(model, backend="lego_tvm", options={"target": "no-such-cpu"})(x)
+
+
+def test_dynamic_true_compiles_with_float_attributes_written_in():
+    """torch.compile(dynamic=True) passes float attributes (BatchNorm's eps and momentum) to
+    the graph as 0-d tensors; they are frozen like weights, their values written in."""
+    model = AuthorsNet().eval()
+    compiled = torch.compile(model, backend="lego_tvm", dynamic=True)
+    for batch in (1, 3):
+        check(compiled, model, torch.randn(batch, 16, 10, 10))
+    assert all(g.eager_reason is None for g in graph_reports()), graph_reports()
+    assert all(layers == [(2, 0)] for layers in fused_per_graph())
