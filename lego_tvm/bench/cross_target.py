@@ -21,7 +21,7 @@ import tvm
 from ..support.progress import as_progress
 from ..support.targets import resolve_target, why_not_runnable_here
 from ..support.timing import best_of_rounds
-from .estimate import LABEL, EstimateUnavailable, estimate
+from .estimate import LABEL, EstimateUnavailable, estimate, estimate_compiled
 
 MEASURED = "measured"
 REMOTE_REPEAT = 10          # runs timed on a board, per model
@@ -59,19 +59,20 @@ def _compare(model, dense, x, target: str, progress, remote) -> dict:
         theirs = lego_compile(dense, x, target=tvm_target, fuse_lego=False)
         times = best_of_rounds([lambda: ours(x), lambda: theirs(x)])
         return {"basis": MEASURED, "lego_ms": times[0], "dense_ms": times[1],
-                "speedup": times[1] / times[0], "correctness": _checked(ours(x), model, x)}
+                "speedup": times[1] / times[0], "correctness": _checked(ours, model, x)}
     if gpu:
         lego_compile(model, x, target=tvm_target)
         lego_compile(dense, x, target=tvm_target, fuse_lego=False)
         return {"basis": UNMEASURED, "correctness": "compiled; not run here"}
     try:
-        ours = estimate(model, (x,), tvm_target, progress)
         theirs = estimate(dense, (x,), tvm_target, progress, fuse_lego=False)
+        compiled = lego_compile(model, x, target=tvm_target)   # estimated, and emulated
+        ours = estimate_compiled(compiled, tvm_target, target)
     except EstimateUnavailable as why:
         return {"basis": f"not estimated: {why}"}
     row = {"basis": LABEL, "core_model": ours["core_model"],
            "layers": _layer_pairs(ours["kernels"], theirs["kernels"]),
-           "correctness": _run_under_emulation(model, x, tvm_target, progress)}
+           "correctness": _run_under_emulation(compiled, model, x, tvm_target, progress)}
     if "model_ms_low" in ours and "model_ms_low" in theirs:
         row.update(lego_ms=ours["model_ms_low"], dense_ms=theirs["model_ms_low"],
                    speedup=theirs["model_ms_low"] / ours["model_ms_low"])
@@ -103,12 +104,11 @@ def _measure_on_board(model, dense, x, target, remote, progress) -> dict:
             "correctness": f"on the device: max relative error {lego_error:.1e}"}
 
 
-def _run_under_emulation(model, x, target, progress) -> str:
-    """lego-tvm's build for an aarch64 ``target`` run under the emulator on ``x`` and checked
-    against PyTorch: what happened, in words."""
+def _run_under_emulation(compiled, model, x, target, progress) -> str:
+    """lego-tvm's build of ``model`` for an aarch64 ``target`` run under the emulator on
+    ``x`` and checked against PyTorch: what happened, in words."""
     import numpy as np
 
-    from ..compiler import compile as lego_compile
     from ..support.targets import ToolchainError, target_arch
     from .emulator import emulator_ready, run_exported
 
@@ -120,23 +120,21 @@ def _run_under_emulation(model, x, target, progress) -> str:
     progress(f"[targets] running the {cpu} build under the emulator")
     with tempfile.TemporaryDirectory() as folder:
         try:
-            lego_compile(model, x, target=target).export(os.path.join(folder, "model.so"))
+            compiled.export(os.path.join(folder, "model.so"))
         except ToolchainError as why:
             return f"not run: {why}"
         np.savez(os.path.join(folder, "model.in.npz"), arg0=x.numpy())
         run_exported(folder, cpu)
         got = np.load(os.path.join(folder, "model.out.npz"))["arr_0"]
-    return f"run under emulation ({cpu}): {_checked(got, model, x)}"
+    return f"run under emulation ({cpu}): {_checked(lambda _x: got, model, x)}"
 
 
-def _checked(output, model, x) -> str:
-    import numpy as np
-    import torch
+def _checked(run, model, x) -> str:
+    """``run``'s output on ``x`` against PyTorch's, in words."""
+    from ..check import error_against_torch
+    from ..support.accuracy import TOLERANCE
 
-    from ..support.accuracy import TOLERANCE, max_relative_error
-
-    with torch.no_grad():
-        error = max_relative_error(np.asarray(output), model(x).numpy())
+    error = error_against_torch(run, model, (x,))
     verdict = "matches PyTorch" if error <= TOLERANCE else "DIFFERS from PyTorch"
     return f"{verdict}, max relative error {error:.1e}"
 

@@ -15,6 +15,7 @@ and 92-99% is measured on Zen), so 19 or newer is required.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -81,6 +82,7 @@ def find_llvm_mca() -> str:
                               "mis-model these cores): apt-get install llvm-19")
 
 
+@functools.cache          # a subprocess per path, once
 def _major_version(path: str) -> int:
     try:
         text = subprocess.run([path, "--version"], capture_output=True, text=True,
@@ -162,6 +164,7 @@ def mca_cycles(mca: str, body: list[str], arch: str, cpu: str) -> float:
     return int(found.group(1)) / MCA_ITERATIONS
 
 
+@functools.cache          # one llvm-mca run per core model, not per kernel
 def peak_fmas_per_cycle(mca: str, arch: str, cpu: str, width: str = "z") -> float:
     """The model's peak: 24 independent vector FMAs."""
     if arch == "aarch64":
@@ -199,21 +202,25 @@ def estimate_kernel(mca: str, functions: dict[str, str], kernel: str, arch: str,
 
 
 def estimate(model, example_inputs, target, progress=None, fuse_lego: bool = True) -> dict:
-    """Compile ``model`` for the CPU ``target`` and estimate it (see the module docstring):
-    per fused kernel (``LoopEstimate``), and the whole model's lower bound at the core's
-    nominal clock. ``fuse_lego=False``: the model without the Lego pass, every conv on the
-    fused operator as an ordinary conv (how a dense-folded model is compared).
-    ``lego_tvm.estimate`` is this function."""
+    """Compile ``model`` for the CPU ``target`` and estimate it (``estimate_compiled``).
+    ``fuse_lego=False``: the model without the Lego pass, every conv on the fused operator
+    as an ordinary conv (how a dense-folded model is compared). ``lego_tvm.estimate`` is
+    this function."""
     from ..compiler import compile as lego_compile
-    mca = find_llvm_mca()
+
     tvm_target = resolve_target(target)
-    if tvm_target.kind.name != "llvm":
-        raise EstimateUnavailable(f"the static estimate is for CPU targets, not "
-                                  f"{tvm_target.kind.name}")
-    core, arch = core_of(tvm_target), target_arch(tvm_target)
+    core = _check_estimable(tvm_target)          # before the compile: a refusal is quick
     if progress:
         progress(f"estimate: compiling for {target} ({core.mca_cpu} model)")
     compiled = lego_compile(model, example_inputs, target=tvm_target, fuse_lego=fuse_lego)
+    return estimate_compiled(compiled, tvm_target, str(target or "host"))
+
+
+def estimate_compiled(compiled, target, name: str) -> dict:
+    """The estimate of a model compiled for the CPU ``target`` (see the module docstring):
+    per fused kernel (``LoopEstimate``), and the whole model's lower bound at the core's
+    nominal clock."""
+    core, arch, mca = _check_estimable(target), target_arch(target), find_llvm_mca()
     functions = assembly(compiled._executable.mod)
     report = compiled.report
     kernels, seen = [], {}
@@ -229,7 +236,7 @@ def estimate(model, example_inputs, target, progress=None, fuse_lego: bool = Tru
                         "fma_macs": _fma_macs(layer),
                         **(loop.as_dict() if loop else {"label": LABEL, "efficiency": None})})
     lanes = _LANES["aarch64"] if arch == "aarch64" else 16
-    result = {"target": str(target or "host"), "core_model": core.mca_cpu, "core_note": core.note,
+    result = {"target": name, "core_model": core.mca_cpu, "core_note": core.note,
               "llvm_mca": _version_line(mca), "label": LABEL, "leaves_out": LEAVES_OUT,
               "kernels": kernels}
     estimated = [k for k in kernels if k["efficiency"]]
@@ -239,6 +246,16 @@ def estimate(model, example_inputs, target, progress=None, fuse_lego: bool = Tru
         result["model_ms_low"] = round(cycles / core.cores / (core.clock_ghz * 1e6), 3)
         result["clock_ghz"], result["cores"] = core.clock_ghz, core.cores
     return result
+
+
+def _check_estimable(target) -> Core:
+    """The core model for ``target``; EstimateUnavailable if llvm-mca 19+ is missing or the
+    target is not a CPU with a model."""
+    find_llvm_mca()
+    if target.kind.name != "llvm":
+        raise EstimateUnavailable(f"the static estimate is for CPU targets, not "
+                                  f"{target.kind.name}")
+    return core_of(target)
 
 
 def _fma_macs(layer) -> int:
