@@ -32,6 +32,8 @@ from ..op.fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK
                            spec_of)
 from .lego_cpu_flat import (FlatLegoConfig, apply_flat_schedule, default_flat_config,
                             tunable_flat_schedules)
+from .lego_cpu_winograd import (WinogradConfig, apply_winograd_schedule,
+                                default_winograd_config, tunable_winograd_schedules)
 from .simd import simd_profile
 from .vector_unit import SimdProfile
 from ..support.tiling import divisors, has_block, num_cores, sample_divisor
@@ -54,7 +56,9 @@ class LegoCpuConfig:
 
 
 def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
-                   ) -> LegoCpuConfig | FlatLegoConfig:
+                   ) -> LegoCpuConfig | FlatLegoConfig | WinogradConfig:
+    if spec.winograd:
+        return default_winograd_config(spec, cores, simd)
     if spec.flat_pixels:
         return default_flat_config(spec, cores, simd)
     s = spec
@@ -95,8 +99,12 @@ def register_tile(spec: LegoConvSpec, rows: int, simd: SimdProfile) -> tuple[int
     return max(tiles, key=lambda t: (t[0] * t[1] * t[2], -(t[0] + t[1] * t[2]), t[2]))
 
 
-def apply_lego_schedule(sch: s_tir.Schedule, config: LegoCpuConfig | FlatLegoConfig) -> None:
+def apply_lego_schedule(sch: s_tir.Schedule,
+                        config: LegoCpuConfig | FlatLegoConfig | WinogradConfig) -> None:
     """Schedule the fused Lego blocks of ``sch`` in place."""
+    if isinstance(config, WinogradConfig):
+        apply_winograd_schedule(sch, config)
+        return
     if isinstance(config, FlatLegoConfig):
         apply_flat_schedule(sch, config)
         return
@@ -175,6 +183,8 @@ def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
     once with fused stages and once stage by stage."""
     simd = simd_profile(target)
     default = default_config(spec, num_cores(target), simd)
+    if isinstance(default, WinogradConfig):
+        return tunable_winograd_schedules(sch, spec, default, simd)
     if isinstance(default, FlatLegoConfig):
         return tunable_flat_schedules(sch, spec, default)
     spaces = []

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tvm import s_tir, te, tirx, topi
 
+from . import winograd
 from ..support.tiling import has_block
 
 COMPUTE_VERSION = 2   # 2: the ReLU keeps NaN
@@ -52,6 +53,9 @@ class LegoConvSpec:
     # gather-sum reads whole vectors of one map: 1x1 stride-1 unpadded NCHW layers only
     # (``flat_pixels_unsupported``). Else ``[batch, o, m/bank_block, H, W, bank_block]``.
     flat_pixels: bool = False
+    # Winograd F(r x r, 3x3) for the compute-once stage (``op/winograd.py``): r, the output
+    # tile (2 or 4); 0 is the direct conv. The bank is then ``winograd.transform_bank``'s.
+    winograd: int = 0
 
     @property
     def input_shape(self) -> tuple:
@@ -83,7 +87,8 @@ class LegoConvSpec:
         fields = asdict(self)
         # NCHW kernels keep the attributes (and so the tuning-record hash) they had before
         # the blocked layouts existed.
-        for key, plain in (("in_block", 1), ("out_block", 1), ("flat_pixels", False)):
+        for key, plain in (("in_block", 1), ("out_block", 1), ("flat_pixels", False),
+                           ("winograd", 0)):
             if fields[key] == plain:
                 del fields[key]
         return fields
@@ -98,6 +103,18 @@ def flat_pixels_unsupported(spec: LegoConvSpec) -> str | None:
         return "blocked (NCHW[x]c) input or output"
     if s.in_channels != s.splits * s.split_channels:
         return "the splits read only part of the input channels"
+    return None
+
+
+def winograd_unsupported(spec: LegoConvSpec) -> str | None:
+    """Why the compute-once stage of ``spec`` cannot run by Winograd (None if it can)."""
+    s = spec
+    if s.kernel != (3, 3) or s.stride != (1, 1):
+        return "not a 3x3 stride-1 convolution"
+    if s.in_block != 1 or s.flat_pixels:
+        return "blocked (NCHW[x]c) input" if s.in_block != 1 else "pixels-innermost maps"
+    if s.dtype != "float32":
+        return f"dtype {s.dtype}"
     return None
 
 
@@ -144,10 +161,16 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     if s.split_channels % ib or s.out_channels % s.out_block:
         raise ValueError(f"channel blocks {ib} (in) / {s.out_block} (out) do not divide the "
                          f"{s.split_channels} channels per split / {s.out_channels} outputs")
+    if s.winograd and winograd_unsupported(s):
+        raise ValueError(f"winograd: {winograd_unsupported(s)}")
     batch = s.batch if s.batch is not None else tirx.Var("batch", "int64")
     x = te.placeholder(_with_batch(s.input_shape, batch), s.dtype, name="x")
-    bank = te.placeholder((s.lego_filters // vb, s.split_channels) + s.kernel + (vb,), s.dtype,
-                          name="bank")
+    if s.winograd:
+        alpha = s.winograd + 2
+        bank_shape = (alpha, alpha, s.lego_filters // vb, s.split_channels, vb)
+    else:
+        bank_shape = (s.lego_filters // vb, s.split_channels) + s.kernel + (vb,)
+    bank = te.placeholder(bank_shape, s.dtype, name="bank")
     index = te.placeholder((s.splits, s.out_channels), "int32", name="index")
     coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
     bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
@@ -155,14 +178,19 @@ def lego_conv2d_compute(spec: LegoConvSpec):
                 if s.has_residual else None)
 
     pt, pl, pb, pr = s.padding
+    if s.winograd:     # whole tiles: more padding at the bottom and the right
+        pb += winograd.tiles(s.out_height, s.winograd) * s.winograd - s.out_height
+        pr += winograd.tiles(s.out_width, s.winograd) * s.winograd - s.out_width + s.winograd
     tail = [0] if ib > 1 else []
     padded = (topi.nn.pad(x, [0, 0, pt, pl] + tail, [0, 0, pb, pr] + tail, name=PAD_BLOCK)
-              if any(s.padding) else x)
+              if any((pt, pl, pb, pr)) else x)
     ry = te.reduce_axis((0, s.kernel[0]), name="ry")
     rx = te.reduce_axis((0, s.kernel[1]), name="rx")
     sh, sw = s.stride
     # Stage 1, compute once: every split convolved with the one shared bank.
-    if s.flat_pixels:
+    if s.winograd:
+        lego = winograd.lego_maps(padded, bank, s, batch, s.winograd)
+    elif s.flat_pixels:
         rc = te.reduce_axis((0, s.split_channels), name="rc")
         width = s.width
 
@@ -187,7 +215,7 @@ def lego_conv2d_compute(spec: LegoConvSpec):
         def lego_map(nb, i, ko, h, w, ki):
             return te.sum(padded[nb, i * blocks + rco, h * sh + ry, w * sw + rx, rci]
                           * bank[ko, rco * ib + rci, ry, rx, ki], axis=[rco, rci, ry, rx])
-    if not s.flat_pixels:
+    if not (s.flat_pixels or s.winograd):
         lego = te.compute((batch, s.splits, s.lego_filters // vb, s.out_height, s.out_width, vb),
                           lego_map, name=LEGO_BLOCK)
 
@@ -211,6 +239,8 @@ def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
         acc = bias[j]
         for i in range(s.splits):
             k = index[i, j]
+            if s.winograd:   # bounded, so that the maps can be computed at a row tile
+                k = tirx.max(tirx.min(k, s.lego_filters - 1), 0)
             acc = acc + coef[i, j] * (lego[nb, i, k, h * s.width + w] if s.flat_pixels
                                       else lego[nb, i, k // vb, h, w, k % vb])
         if residual is not None:
@@ -256,7 +286,7 @@ def _prim_func(tensors, spec: LegoConvSpec, spec_attr: str) -> tirx.PrimFunc:
     # MetaSchedule: only the custom rule (on the gather-sum block) schedules this function;
     # "None" keeps the generic rules off the other blocks and the root.
     sch = s_tir.Schedule(func)
-    for name in ("root", PAD_BLOCK, LEGO_BLOCK):
+    for name in ("root", PAD_BLOCK, LEGO_BLOCK) + winograd.STAGES:
         if has_block(sch, name):
             sch.annotate(sch.get_sblock(name), "schedule_rule", "None")
     func = sch.mod["main"]
