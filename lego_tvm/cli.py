@@ -85,9 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--no-check", action="store_true", help="skip the check against PyTorch")
     comp.add_argument("--dynamic-batch", action="store_true",
                       help="the batch size is chosen at each call (--batch is only the example)")
-    comp.add_argument("--compute-once", choices=["tvm", "onednn", "auto"], default="tvm",
-                      help="what computes the Lego feature maps: TVM's kernel (default), oneDNN, "
-                           "or per kernel whichever measures faster now (auto)")
+    comp.add_argument("--compute-once", choices=["tvm", "winograd", "onednn", "auto"], default="tvm",
+                      help="what computes the Lego feature maps: TVM's direct kernel (default), "
+                           "TVM's Winograd kernel (3x3 stride-1 layers), oneDNN, or per "
+                           "kernel whichever measures fastest now (auto)")
     _add_layout(comp)
     comp.add_argument("--tuning-logs", nargs="*", default=None,
                       help="tuning log folders to apply (default: the logs shipped for this "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import replace
 
 import torch
 import tvm
@@ -47,10 +48,12 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
     every weight block is a scaled copy of a shared filter, exactly (0, the default: up to
     the rounding of one multiplication) or within this fraction of the largest weight
     (opt-in; the output then moves by about as much). ``compute_once``: what computes each
-    fused kernel's Lego feature maps: ``"tvm"`` (the default, TVM's generated kernel),
-    ``"onednn"`` (oneDNN, host CPU only; raises ``OneDNNUnavailable`` if oneDNN is missing)
-    or ``"auto"`` (each kernel timed both ways now, the faster used; TVM wherever oneDNN
-    cannot be used). ``layout``: ``"NCHW"`` (the default) or ``"NCHWc"``: chains of fused
+    fused kernel's Lego feature maps: ``"tvm"`` (the default, TVM's generated kernel, a
+    direct conv), ``"winograd"`` (Winograd F(4x4, 3x3) in TVM's kernel for 3x3 stride-1
+    layers, F(2x2, 3x3) below 8x8 outputs; CPU targets), ``"onednn"`` (oneDNN, host CPU
+    only; raises ``OneDNNUnavailable`` if oneDNN is missing) or ``"auto"`` (each kernel
+    timed every way it can run, here and now, the fastest used; see
+    ``backend.compute_once``). ``layout``: ``"NCHW"`` (the default) or ``"NCHWc"``: chains of fused
     kernels hand each other NCHW[x]c tensors (x = SIMD lanes; CPU targets; see
     ``transform.blocked_layout``; the shipped tuning logs are for NCHW kernels).
     ``progress``: called with a line of text at each phase (import, scheduling and
@@ -126,7 +129,10 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         # OpenMP threads and TVM's pool: the whole model decides.
         if progress:
             progress("compute-once backend: timing the whole model with and without oneDNN")
-        alternative = _schedule_and_build(tvm_only, tvm_target, database)
+        without_onednn = [replace(c, backend="tvm") if c.backend == "onednn" else c
+                          for c in report.compute_once]
+        alternative = _schedule_and_build(
+            compute_once_backends.apply_choices(tvm_only, without_onednn), tvm_target, database)
         times = compute_once_backends.time_models([executable, alternative[0]], example_inputs)
         report.compute_once_check = {"onednn_ms": times[0], "tvm_only_ms": times[1]}
         if times[1] <= times[0]:

@@ -66,14 +66,15 @@ def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
         results = json.load(f)
     [model] = results["models"]
     for key in ("torch_lego", "torch_dense", "tvm_no_pass", "lego_tvm", "lego_tvm_nchwc",
-                "lego_tvm_onednn", "onnxruntime", "openvino", "openvino_default"):
+                "lego_tvm_auto", "onnxruntime", "openvino", "openvino_default"):
         assert model["median_ms"][key] > 0, key
     assert model["competitor_errors"]["onnxruntime"] <= 1e-4
     assert model["competitor_errors"]["openvino"] <= 1e-4
-    for check in ("max_rel_error", "max_rel_error_nchwc", "max_rel_error_onednn"):
+    for check in ("max_rel_error", "max_rel_error_nchwc", "max_rel_error_auto"):
         assert model[check] <= 1e-4, check
-    assert {c["backend"] for c in model["compute_once"]} <= {"tvm", "onednn"}
+    assert {c["backend"] for c in model["compute_once"]} <= {"tvm", "winograd", "onednn"}
     assert all(c["tvm_ms"] > 0 and c["onednn_ms"] > 0 for c in model["compute_once"])
+    assert any(c["winograd_ms"] for c in model["compute_once"])
     scaling = results["scaling"]
     assert [(r["batch"], r["threads"]) for r in scaling] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     for row in scaling:

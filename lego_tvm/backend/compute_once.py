@@ -1,14 +1,20 @@
-"""Which library computes each fused kernel's Lego feature maps.
+"""What computes each fused kernel's Lego feature maps.
 
-``"tvm"`` (the default): TVM's generated kernel does the whole layer. ``"onednn"``: oneDNN
+``"tvm"`` (the default): TVM's generated kernel does the whole layer with a direct conv.
+``"winograd"``: the 3x3 stride-1 layers compute their maps by Winograd F(4x4, 3x3) (F(2x2,
+3x3) where the output is smaller than 8x8), in the same fused TVM kernel (``op/winograd.py``).
+``"onednn"``: oneDNN
 computes the ``o*m`` maps (the splits folded into the batch, one convolution with the bank;
 see ``onednn.py``) and a TVM kernel does the gather-sum and its epilogue. ``"auto"``: each
-fused kernel is built and timed both ways, here and now, and oneDNN is used where it is at
-least ``ONEDNN_MARGIN`` (10%) faster. The choice is per kernel (layers with the same shapes share one); the report says which ran.
+fused kernel is built and timed every way it can run, here and now (direct, F(2x2, 3x3),
+F(4x4, 3x3), oneDNN): Winograd is used where it is at least ``WINOGRAD_MARGIN`` (5%) faster
+than the direct kernel, and oneDNN where it is at least ``ONEDNN_MARGIN`` (10%) faster than
+the best TVM kernel. The choice is per kernel (layers with the same shapes share one); the
+report says which ran.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -18,23 +24,27 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from . import onednn
-from ..op.fused_op import LegoConvSpec, lego_gather_prim_func, lego_kernels, unpack_bank
+from ..op import winograd
+from ..op.fused_op import (LegoConvSpec, lego_conv2d_prim_func, lego_gather_prim_func,
+                           lego_kernels, unpack_bank, winograd_unsupported)
 from ..support.timing import best_of_rounds
 from .kernel_timing import build_alone, fused_kernel_run, random_inputs
 from ..support.targets import why_not_runnable_here
 from ..support.tvm_compat import const_array
 
-CHOICES = ("tvm", "onednn", "auto")
+CHOICES = ("tvm", "winograd", "onednn", "auto")
 ONEDNN_BLOCKS = (1, 4, 8, 16)      # Lego-map layouts oneDNN writes: NCHW and nChw{4,8,16}c
 
 
 @dataclass
 class KernelChoice:
     kernel: str                    # the fused PrimFunc (layers with equal shapes share one)
-    backend: str                   # "tvm" or "onednn"
+    backend: str                   # "tvm" (direct), "winograd" or "onednn"
     tvm_ms: float | None = None    # measured ("auto" only)
     onednn_ms: float | None = None
     note: str = ""                 # why oneDNN was not used, or its implementation
+    winograd: int = 0              # r of F(r x r, 3x3) when the backend is "winograd"
+    winograd_ms: dict = field(default_factory=dict)   # measured ("auto"): r -> ms
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -58,39 +68,101 @@ def choose(mod: tvm.IRModule, target: Target, mode: str, database=None,
            progress: Callable[[str], None] | None = None
            ) -> tuple[tvm.IRModule, list[KernelChoice]]:
     """Give each fused kernel of ``mod`` (fused, not yet lowered) its compute-once backend
-    and rewrite the oneDNN ones. ``database``: tuning records, so "auto" times the TVM kernel
-    as the model will run it."""
+    and rewrite the kernels that do not use TVM's direct conv. ``database``: tuning
+    records, so "auto" times the TVM kernels as the model will run them."""
     if mode not in CHOICES:
         raise ValueError(f"compute_once={mode!r}: choose one of {', '.join(CHOICES)}")
     if mode == "tvm":
         return mod, []
-    unavailable = _why_not_onednn(target)
-    if unavailable and mode == "onednn":
-        raise onednn.OneDNNUnavailable(f"compute_once='onednn': {unavailable}")
+    no_onednn = _why_not_onednn(target) if mode in ("onednn", "auto") else "not asked for"
+    if no_onednn and mode == "onednn":
+        raise onednn.OneDNNUnavailable(f"compute_once='onednn': {no_onednn}")
+    no_winograd = _why_not_winograd(target, mode)
+    if no_winograd and mode == "winograd":
+        raise ValueError(f"compute_once='winograd': {no_winograd}")
     choices: list[KernelChoice] = []
-    chosen: dict[tvm.ir.GlobalVar, LegoConvSpec] = {}
     kernels = lego_kernels(mod)
     for number, (gvar, func, spec) in enumerate(kernels, 1):
+        choice = KernelChoice(gvar.name_hint, "tvm")
         # oneDNN's NCHW maps ([N*o, m, H, W], block 1) are a flat_pixels kernel's maps.
-        spec = replace(spec, flat_pixels=False)
-        reason = unavailable or onednn_unsupported(spec)
-        if reason:
-            choices.append(KernelChoice(gvar.name_hint, "tvm", note=f"not oneDNN: {reason}"))
-            continue
-        choice = KernelChoice(gvar.name_hint, "onednn", note=_implementation(spec))
-        if mode == "auto":
+        onednn_spec = replace(spec, flat_pixels=False)
+        why_not_onednn = no_onednn or onednn_unsupported(onednn_spec)
+        why_not_winograd = no_winograd or winograd_unsupported(spec)
+        if mode == "winograd":
+            if why_not_winograd:
+                choice.note = f"not Winograd: {why_not_winograd}"
+            else:
+                choice.backend, choice.winograd = "winograd", default_winograd_tile(spec)
+        elif mode == "onednn":
+            if why_not_onednn:
+                choice.note = f"not oneDNN: {why_not_onednn}"
+            else:
+                choice.backend, choice.note = "onednn", _implementation(onednn_spec)
+        else:
             if progress:
                 progress(f"compute-once backend: timing kernel {number}/{len(kernels)} "
-                         f"({gvar.name_hint}) on TVM and on oneDNN")
-            choice.tvm_ms, choice.onednn_ms = _time_both(func, spec, target, database)
-            if choice.onednn_ms > (1 - ONEDNN_MARGIN) * choice.tvm_ms:
-                choice.backend = "tvm"
-        if choice.backend == "onednn":
-            chosen[gvar] = spec
+                         f"({gvar.name_hint}) every way it can run")
+            _time_every_way(choice, func, spec, onednn_spec, target, database,
+                            why_not_onednn, why_not_winograd)
         choices.append(choice)
-    if chosen:
-        mod = _rewrite(mod, chosen)
-    return mod, choices
+    return apply_choices(mod, choices), choices
+
+
+def default_winograd_tile(spec: LegoConvSpec) -> int:
+    """F(4x4, 3x3), or F(2x2, 3x3) where the output is smaller than 8x8 (a 4x4 tile would
+    then be mostly padding)."""
+    return 4 if min(spec.out_height, spec.out_width) >= 8 else 2
+
+
+def _why_not_winograd(target: Target, mode: str) -> str | None:
+    if target.kind.name != "llvm":
+        return f"the Winograd kernel has CPU schedules only; this target is {target.kind.name}"
+    if mode == "auto" and why_not_runnable_here(target):
+        return f"'auto' times kernels on this machine ({why_not_runnable_here(target)})"
+    return None
+
+
+def _time_every_way(choice: KernelChoice, func: tirx.PrimFunc, spec: LegoConvSpec,
+                    onednn_spec: LegoConvSpec, target: Target, database, why_not_onednn: str | None,
+                    why_not_winograd: str | None) -> None:
+    """Fill in ``choice`` for "auto": time the direct kernel, Winograd and oneDNN where they
+    apply (alternating rounds, best round each) and keep the fastest by the margins."""
+    runs = [fused_kernel_run(func, spec, target, database)[0]]
+    tiles = [] if why_not_winograd else list(winograd.TILES)
+    for tile in tiles:
+        wino = replace(spec, winograd=tile)
+        runs.append(fused_kernel_run(lego_conv2d_prim_func(wino), wino, target, database)[0])
+    if not why_not_onednn:
+        runs.append(_onednn_run(onednn_spec, target))
+    times = best_of_rounds(runs)
+    choice.tvm_ms = times[0]
+    choice.winograd_ms = dict(zip(tiles, times[1:1 + len(tiles)]))
+    best_ms = choice.tvm_ms
+    if choice.winograd_ms:
+        tile, ms = min(choice.winograd_ms.items(), key=lambda item: item[1])
+        if ms < (1 - WINOGRAD_MARGIN) * choice.tvm_ms:
+            choice.backend, choice.winograd, best_ms = "winograd", tile, ms
+    else:
+        choice.note = f"not Winograd: {why_not_winograd}"
+    if why_not_onednn:
+        choice.note = "; ".join(filter(None, [choice.note, f"not oneDNN: {why_not_onednn}"]))
+        return
+    choice.onednn_ms = times[-1]
+    if choice.onednn_ms <= (1 - ONEDNN_MARGIN) * best_ms:
+        choice.backend, choice.winograd = "onednn", 0
+        choice.note = _implementation(onednn_spec)
+
+
+def apply_choices(mod: tvm.IRModule, choices: list[KernelChoice]) -> tvm.IRModule:
+    """Rewrite the kernels of ``mod`` whose choice is Winograd or oneDNN."""
+    chosen = {}
+    for gvar, _, spec in lego_kernels(mod):
+        choice = next((c for c in choices if c.kernel == gvar.name_hint), None)
+        if choice is not None and choice.backend == "onednn":
+            chosen[gvar] = (replace(spec, flat_pixels=False), "onednn")
+        elif choice is not None and choice.backend == "winograd":
+            chosen[gvar] = (replace(spec, winograd=choice.winograd), "winograd")
+    return _rewrite(mod, chosen) if chosen else mod
 
 
 def _why_not_onednn(target: Target) -> str | None:
@@ -140,9 +212,10 @@ def _maps_shape(spec: LegoConvSpec, batch) -> tuple:
 
 
 @mutator
-class _UseOneDNN(PyExprMutator):
+class _RewriteKernels(PyExprMutator):
     """``call_tir(fused, x, bank, index, coef, bias[, residual])`` ->
-    ``maps = call_dps_packed(onednn_conv2d, x, bank, params)`` then
+    Winograd: ``call_tir(fused_winograd, x, transformed bank, ...)``;
+    oneDNN: ``maps = call_dps_packed(onednn_conv2d, x, bank, params)`` then
     ``call_tir(gather_sum, maps, index, coef, bias[, residual])``."""
 
     def __init__(self, mod: tvm.IRModule, chosen: dict):
@@ -152,30 +225,37 @@ class _UseOneDNN(PyExprMutator):
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         call = binding.value
-        spec = (self.chosen.get(call.args[0]) if isinstance(call, relax.Call)
-                and call.op.same_as(self.call_tir) else None)
+        spec, backend = (self.chosen.get(call.args[0], (None, None))
+                         if isinstance(call, relax.Call) and call.op.same_as(self.call_tir)
+                         else (None, None))
         if spec is None:
             super().visit_var_binding_(binding)
             return
         x, bank, *rest = [self.visit_expr(a) for a in call.args[1].fields]
-        weights = onednn_bank(unpack_bank(const_array(bank), spec.bank_block),
-                              weight_block(spec))
-        batch = binding.var.ty.shape[0]
-        maps = self.builder_.emit(relax.call_dps_packed(
-            onednn.FUNCTION, [x, relax.const(weights), relax.ShapeExpr(_params(spec))],
-            out_ty=relax.TensorType(_maps_shape(spec, batch), spec.dtype)), "lego_maps")
-        gather = self.builder_.add_func(lego_gather_prim_func(spec), "lego_gather_sum")
-        new = self.builder_.normalize(relax.call_tir(gather, [maps, *rest], out_ty=binding.var.ty))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+        bank = unpack_bank(const_array(bank), spec.bank_block)
+        if backend == "winograd":
+            kernel = self.builder_.add_func(lego_conv2d_prim_func(spec),
+                                            f"{call.args[0].name_hint}_winograd")
+            bank = relax.const(winograd.transform_bank(bank, spec.winograd, spec.bank_block))
+            new = relax.call_tir(kernel, [x, bank, *rest], out_ty=binding.var.ty)
+        else:
+            weights = onednn_bank(bank, weight_block(spec))
+            batch = binding.var.ty.shape[0]
+            maps = self.builder_.emit(relax.call_dps_packed(
+                onednn.FUNCTION, [x, relax.const(weights), relax.ShapeExpr(_params(spec))],
+                out_ty=relax.TensorType(_maps_shape(spec, batch), spec.dtype)), "lego_maps")
+            gather = self.builder_.add_func(lego_gather_prim_func(spec), "lego_gather_sum")
+            new = relax.call_tir(gather, [maps, *rest], out_ty=binding.var.ty)
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
 
 
 def _rewrite(mod: tvm.IRModule, chosen: dict) -> tvm.IRModule:
-    rewriter = _UseOneDNN(mod, chosen)
+    rewriter = _RewriteKernels(mod, chosen)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
     mod = rewriter.builder_.get()
-    for gvar in chosen:      # the fused kernels oneDNN replaced everywhere
+    for gvar in chosen:      # the fused kernels replaced everywhere
         if not _referenced(mod, gvar):
             del mod[gvar]
     return mod
@@ -193,14 +273,8 @@ def _referenced(mod: tvm.IRModule, gvar) -> bool:
 # and TVM's pool costs more than the kernel alone shows (measured: single layers 0.02-0.4 ms
 # slower on oneDNN in the model than alone).
 ONEDNN_MARGIN = 0.1
-
-
-def _time_both(func: tirx.PrimFunc, spec: LegoConvSpec, target: Target, database
-               ) -> tuple[float, float]:
-    """Milliseconds of the TVM kernel and of oneDNN + the gather-sum kernel."""
-    tvm_run, _ = fused_kernel_run(func, spec, target, database)
-    best = best_of_rounds([tvm_run, _onednn_run(spec, target)])
-    return best[0], best[1]
+# Winograd must win by WINOGRAD_MARGIN: it rounds more than the direct conv (docs/winograd.md).
+WINOGRAD_MARGIN = 0.05
 
 
 def _onednn_run(spec: LegoConvSpec, target: Target):

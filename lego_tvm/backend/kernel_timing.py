@@ -15,6 +15,7 @@ import tvm
 from tvm import tirx
 from tvm.target import Target
 
+from ..op import winograd
 from ..op.fused_op import LegoConvSpec, pack_bank
 from ..support.targets import codegen_target
 
@@ -38,9 +39,11 @@ def random_inputs(spec: LegoConvSpec, rng) -> dict[str, np.ndarray]:
 
 
 def kernel_arguments(spec: LegoConvSpec, rng) -> list[np.ndarray]:
-    """``random_inputs`` as the fused kernel takes them (bank packed), in order."""
+    """``random_inputs`` as the fused kernel takes them (bank packed or transformed), in
+    order."""
     arrays = random_inputs(spec, rng)
-    arrays["bank"] = pack_bank(arrays["bank"], spec.bank_block)
+    arrays["bank"] = (winograd.transform_bank(arrays["bank"], spec.winograd, spec.bank_block)
+                      if spec.winograd else pack_bank(arrays["bank"], spec.bank_block))
     return list(arrays.values())
 
 

@@ -63,8 +63,15 @@ class LegoReport:
     compute_once_check: dict = field(default_factory=dict)   # "auto": whole-model times
 
     def backend_of(self, layer: LegoLayerReport) -> str:
-        """What computed this layer's Lego feature maps: "tvm" or "onednn"."""
+        """What computed this layer's Lego feature maps: "tvm" (direct), "winograd" or
+        "onednn"."""
         return next((c.backend for c in self.compute_once if c.kernel == layer.kernel), "tvm")
+
+    def _maps_note(self, layer: LegoLayerReport) -> str:
+        choice = next((c for c in self.compute_once if c.kernel == layer.kernel), None)
+        if choice is None or choice.backend == "tvm":
+            return ""
+        return f"  [maps: {_backend_name(choice)}]"
 
     @property
     def totals(self) -> dict:
@@ -104,7 +111,7 @@ class LegoReport:
                 f"{layer.lego_weights:>10,} {layer.dense_macs:>14,} {layer.lego_macs:>13,}  "
                 f"{'+'.join(layer.folded) or '-'}"
                 + ("" if layer.form == "split convs" else f"  [{layer.form}]")
-                + ("  [maps: oneDNN]" if self.backend_of(layer) == "onednn" else "")
+                + self._maps_note(layer)
                 + _layout_note(s))
         t = self.totals
         lines.append("-" * len(head))
@@ -145,16 +152,30 @@ def _layout_note(spec: LegoConvSpec) -> str:
     return f"  [{layout_name(spec.in_block)} -> {layout_name(spec.out_block)}]"
 
 
+def _backend_name(choice) -> str:
+    if choice.backend == "winograd":
+        return f"Winograd F({choice.winograd}x{choice.winograd}, 3x3)"
+    return {"tvm": "direct", "onednn": "oneDNN"}[choice.backend]
+
+
 def _compute_once_summary(choices: list) -> str:
-    on = [c for c in choices if c.backend == "onednn"]
-    impls = sorted({c.note for c in on})
-    line = (f"Lego feature maps computed by oneDNN in {len(on)} of {len(choices)} kernels"
-            + (f" ({', '.join(impls)})" if impls else "") + ", by TVM in the others")
+    counts: dict[str, int] = {}
+    for c in choices:
+        counts[_backend_name(c)] = counts.get(_backend_name(c), 0) + 1
+    impls = sorted({c.note for c in choices if c.backend == "onednn"})
+    line = ("Lego feature maps computed by " + ", ".join(f"{name} in {n}"
+                                                        for name, n in counts.items())
+            + f" of {len(choices)} kernels" + (f" ({', '.join(impls)})" if impls else ""))
     timed = [c for c in choices if c.tvm_ms is not None]
     if timed:
-        line += "; timed each way (TVM / oneDNN ms): " + ", ".join(
-            f"{c.kernel} {c.tvm_ms:.2f}/{c.onednn_ms:.2f}" for c in timed)
-    not_used = sorted({c.note for c in choices if c.note.startswith("not oneDNN")})
+        def ways(c) -> str:
+            wino = "/".join(f"{ms:.2f}" for ms in c.winograd_ms.values()) or "-"
+            onednn = f"{c.onednn_ms:.2f}" if c.onednn_ms is not None else "-"
+            return f"{c.kernel} {c.tvm_ms:.2f}/{wino}/{onednn}"
+        line += ("; timed each way (ms: direct / Winograd F(2x2)/F(4x4) / oneDNN): "
+                 + ", ".join(ways(c) for c in timed))
+    not_used = sorted({part for c in choices for part in c.note.split("; ")
+                       if part.startswith("not ")})
     if not_used:
         line += "; " + "; ".join(not_used)
     return line
