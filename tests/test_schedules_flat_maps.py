@@ -31,7 +31,7 @@ def reference(spec: LegoConvSpec, arrays: dict) -> np.ndarray:
     b = spec.split_channels
     out = t["bias"][None, :, None, None].expand(t["out"].shape).clone()
     for i in range(spec.splits):
-        maps = F.conv2d(t["x"][:, i * b:(i + 1) * b], t["bank"])
+        maps = F.conv2d(t["x"][:, i * b:(i + 1) * b], t["bank"], padding=spec.padding[:2])
         out += t["coef"][i][None, :, None, None] * maps[:, t["index"][i].long()]
     if spec.has_residual:
         out += t["residual"]
