@@ -54,7 +54,11 @@ def test_auto_times_each_kernel_and_takes_onednn_only_when_clearly_faster():
     any_faster = False
     for choice in choices:
         assert choice.tvm_ms > 0 and choice.onednn_ms > 0
-        faster = choice.onednn_ms <= (1 - compute_once.ONEDNN_MARGIN) * choice.tvm_ms
+        best_tvm = choice.tvm_ms
+        if choice.winograd_ms and (min(choice.winograd_ms.values())
+                                   < (1 - compute_once.WINOGRAD_MARGIN) * choice.tvm_ms):
+            best_tvm = min(choice.winograd_ms.values())
+        faster = choice.onednn_ms <= (1 - compute_once.ONEDNN_MARGIN) * best_tvm
         any_faster |= faster
         if faster:
             # Then the whole model is timed both ways, and that decides.
@@ -63,7 +67,7 @@ def test_auto_times_each_kernel_and_takes_onednn_only_when_clearly_faster():
             assert choice.backend == ("onednn" if kept else "tvm")
             assert kept or "whole model was not" in choice.note
         else:
-            assert choice.backend == "tvm"
+            assert choice.backend == ("tvm" if best_tvm == choice.tvm_ms else "winograd")
     # One progress line per kernel, and one more when the whole model had to be timed (the
     # compile's phases have their own).
     timing = [line for line in lines if line.startswith("compute-once backend")]
@@ -111,7 +115,7 @@ def test_exported_model_says_what_it_needs_and_loads_it(tmp_path):
 def test_unknown_choice_and_other_targets_are_refused():
     block = LegoBlock(8, 8, 3, 2, 0.5, 1, "").eval()
     x = torch.randn(1, 8, 6, 6)
-    with pytest.raises(ValueError, match="compute_once='fast'.*tvm, onednn, auto"):
+    with pytest.raises(ValueError, match="compute_once='fast'.*tvm, winograd, onednn, auto"):
         lego_tvm.compile(block, (x,), compute_once="fast")
     with pytest.raises(onednn.OneDNNUnavailable, match="own CPU only.*aarch64"):
         lego_tvm.compile(block, (x,), target="arm-cortex-a72", compute_once="onednn")
@@ -145,7 +149,9 @@ def test_missing_onednn_is_a_clear_error_and_auto_falls_back(tmp_path):
 def test_auto_lets_the_whole_model_overrule_kernels_timed_alone(monkeypatch):
     """Kernels timed alone say oneDNN (forced here); the whole model, timed both ways for
     real, decides whether that stands, and the output is right either way."""
-    monkeypatch.setattr(compute_once, "_time_both", lambda *args: (1.0, 0.5))
+    # Direct and Winograd 1 ms each, oneDNN 0.5 ms.
+    monkeypatch.setattr(compute_once, "_time_kernels",
+                        lambda runs: [1.0] * (len(runs) - 1) + [0.5])
     model = nn.Sequential(LegoConv2d(16, 16, 3, 2, 0.5), nn.ReLU(),
                           LegoConv2d(16, 16, 3, 2, 0.5)).eval()
     x = torch.randn(1, 16, 12, 12)

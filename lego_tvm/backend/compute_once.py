@@ -98,6 +98,8 @@ def choose(mod: tvm.IRModule, target: Target, mode: str, database=None,
                 choice.note = f"not oneDNN: {why_not_onednn}"
             else:
                 choice.backend, choice.note = "onednn", _implementation(onednn_spec)
+        elif why_not_onednn and why_not_winograd:     # nothing to time: direct
+            choice.note = f"not Winograd: {why_not_winograd}; not oneDNN: {why_not_onednn}"
         else:
             if progress:
                 progress(f"compute-once backend: timing kernel {number}/{len(kernels)} "
@@ -134,7 +136,7 @@ def _time_every_way(choice: KernelChoice, func: tirx.PrimFunc, spec: LegoConvSpe
         runs.append(fused_kernel_run(lego_conv2d_prim_func(wino), wino, target, database)[0])
     if not why_not_onednn:
         runs.append(_onednn_run(onednn_spec, target))
-    times = best_of_rounds(runs)
+    times = _time_kernels(runs)
     choice.tvm_ms = times[0]
     choice.winograd_ms = dict(zip(tiles, times[1:1 + len(tiles)]))
     best_ms = choice.tvm_ms
@@ -151,6 +153,10 @@ def _time_every_way(choice: KernelChoice, func: tirx.PrimFunc, spec: LegoConvSpe
     if choice.onednn_ms <= (1 - ONEDNN_MARGIN) * best_ms:
         choice.backend, choice.winograd = "onednn", 0
         choice.note = _implementation(onednn_spec)
+
+
+def _time_kernels(runs: list) -> list[float]:
+    return best_of_rounds(runs)
 
 
 def apply_choices(mod: tvm.IRModule, choices: list[KernelChoice]) -> tvm.IRModule:
