@@ -130,3 +130,18 @@ def test_throughput_serves_a_model_from_several_client_threads():
     assert [r["clients"] for r in rows] == [1, 2]
     assert all(r["requests_per_s"]["lego_tvm"] > 0 for r in rows)
     assert "| lego_vgg16 | 2 |" in format_throughput_table(rows)
+
+
+@pytest.mark.slow
+def test_layer_bench_times_auto_and_takes_lego_tvms_fastest_way():
+    from lego_tvm.bench.layers import OURS, LayerCase, bench_layer, format_layer_table, ours_ms
+
+    result = bench_layer(LayerCase(32, 16, 1), repeat=2, warmup=1, use_torch_compile=False,
+                         progress=lambda line: None)
+    t = result["median_ms"]
+    assert t["lego_tvm_auto"] > 0 and result["max_rel_error"] <= 1e-4
+    assert ours_ms(result) == min(t[k] for k in OURS if k in t)
+    [choice] = result["compute_once"]
+    assert set(choice["winograd_ms"]) == {2, 4}      # a 3x3 stride-1 layer: both tiles timed
+    table = format_layer_table([result], peak=None)
+    assert "fastest maps (auto" in table and "| 32ch 16x16 s1 |" in table
