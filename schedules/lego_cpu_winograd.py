@@ -24,7 +24,11 @@ from ..support.tiling import divisors, has_block, sample_divisor
 from .vector_unit import SimdProfile
 
 
+# Measured on a 2-core Xeon (AVX-512, 2 MiB L2 per core), fused tasks against stage by
+# stage: 128ch 56x56 F(4x4) (bank 0.6 MB) 0.93 / 1.31 ms, 256ch 28x28 F(2x2) (1.0 MB) 0.97 /
+# 1.25, F(4x4) (2.4 MB) 1.10 / 0.97, 512ch 14x14 F(2x2) (4.2 MB) 1.35 / 1.02.
 TASK_BYTES = 1024 * 1024
+BANK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,16 @@ def default_winograd_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
                             ) -> WinogradConfig:
     s = spec
     rows, cols = tiles(s.out_height, s.winograd), tiles(s.out_width, s.winograd)
-    # A task's transformed input and GEMM output (o * alpha^2 * channels per tile each)
-    # stay in L2; at least two tasks per core, else stage by stage. Measured (Xeon, AVX-512,
-    # 128ch 56x56, F(4x4)): tasks of one row of tiles (516 KB) 1.02 ms, stage by stage 1.29.
+    # Fused tasks: a task's transformed input and GEMM output (o * alpha^2 * channels per
+    # tile each) stay in L2, there are at least two tasks per core, and the transformed
+    # bank, which every task reads whole, is at most BANK_BYTES; else stage by stage.
     alpha = s.winograd + 2
     tile_bytes = 4 * cols * s.splits * alpha * alpha * (s.split_channels + s.lego_filters)
+    bank_bytes = 4 * alpha * alpha * s.lego_filters * s.split_channels
     task_rows = max([t for t in divisors(rows) if t * tile_bytes <= TASK_BYTES
                      and (s.batch or 1) * rows // t >= 2 * cores], default=0)
+    if bank_bytes > BANK_BYTES:
+        task_rows = 0
     tile_rows = task_rows or rows
     blocks = min(simd.max_filter_blocks, 4)
     candidates = [(f, r, c) for f in divisors(s.lego_filters // s.bank_block, blocks)
