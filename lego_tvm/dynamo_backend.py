@@ -136,26 +136,27 @@ class _CompiledGraph:
         if not self.inputs:
             raise _CannotCompile("it has no tensor inputs (it reads only weights)")
         self.size_dims = _size_dims(placeholders, self.inputs, self.sizes)
-        self.per_shape = not self._one_model_for_all_batches(placeholders)
+        self.per_shape, self.dynamic_batch = self._batch_plan(placeholders)
         self.frozen: list[tuple[int, torch.Tensor, int]] = []   # (position, tensor, version)
         self.models: dict = {}
         self.eager_reason = None
         self.lock = threading.Lock()
 
-    def _one_model_for_all_batches(self, placeholders) -> bool:
-        """Whether one model with a symbolic batch serves every call Dynamo's guards allow."""
+    def _batch_plan(self, placeholders) -> tuple[bool, bool | None]:
+        """(whether each input shape needs its own model, the ``dynamic_batch`` to compile
+        with): one model with a symbolic batch serves every call Dynamo's guards allow when
+        dim 0 of every input is the same symbol and nothing else is symbolic."""
         if self.dynamic_batch is False:
-            return not self.sizes
+            return bool(self.sizes), False
         symbolic = {(k, d): str(size) for k, pos in enumerate(self.inputs)
                     for d, size in enumerate(placeholders[pos].meta["example_value"].shape)
                     if isinstance(size, torch.SymInt)}
         if not symbolic:
-            return True          # static shapes: one model (batch symbolic if asked)
+            return False, self.dynamic_batch   # static shapes: one model (batch symbolic if asked)
         if {d for _, d in symbolic} == {0} and len(symbolic) == len(self.inputs) \
                 and len(set(symbolic.values())) == 1 and len(self.size_dims) == len(self.sizes):
-            self.dynamic_batch = True
-            return True
-        return False
+            return False, True
+        return True, self.dynamic_batch
 
     def __call__(self, *args):
         if self.eager_reason is not None:

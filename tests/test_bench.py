@@ -79,13 +79,16 @@ def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
     assert [(r["batch"], r["threads"]) for r in scaling] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     for row in scaling:
         assert row["max_rel_error_vs_dense"] <= 1e-4
+        assert row["median_ms"]["onnxruntime"] > 0 and row["median_ms"]["openvino"] > 0
+        assert max(row["competitor_errors"].values()) <= 1e-4
+        assert "openvino_default" not in row["median_ms"]        # fp32 competitors only
         assert row["median_ms"]["torch_dense"] > 0 and row["median_ms"]["lego_tvm"] > 0
     overhead = results["overhead_us"]
     assert set(overhead) == {"torch", "lego_tvm_torch", "lego_tvm_numpy", "vm"}
     assert 0 < overhead["vm"] < overhead["lego_tvm_numpy"]   # the wrapper costs something
     out, err = capsys.readouterr()
     assert "bench: 3/3 benchmarks" in err          # the model, the scaling run, the overhead
-    assert "| lego_vgg16 | 2 | 2 |" in out and "oneDNN maps where faster" in out
+    assert "| lego_vgg16 | 2 | 2 |" in out and "fastest maps per kernel" in out
     assert "lego-tvm's call costs" in out
     assert "OpenVINO fp32, dense-folded" in out and "lego-tvm vs fastest fp32 other" in out
     assert (tmp_path / "bench.png").stat().st_size > 10_000

@@ -1,10 +1,13 @@
 """How the speed-up holds as the work grows: one zoo model at several batch sizes, on 1 and 2
 threads, lego-tvm (default schedules: the shipped logs are for batch 1) against PyTorch eager
-with the dense-folded weights (oneDNN), side by side in one process.
+with the dense-folded weights (oneDNN) and, when installed, ONNX Runtime and OpenVINO (fp32)
+on the same dense-folded model, side by side in one process, in alternating blocks.
 
 The thread count changes in place: ``torch.set_num_threads`` and TVM's
 ``runtime.config_threadpool``. Each batch is compiled once and checked against the
-dense-folded model. Runs per point shrink with the batch (``repeat // batch``, at least 3).
+dense-folded model (the runtimes, made for each thread count, are checked too). Runs per
+block shrink with the batch (``repeat // batch``, at least 3); each competitor keeps its best
+block of ``ROUNDS``.
 """
 from __future__ import annotations
 
@@ -14,11 +17,14 @@ import torch
 
 from ..support.accuracy import max_relative_error
 from ..support.threads import set_threads
-from ..support.timing import median_ms
+from ..support.timing import ROUNDS, median_ms
+from .runtimes import NOT_FP32, RUNTIME_LABELS, runtime_runs
 
 BATCHES = (1, 8, 32)
 THREADS = (1, 2)
-SCALING_LABELS = {"torch_dense": "PyTorch eager, dense-folded", "lego_tvm": "lego-tvm"}
+SCALING_LABELS = {"torch_dense": "PyTorch eager, dense-folded",
+                  **{k: v for k, v in RUNTIME_LABELS.items() if k not in NOT_FP32},
+                  "lego_tvm": "lego-tvm"}
 
 
 def bench_scaling(name: str = "lego_resnet50", batches=BATCHES, threads=THREADS,
@@ -38,32 +44,44 @@ def bench_scaling(name: str = "lego_resnet50", batches=BATCHES, threads=THREADS,
             fused = lego_compile(model, (example,), tuning_logs=None)
             x = example.numpy()
             with torch.no_grad():
-                error = max_relative_error(fused(x), dense(example).numpy())
-            runs = {"torch_dense": lambda: dense(example), "lego_tvm": lambda: fused(x)}
+                reference = dense(example).numpy()
+            error = max_relative_error(fused(x), reference)
             reps, warm = max(3, repeat // batch), max(1, warmup // batch)
             for count in threads:
                 set_threads(count)
-                times = {}
+                runs = {"torch_dense": lambda: dense(example), "lego_tvm": lambda: fused(x)}
+                others, errors = runtime_runs(dense, example, reference, count, progress,
+                                              f"{name} batch {batch}, {count} thread(s)")
+                runs.update({k: run for k, run in others.items() if k in SCALING_LABELS})
+                times = {key: float("inf") for key in runs}
                 with torch.no_grad():
-                    for key, run in runs.items():
-                        progress(f"[{name} batch {batch}, {count} thread(s)] timing "
-                                 f"{SCALING_LABELS[key]} ({warm} warm-up + {reps} runs)")
-                        times[key] = median_ms(run, reps, warm)
+                    for round_ in range(ROUNDS):
+                        for key, run in runs.items():
+                            progress(f"[{name} batch {batch}, {count} thread(s)] round "
+                                     f"{round_ + 1}/{ROUNDS}: {SCALING_LABELS[key]} "
+                                     f"({warm} warm-up + {reps} runs)")
+                            times[key] = min(times[key], median_ms(run, reps, warm))
                 results.append({"model": name, "batch": batch, "threads": count,
                                 "median_ms": times, "runs": reps,
-                                "max_rel_error_vs_dense": error})
+                                "max_rel_error_vs_dense": error,
+                                "competitor_errors": {k: errors[k] for k in others
+                                                      if k in SCALING_LABELS}})
     finally:
         set_threads(before)
     return results
 
 
 def format_scaling_table(results: list[dict]) -> str:
-    lines = ["| model | batch | threads | PyTorch eager, dense-folded | lego-tvm | "
-             "lego-tvm images/s | lego-tvm speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
+    keys = [k for k in SCALING_LABELS if k != "lego_tvm"
+            and any(k in r["median_ms"] for r in results)]
+    lines = ["| model | batch | threads | " + " | ".join(SCALING_LABELS[k] for k in keys)
+             + " | lego-tvm | lego-tvm images/s | lego-tvm vs fastest other |",
+             "|---|---:|---:|" + "---:|" * (len(keys) + 3)]
     for r in results:
         t = r["median_ms"]
+        bar = min((k for k in keys if k in t), key=t.get)
         lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | "
-                     f"{t['torch_dense']:.1f} ms | {t['lego_tvm']:.1f} ms | "
-                     f"{1e3 * r['batch'] / t['lego_tvm']:.1f} | "
-                     f"{t['torch_dense'] / t['lego_tvm']:.2f}x |")
+                     + " | ".join(f"{t[k]:.1f} ms" if k in t else "-" for k in keys)
+                     + f" | {t['lego_tvm']:.1f} ms | {1e3 * r['batch'] / t['lego_tvm']:.1f} | "
+                     f"{t[bar] / t['lego_tvm']:.2f}x ({SCALING_LABELS[bar]}) |")
     return "\n".join(lines)
