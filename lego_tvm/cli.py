@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--all-kernels", action="store_true",
                       help="also tune pooling, matmul and elementwise kernels (default: only "
                            "the fused conv kernels)")
+    tune.add_argument("--winograd", action="store_true",
+                      help="also tune the Winograd kernels of the 3x3 stride-1 Lego layers "
+                           "(used by compile --compute-once winograd/auto)")
     _add_layout(tune)
     tune.add_argument("--no-lego-pass", action="store_true",
                       help="tune the model without the Lego pass (the comparison baseline)")
@@ -223,7 +226,8 @@ def _tune(args, progress) -> None:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
     manifest = tune(model, inputs, log_dir, target=target, trials=args.trials, model_name=name,
                     lego=not args.no_lego_pass, all_kernels=args.all_kernels,
-                    remote=_remote(args), layout=args.layout, progress=progress)
+                    remote=_remote(args), layout=args.layout, winograd=args.winograd,
+                    progress=progress)
     print(f"{log_dir}: {manifest['trials']} records for {manifest['model']} "
           f"({manifest['target']}); compile applies them with --tuning-logs {log_dir}")
     if "checked" in manifest:

@@ -149,3 +149,20 @@ def test_folder_without_manifest_is_refused(tmp_path):
     with pytest.raises(TuningLogError, match="manifest.json is missing"):
         lego_tvm.compile(lego_tvm.LegoConv2d(4, 4, 3).eval(), torch.randn(1, 4, 4, 4),
                          tuning_logs=str(tmp_path))
+
+
+def test_winograd_kernels_are_tuned_and_applied(tmp_path):
+    """``winograd=True`` tunes the Winograd forms too; compile applies their records and the
+    output stays within the tolerance."""
+    model = torch.nn.Sequential(lego_tvm.LegoConv2d(16, 32, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 16, 12, 12)
+    tasks = kernel_tasks(model, (x,), resolve_target(None), winograd=True)
+    names = sorted(t.task_name for t in tasks)
+    assert names == ["fused_lego_conv2d", "fused_lego_conv2d_winograd2",
+                     "fused_lego_conv2d_winograd4"], names
+    manifest = lego_tvm.tune(model, (x,), tmp_path, trials=9, model_name="tiny", seed=0,
+                             winograd=True, progress=None)
+    assert {v["kernel"] for v in manifest.get("checked", [])} <= set(names)
+    compiled = lego_tvm.compile(model, (x,), tuning_logs=str(tmp_path), compute_once="winograd")
+    assert compiled.report.tuned_kernels == ["fused_lego_conv2d_winograd4"]
+    assert_matches_torch(compiled, model, (x,))

@@ -159,6 +159,13 @@ def _time_kernels(runs: list) -> list[float]:
     return best_of_rounds(runs)
 
 
+def winograd_everywhere(mod: tvm.IRModule, tile: int) -> tvm.IRModule:
+    """``mod`` with every kernel Winograd can compute rewritten to F(tile x tile, 3x3)."""
+    return apply_choices(mod, [KernelChoice(gvar.name_hint, "winograd", winograd=tile)
+                               for gvar, _, spec in lego_kernels(mod)
+                               if not winograd_unsupported(spec)])
+
+
 def apply_choices(mod: tvm.IRModule, choices: list[KernelChoice]) -> tvm.IRModule:
     """Rewrite the kernels of ``mod`` whose choice is Winograd or oneDNN."""
     chosen = {}
@@ -241,7 +248,7 @@ class _RewriteKernels(PyExprMutator):
         bank = unpack_bank(const_array(bank), spec.bank_block)
         if backend == "winograd":
             kernel = self.builder_.add_func(lego_conv2d_prim_func(spec),
-                                            f"{call.args[0].name_hint}_winograd")
+                                            f"{call.args[0].name_hint}_winograd{spec.winograd}")
             bank = relax.const(winograd.transform_bank(bank, spec.winograd, spec.bank_block))
             new = relax.call_tir(kernel, [x, bank, *rest], out_ty=binding.var.ty)
         else:

@@ -44,7 +44,7 @@ def _tunable_lego_rule_cuda(sch, _block):
 def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 64,
          model_name: str | None = None, lego: bool = True, seed: int | None = None,
          all_kernels: bool = False, remote=None, layout: str = "NCHW",
-         progress="default") -> dict:
+         winograd: bool = False, progress="default") -> dict:
     """Tune ``model`` with MetaSchedule + XGBoost and write the log to ``log_dir``.
 
     ``remote``: a ``lego_tvm.remote.Remote`` (an RPC tracker + device key, or an RPC
@@ -54,6 +54,8 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     Only the fused conv kernels (Lego and ordinary convs) are tuned unless ``all_kernels``:
     pooling, matmuls and elementwise functions are small and keep their default schedules.
     ``layout``: as for ``compile`` (the records are for the kernels that layout makes).
+    ``winograd``: also tune the Winograd F(2x2, 3x3) and F(4x4, 3x3) kernels of the 3x3
+    stride-1 Lego layers, which ``compile(..., compute_once="winograd" or "auto")`` uses.
     Resumable: records already in ``log_dir`` count towards ``trials`` and seed the search;
     an interrupted run keeps every record it finished. Before the search each fused kernel's
     default schedule is timed and committed as a record (on top of ``trials``); after it,
@@ -91,7 +93,7 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
         check_log(log_dir, tvm_target)          # never mix records of another target/TVM
     else:
         check_records(log_dir, complete=False)  # a first run stopped half-way, resumed
-    tasks = kernel_tasks(model, example_inputs, tvm_target, lego, layout, all_kernels)
+    tasks = kernel_tasks(model, example_inputs, tvm_target, lego, layout, all_kernels, winograd)
     done = count_records(log_dir)
     remaining = trials - done
     log.warning("lego-tvm: tuning %d kernels of %s for %s: %d trials requested, %d already in %s",
@@ -127,17 +129,25 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
 
 
 def kernel_tasks(model, example_inputs, target: Target, lego: bool = True,
-                 layout: str = "NCHW", all_kernels: bool = False) -> list:
+                 layout: str = "NCHW", all_kernels: bool = False, winograd: bool = False
+                 ) -> list:
     """MetaSchedule's tasks for ``model`` as ``tune`` tunes it: the fused conv kernels (all
-    kernels with ``all_kernels``)."""
+    kernels with ``all_kernels``; with ``winograd``, the Winograd forms of the Lego kernels
+    that have them too)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from ..backend import pipeline
+    from ..backend import compute_once, pipeline
+    from ..op.winograd import TILES
 
-    mod, _ = pipeline.import_and_fuse(model, example_inputs, target, lego=lego, layout=layout)
-    mod = pipeline.lower(mod, target)
-    return [t for t in ms.relax_integration.extract_tasks(mod, target)
-            if all_kernels or any(k in t.task_name for k in OUR_KERNELS)]
+    fused, _ = pipeline.import_and_fuse(model, example_inputs, target, lego=lego, layout=layout)
+    modules = [fused] + ([compute_once.winograd_everywhere(fused, tile) for tile in TILES]
+                         if winograd else [])
+    tasks = {}
+    for mod in modules:
+        for task in ms.relax_integration.extract_tasks(pipeline.lower(mod, target), target):
+            if all_kernels or any(k in task.task_name for k in OUR_KERNELS):
+                tasks.setdefault(task.task_name, task)
+    return list(tasks.values())
 
 
 def _tune_tasks(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | None,
