@@ -50,7 +50,7 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
     (opt-in; the output then moves by about as much). ``compute_once``: what computes each
     fused kernel's Lego feature maps: ``"tvm"`` (the default, TVM's generated kernel, a
     direct conv), ``"winograd"`` (Winograd F(4x4, 3x3) in TVM's kernel for 3x3 stride-1
-    layers, F(2x2, 3x3) below 8x8 outputs; CPU targets), ``"onednn"`` (oneDNN, host CPU
+    layers, F(2x2, 3x3) below 16x16 outputs; CPU targets), ``"onednn"`` (oneDNN, host CPU
     only; raises ``OneDNNUnavailable`` if oneDNN is missing) or ``"auto"`` (each kernel
     timed every way it can run, here and now, the fastest used; see
     ``backend.compute_once``). ``layout``: ``"NCHW"`` (the default) or ``"NCHWc"``: chains of fused

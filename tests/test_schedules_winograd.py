@@ -124,15 +124,16 @@ def _model():
 
 
 def test_compile_with_winograd_runs_the_3x3_stride_1_layers_by_winograd():
-    model, x = _model(), torch.randn(1, 32, 15, 13)
+    model, x = _model(), torch.randn(1, 32, 17, 16)
     compiled = lego_tvm.compile(model, (x,), compute_once="winograd")
     backends = [compiled.report.backend_of(layer) for layer in compiled.report.layers]
     assert backends == ["winograd", "tvm", "tvm", "winograd"], compiled.report
     text = str(compiled.report)
     assert "[maps: Winograd F(4x4, 3x3)]" in text and "not a 3x3 stride-1" in text
+    assert "[maps: Winograd F(2x2, 3x3)]" in text     # the last layer's output is 9x8
     assert error_against_torch(compiled, model, (x,)) < TOLERANCE
-    # Below 8x8 outputs, F(2x2, 3x3).
-    small = lego_tvm.compile(model, (torch.randn(1, 32, 6, 6),), compute_once="winograd")
+    # Below 16x16 outputs, F(2x2, 3x3).
+    small = lego_tvm.compile(model, (torch.randn(1, 32, 15, 13),), compute_once="winograd")
     assert [c.winograd for c in small.report.compute_once if c.backend == "winograd"] == [2, 2]
 
 
