@@ -1,5 +1,7 @@
 """The CPU schedule of a fused Lego layer whose compute-once stage runs by Winograd
-(``LegoConvSpec.winograd``, ``op/winograd.py``). Stage by stage, each parallel:
+(``LegoConvSpec.winograd``, ``op/winograd.py``). Either every stage runs inside parallel
+tasks of a few rows of tiles (the intermediate tensors stay in L2), or, when the
+transformed bank is too big to read once per task, stage by stage, each parallel:
 
     pad the input                                  parallel over images x channels
     V = B^T d B for every split, channel and tile  parallel over images x splits x channels
