@@ -36,7 +36,8 @@ from .lego_cpu_winograd import (WinogradConfig, apply_winograd_schedule,
                                 default_winograd_config, tunable_winograd_schedules)
 from .simd import simd_profile
 from .vector_unit import SimdProfile
-from ..support.tiling import divisors, has_block, num_cores, sample_divisor
+from ..support.tiling import (divisors, has_block, largest_register_tile, num_cores,
+                              sample_divisor)
 
 
 # With channels innermost (``SimdProfile.channels_innermost``), input channels per loop step.
@@ -81,22 +82,18 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
 
 
 def register_tile(spec: LegoConvSpec, rows: int, simd: SimdProfile) -> tuple[int, int, int]:
-    """(filter blocks, rows, cols) of the register tile: at most the profile's filter blocks,
-    the most accumulators it allows, with room for the filter blocks' weight vectors and
-    one broadcast input; then
-    the fewest loads per step (a weight vector per filter block, a broadcast per pixel);
-    then the longest rows. Measured on the stride-2 layers (AMD EPYC, AVX2): 7 accumulators
-    of one filter block ran at 55-61 GFLOP/s, 2-4 blocks x 2-4 pixels (8) at 70-72."""
+    """(filter blocks, rows, cols) of the register tile (``tiling.largest_register_tile``),
+    at most the profile's filter blocks. Measured on the stride-2 layers (AMD EPYC, AVX2): 7
+    accumulators of one filter block ran at 55-61 GFLOP/s, 2-4 blocks x 2-4 pixels (8) at
+    70-72."""
     blocks = simd.max_filter_blocks
     if simd.channels_innermost and spec.split_channels <= CHANNELS_PER_STEP:
         # The whole reduction is one unrolled step (an RGB input): every tap's weights are
         # live at once, so one filter block (estimated on Cortex-A76, 3->64 3x3: 4 blocks x
         # 4 pixels 93% with 9 spills, 1 block x 16 pixels 94% with none).
         blocks = 1
-    tiles = [(f, r, c) for f in divisors(spec.lego_filters // spec.bank_block, blocks)
-             for r in divisors(rows) for c in divisors(spec.out_width)
-             if f * r * c <= simd.accumulators and f * r * c + f <= simd.accumulators + 2]
-    return max(tiles, key=lambda t: (t[0] * t[1] * t[2], -(t[0] + t[1] * t[2]), t[2]))
+    return largest_register_tile(spec.lego_filters // spec.bank_block, rows, spec.out_width,
+                                 blocks, simd.accumulators)
 
 
 def apply_lego_schedule(sch: s_tir.Schedule,

@@ -22,7 +22,7 @@ from tvm import s_tir
 from ..op.fused_op import GATHER_BLOCK, PAD_BLOCK, LegoConvSpec
 from ..op.winograd import (GEMM_BLOCK, INPUT_BLOCK, INPUT_ROWS_BLOCK, MAPS_BLOCK,
                            OUTPUT_ROWS_BLOCK, PAD_TILES_BLOCK, tiles)
-from ..support.tiling import divisors, has_block, sample_divisor
+from ..support.tiling import divisors, has_block, largest_register_tile, sample_divisor
 from .vector_unit import SimdProfile
 
 
@@ -57,12 +57,8 @@ def default_winograd_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
                      and (s.batch or 1) * rows // t >= 2 * cores], default=0)
     if bank_bytes > BANK_BYTES:
         task_rows = 0
-    tile_rows = task_rows or rows
-    blocks = min(simd.max_filter_blocks, 4)
-    candidates = [(f, r, c) for f in divisors(s.lego_filters // s.bank_block, blocks)
-                  for r in divisors(tile_rows) for c in divisors(cols)
-                  if f * r * c <= simd.accumulators and f * r * c + f <= simd.accumulators + 2]
-    f, r, c = max(candidates, key=lambda t: (t[0] * t[1] * t[2], -(t[0] + t[1] * t[2]), t[2]))
+    f, r, c = largest_register_tile(s.lego_filters // s.bank_block, task_rows or rows, cols,
+                                    min(simd.max_filter_blocks, 4), simd.accumulators)
     return WinogradConfig(s.winograd, f, r, c, task_rows)
 
 

@@ -26,6 +26,19 @@ def divisors(n: int, limit: int | None = None) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0 and (limit is None or d <= max(1, limit))]
 
 
+def largest_register_tile(filter_blocks: int, rows: int, cols: int, max_blocks: int,
+                  accumulators: int) -> tuple[int, int, int]:
+    """(filter blocks, rows, cols) of a register tile of vector accumulators, each a divisor
+    of its extent: at most ``max_blocks`` filter blocks, the most accumulators the registers
+    allow with room for the filter blocks' weight vectors and one broadcast input; then the
+    fewest loads per step (a weight vector per filter block, a broadcast per pixel or tile);
+    then the longest rows."""
+    tiles = [(f, r, c) for f in divisors(filter_blocks, max_blocks)
+             for r in divisors(rows) for c in divisors(cols)
+             if f * r * c <= accumulators and f * r * c + f <= accumulators + 2]
+    return max(tiles, key=lambda t: (t[0] * t[1] * t[2], -(t[0] + t[1] * t[2]), t[2]))
+
+
 def sample_divisor(sch: s_tir.Schedule, extent: int, limit: int, default: int):
     """A tunable choice among the divisors of ``extent`` up to ``limit`` (uniform prior),
     first sampled as ``default``."""
