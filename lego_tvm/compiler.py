@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import replace
 
 import torch
 import tvm
@@ -129,17 +128,17 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         # OpenMP threads and TVM's pool: the whole model decides.
         if progress:
             progress("compute-once backend: timing the whole model with and without oneDNN")
-        without_onednn = [replace(c, backend="tvm") if c.backend == "onednn" else c
-                          for c in report.compute_once]
+        # Each oneDNN kernel goes back to the fastest TVM kernel (Winograd or direct).
+        tvm_choices = [compute_once_backends.without_onednn(c) for c in report.compute_once]
         alternative = _schedule_and_build(
-            compute_once_backends.apply_choices(tvm_only, without_onednn), tvm_target, database)
+            compute_once_backends.apply_choices(tvm_only, tvm_choices), tvm_target, database)
         times = compute_once_backends.time_models([executable, alternative[0]], example_inputs)
         report.compute_once_check = {"onednn_ms": times[0], "tvm_only_ms": times[1]}
         if times[1] <= times[0]:
             executable, report.tuned_kernels, report.fallbacks = alternative
-            for choice in report.compute_once:
+            for choice, on_tvm in zip(report.compute_once, tvm_choices):
                 if choice.backend == "onednn":
-                    choice.backend = "tvm"
+                    choice.backend, choice.winograd = on_tvm.backend, on_tvm.winograd
                     choice.note = ("oneDNN faster alone, but the whole model was not "
                                    f"({times[0]:.2f} ms vs {times[1]:.2f} ms on TVM only)")
     inputs = [{"shape": [None if dynamic_batch else t.shape[0], *t.shape[1:]],

@@ -162,3 +162,17 @@ def test_winograd_is_refused_where_it_cannot_run():
         lego_tvm.compile(model, (x,), target="nvidia/nvidia-h100", compute_once="winograd")
     with pytest.raises(ValueError, match="tvm, winograd, onednn, auto"):
         lego_tvm.compile(model, (x,), compute_once="fast")
+
+
+def test_overruled_onednn_goes_back_to_the_fastest_tvm_kernel():
+    """A kernel where Winograd beat the direct conv and oneDNN beat both alone runs by
+    Winograd when the whole model overrules oneDNN."""
+    choice = compute_once.KernelChoice("k", "onednn", tvm_ms=1.0, onednn_ms=0.3,
+                                       winograd_ms={2: 0.8, 4: 0.6})
+    fallback = compute_once.without_onednn(choice)
+    assert (fallback.backend, fallback.winograd) == ("winograd", 4)
+    close = compute_once.KernelChoice("k", "onednn", tvm_ms=1.0, onednn_ms=0.3,
+                                      winograd_ms={2: 0.97, 4: 0.99})
+    assert compute_once.without_onednn(close).backend == "tvm"       # within the margin
+    forced = compute_once.KernelChoice("k", "onednn")                # nothing timed
+    assert compute_once.without_onednn(forced).backend == "tvm"

@@ -142,12 +142,8 @@ def _time_every_way(choice: KernelChoice, func: tirx.PrimFunc, spec: LegoConvSpe
     times = _time_kernels(runs)
     choice.tvm_ms = times[0]
     choice.winograd_ms = dict(zip(tiles, times[1:1 + len(tiles)]))
-    best_ms = choice.tvm_ms
-    if choice.winograd_ms:
-        tile, ms = min(choice.winograd_ms.items(), key=lambda item: item[1])
-        if ms < (1 - WINOGRAD_MARGIN) * choice.tvm_ms:
-            choice.backend, choice.winograd, best_ms = "winograd", tile, ms
-    else:
+    choice.backend, choice.winograd, best_ms = _fastest_tvm_kernel(choice)
+    if not choice.winograd_ms:
         choice.note = f"not Winograd: {why_not_winograd}"
     if why_not_onednn:
         choice.note = "; ".join(filter(None, [choice.note, f"not oneDNN: {why_not_onednn}"]))
@@ -158,7 +154,29 @@ def _time_every_way(choice: KernelChoice, func: tirx.PrimFunc, spec: LegoConvSpe
         choice.note = _implementation(onednn_spec)
 
 
+def _fastest_tvm_kernel(choice: KernelChoice) -> tuple[str, int, float]:
+    """(backend, Winograd tile, ms) of the fastest TVM kernel of a choice timed by "auto":
+    Winograd where it beat the direct kernel by ``WINOGRAD_MARGIN``, else the direct one."""
+    if choice.winograd_ms:
+        tile, ms = min(choice.winograd_ms.items(), key=lambda item: item[1])
+        if ms < (1 - WINOGRAD_MARGIN) * choice.tvm_ms:
+            return "winograd", tile, ms
+    return "tvm", 0, choice.tvm_ms
+
+
+def without_onednn(choice: KernelChoice) -> KernelChoice:
+    """``choice`` with oneDNN replaced by the fastest TVM kernel ("auto" timed them all; a
+    choice oneDNN was forced for falls back to the direct kernel)."""
+    if choice.backend != "onednn":
+        return choice
+    if choice.tvm_ms is None:
+        return replace(choice, backend="tvm", winograd=0)
+    backend, tile, _ = _fastest_tvm_kernel(choice)
+    return replace(choice, backend=backend, winograd=tile)
+
+
 def _time_kernels(runs: list) -> list[float]:
+    """Milliseconds of each run (alternating rounds, best round each); a seam for tests."""
     return best_of_rounds(runs)
 
 
