@@ -178,9 +178,9 @@ def lego_conv2d_compute(spec: LegoConvSpec):
                 if s.has_residual else None)
 
     pt, pl, pb, pr = s.padding
-    if s.winograd:     # whole tiles: more padding at the bottom and the right
-        pb += winograd.tiles(s.out_height, s.winograd) * s.winograd - s.out_height
-        pr += winograd.tiles(s.out_width, s.winograd) * s.winograd - s.out_width + s.winograd
+    if s.winograd:
+        more_bottom, more_right = winograd.extra_padding(s, s.winograd)
+        pb, pr = pb + more_bottom, pr + more_right
     tail = [0] if ib > 1 else []
     padded = (topi.nn.pad(x, [0, 0, pt, pl] + tail, [0, 0, pb, pr] + tail, name=PAD_BLOCK)
               if any((pt, pl, pb, pr)) else x)

@@ -61,6 +61,14 @@ def _coefficient(matrix: np.ndarray, row, col: int):
     return value
 
 
+def extra_padding(spec, tile: int) -> tuple[int, int]:
+    """Padding (bottom, right) beyond the layer's: whole tiles of output, plus one tile of
+    columns, which ``deinterleave`` reads (its ``x`` reaches ``tiles + 1`` tiles)."""
+    s = spec
+    return (tiles(s.out_height, tile) * tile - s.out_height,
+            tiles(s.out_width, tile) * tile - s.out_width + tile)
+
+
 def deinterleave(padded, spec, batch, tile: int):
     """``D[n, c, y, p, x] = padded[n, c, y, x * tile + p]``: a tile's columns ``tx * tile + rb``
     are ``D[.., rb % tile, tx + rb // tile]``, contiguous along ``tx``, so the input
@@ -74,8 +82,8 @@ def deinterleave(padded, spec, batch, tile: int):
 
 def lego_maps(padded, bank, spec, batch, tile: int):
     """The Lego maps ``[batch, o, m/V, th*r, tw*r, V]`` of a 3x3 stride-1 layer by Winograd.
-    ``padded``: the input with the layer's padding and at least enough more at the bottom
-    and right for whole tiles, plus one column; ``bank``: ``transform_bank``'s constant.
+    ``padded``: the input with the layer's padding and ``extra_padding``; ``bank``:
+    ``transform_bank``'s constant.
     Both transforms are separable (rows, then columns); each stage is written as its sum of
     nonzero terms once the schedule unrolls the small loops."""
     s = spec
