@@ -138,9 +138,9 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
             executable, report.tuned_kernels, report.fallbacks = alternative
             for choice, on_tvm in zip(report.compute_once, tvm_choices):
                 if choice.backend == "onednn":
-                    choice.backend, choice.winograd = on_tvm.backend, on_tvm.winograd
-                    choice.note = ("oneDNN faster alone, but the whole model was not "
-                                   f"({times[0]:.2f} ms vs {times[1]:.2f} ms on TVM only)")
+                    compute_once_backends.overrule_onednn(
+                        choice, on_tvm, "oneDNN faster alone, but the whole model was not "
+                        f"({times[0]:.2f} ms vs {times[1]:.2f} ms on TVM only)")
     inputs = [{"shape": [None if dynamic_batch else t.shape[0], *t.shape[1:]],
                "dtype": str(t.dtype).replace("torch.", "")} for t in example_inputs]
     device = tvm.cuda() if tvm_target.kind.name == "cuda" else tvm.cpu()

@@ -176,3 +176,12 @@ def test_overruled_onednn_goes_back_to_the_fastest_tvm_kernel():
     assert compute_once.without_onednn(close).backend == "tvm"       # within the margin
     forced = compute_once.KernelChoice("k", "onednn")                # nothing timed
     assert compute_once.without_onednn(forced).backend == "tvm"
+
+
+def test_an_overruled_kernel_keeps_why_it_was_not_winograd():
+    choice = compute_once.KernelChoice("k", "onednn", tvm_ms=1.0, onednn_ms=0.3,
+                                       note="not Winograd: not a 3x3 stride-1 convolution; "
+                                            "oneDNN jit:avx512")
+    compute_once.overrule_onednn(choice, compute_once.without_onednn(choice), "model slower")
+    assert choice.backend == "tvm"
+    assert choice.note == "not Winograd: not a 3x3 stride-1 convolution; model slower"

@@ -43,7 +43,9 @@ class KernelChoice:
     backend: str                   # "tvm" (direct), "winograd" or "onednn"
     tvm_ms: float | None = None    # measured ("auto" only)
     onednn_ms: float | None = None
-    note: str = ""                 # why oneDNN was not used, or its implementation
+    # "; "-separated: why Winograd or oneDNN were not used ("not ..."), oneDNN's
+    # implementation, why the whole model overruled oneDNN.
+    note: str = ""
     winograd: int = 0              # r of F(r x r, 3x3) when the backend is "winograd"
     winograd_ms: dict = field(default_factory=dict)   # measured ("auto"): r -> ms
 
@@ -151,7 +153,7 @@ def _time_every_way(choice: KernelChoice, func: tirx.PrimFunc, spec: LegoConvSpe
     choice.onednn_ms = times[-1]
     if choice.onednn_ms <= (1 - ONEDNN_MARGIN) * best_ms:
         choice.backend, choice.winograd = "onednn", 0
-        choice.note = _implementation(onednn_spec)
+        choice.note = "; ".join(filter(None, [choice.note, _implementation(onednn_spec)]))
 
 
 def _fastest_tvm_kernel(choice: KernelChoice) -> tuple[str, int, float]:
@@ -173,6 +175,14 @@ def without_onednn(choice: KernelChoice) -> KernelChoice:
         return replace(choice, backend="tvm", winograd=0)
     backend, tile, _ = _fastest_tvm_kernel(choice)
     return replace(choice, backend=backend, winograd=tile)
+
+
+def overrule_onednn(choice: KernelChoice, on_tvm: KernelChoice, why: str) -> None:
+    """Run ``choice``'s kernel as ``on_tvm`` (``without_onednn``) instead of on oneDNN, for
+    ``why``; the reasons the note gave for not using the other ways stay."""
+    reasons = [part for part in choice.note.split("; ") if part.startswith("not ")]
+    choice.backend, choice.winograd = on_tvm.backend, on_tvm.winograd
+    choice.note = "; ".join(reasons + [why])
 
 
 def _time_kernels(runs: list) -> list[float]:

@@ -162,7 +162,8 @@ def _compute_once_summary(choices: list) -> str:
     counts: dict[str, int] = {}
     for c in choices:
         counts[_backend_name(c)] = counts.get(_backend_name(c), 0) + 1
-    impls = sorted({c.note for c in choices if c.backend == "onednn"})
+    impls = sorted({part for c in choices if c.backend == "onednn"
+                    for part in c.note.split("; ") if not part.startswith("not ")})
     line = ("Lego feature maps computed by " + ", ".join(f"{name} in {n}"
                                                         for name, n in counts.items())
             + f" of {len(choices)} kernels" + (f" ({', '.join(impls)})" if impls else ""))
