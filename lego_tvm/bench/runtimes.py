@@ -90,12 +90,13 @@ def error_fields(errors: dict[str, float]) -> dict:
 
 
 def runtime_runs(dense: torch.nn.Module, example: torch.Tensor, reference: np.ndarray,
-                 threads: int, progress: Callable[[str], None], name: str
+                 threads: int, progress: Callable[[str], None], name: str,
+                 keys=tuple(RUNTIME_LABELS)
                  ) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
-    """``(runs, errors)``: a no-argument call of each installed runtime on ``example`` and
-    its max relative error against ``reference`` (PyTorch's output)."""
+    """``(runs, errors)``: a no-argument call of each installed runtime of ``keys`` on
+    ``example`` and its max relative error against ``reference`` (PyTorch's output)."""
     available = {}
-    for key in RUNTIME_LABELS:
+    for key in keys:
         reason = why_missing(key)
         if reason:
             progress(f"[{name}] skipping {RUNTIME_LABELS[key]}: {reason}")

@@ -22,9 +22,9 @@ from .runtimes import NOT_FP32, RUNTIME_LABELS, runtime_runs
 
 BATCHES = (1, 8, 32)
 THREADS = (1, 2)
+FP32_RUNTIMES = tuple(k for k in RUNTIME_LABELS if k not in NOT_FP32)
 SCALING_LABELS = {"torch_dense": "PyTorch eager, dense-folded",
-                  **{k: v for k, v in RUNTIME_LABELS.items() if k not in NOT_FP32},
-                  "lego_tvm": "lego-tvm"}
+                  **{k: RUNTIME_LABELS[k] for k in FP32_RUNTIMES}, "lego_tvm": "lego-tvm"}
 
 
 def bench_scaling(name: str = "lego_resnet50", batches=BATCHES, threads=THREADS,
@@ -51,8 +51,9 @@ def bench_scaling(name: str = "lego_resnet50", batches=BATCHES, threads=THREADS,
                 set_threads(count)
                 runs = {"torch_dense": lambda: dense(example), "lego_tvm": lambda: fused(x)}
                 others, errors = runtime_runs(dense, example, reference, count, progress,
-                                              f"{name} batch {batch}, {count} thread(s)")
-                runs.update({k: run for k, run in others.items() if k in SCALING_LABELS})
+                                              f"{name} batch {batch}, {count} thread(s)",
+                                              keys=FP32_RUNTIMES)
+                runs.update(others)
                 times = {key: float("inf") for key in runs}
                 with torch.no_grad():
                     for round_ in range(ROUNDS):
@@ -64,8 +65,7 @@ def bench_scaling(name: str = "lego_resnet50", batches=BATCHES, threads=THREADS,
                 results.append({"model": name, "batch": batch, "threads": count,
                                 "median_ms": times, "runs": reps,
                                 "max_rel_error_vs_dense": error,
-                                "competitor_errors": {k: errors[k] for k in others
-                                                      if k in SCALING_LABELS}})
+                                "competitor_errors": errors})
     finally:
         set_threads(before)
     return results
