@@ -199,9 +199,10 @@ def winograd_everywhere(mod: tvm.IRModule, tile: int) -> tvm.IRModule:
 
 def apply_choices(mod: tvm.IRModule, choices: list[KernelChoice]) -> tvm.IRModule:
     """Rewrite the kernels of ``mod`` whose choice is Winograd or oneDNN."""
+    by_kernel = {c.kernel: c for c in choices}
     chosen = {}
     for gvar, _, spec in lego_kernels(mod):
-        choice = next((c for c in choices if c.kernel == gvar.name_hint), None)
+        choice = by_kernel.get(gvar.name_hint)
         if choice is not None and choice.backend == "onednn":
             chosen[gvar] = (replace(spec, flat_pixels=False), "onednn")
         elif choice is not None and choice.backend == "winograd":

@@ -1,6 +1,7 @@
 """What the pass did, per layer: shapes, weights and MACs dense vs Lego, and rejections."""
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field, asdict
 
 from ..op.fused_op import LegoConvSpec, layout_name
@@ -62,13 +63,17 @@ class LegoReport:
     compute_once: list = field(default_factory=list)   # compute_once.KernelChoice per kernel
     compute_once_check: dict = field(default_factory=dict)   # "auto": whole-model times
 
+    def _choice_of(self, layer: LegoLayerReport):
+        return next((c for c in self.compute_once if c.kernel == layer.kernel), None)
+
     def backend_of(self, layer: LegoLayerReport) -> str:
         """What computed this layer's Lego feature maps: "tvm" (direct), "winograd" or
         "onednn"."""
-        return next((c.backend for c in self.compute_once if c.kernel == layer.kernel), "tvm")
+        choice = self._choice_of(layer)
+        return choice.backend if choice is not None else "tvm"
 
     def _maps_note(self, layer: LegoLayerReport) -> str:
-        choice = next((c for c in self.compute_once if c.kernel == layer.kernel), None)
+        choice = self._choice_of(layer)
         if choice is None or choice.backend == "tvm":
             return ""
         return f"  [maps: {_backend_name(choice)}]"
@@ -159,9 +164,7 @@ def _backend_name(choice) -> str:
 
 
 def _compute_once_summary(choices: list) -> str:
-    counts: dict[str, int] = {}
-    for c in choices:
-        counts[_backend_name(c)] = counts.get(_backend_name(c), 0) + 1
+    counts = collections.Counter(_backend_name(c) for c in choices)
     impls = sorted({part for c in choices if c.backend == "onednn"
                     for part in c.note.split("; ") if not part.startswith("not ")})
     line = ("Lego feature maps computed by " + ", ".join(f"{name} in {n}"
