@@ -137,7 +137,7 @@ def test_compile_with_winograd_runs_the_3x3_stride_1_layers_by_winograd():
     assert [c.winograd for c in small.report.compute_once if c.backend == "winograd"] == [2, 2]
 
 
-def test_auto_times_winograd_and_keeps_it_only_when_clearly_faster(monkeypatch):
+def test_auto_times_winograd_and_keeps_it_only_when_clearly_faster():
     model, x = _model(), torch.randn(2, 32, 16, 16)
     compiled = lego_tvm.compile(model, (x,), compute_once="auto")
     for choice in compiled.report.compute_once:
