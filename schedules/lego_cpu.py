@@ -28,6 +28,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
+from ..op.bf16 import PACK_BLOCK, ROUND_BLOCK
 from ..op.fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
                            spec_of)
 from .lego_cpu_flat import (FlatLegoConfig, apply_flat_schedule, default_flat_config,
@@ -36,6 +37,7 @@ from .lego_cpu_winograd import (WinogradConfig, apply_winograd_schedule,
                                 default_winograd_config, tunable_winograd_schedules)
 from .simd import simd_profile
 from .vector_unit import SimdProfile
+from .x86_bf16 import tensorize_dot
 from ..support.tiling import (divisors, has_block, largest_register_tile, num_cores,
                               sample_divisor)
 
@@ -107,7 +109,11 @@ def apply_lego_schedule(sch: s_tir.Schedule,
         return
     gather = sch.get_sblock(GATHER_BLOCK)
     lego = sch.get_sblock(LEGO_BLOCK)
-    pad = sch.get_sblock(PAD_BLOCK) if has_block(sch, PAD_BLOCK) else None
+    # A bf16 kernel (op/bf16.py): its packed input stands for the padding, and its maps are
+    # rounded to bf16 by a block of their own, which takes the accumulators' place below.
+    rounded = sch.get_sblock(ROUND_BLOCK) if has_block(sch, ROUND_BLOCK) else None
+    pad_block = PACK_BLOCK if rounded is not None else PAD_BLOCK
+    pad = sch.get_sblock(pad_block) if has_block(sch, pad_block) else None
 
     # Step 1: where the Lego tile lives.
     image, channel, row, col, *lane = sch.get_loops(gather)   # lane: NCHW[x]c output
@@ -116,6 +122,8 @@ def apply_lego_schedule(sch: s_tir.Schedule,
         sch.reorder(image, row_tile, channel, row_in, col, *lane)
         task = sch.fuse(image, row_tile)
         sch.parallel(task)
+        if rounded is not None:
+            sch.compute_at(rounded, task, preserve_unit_loops=True)
         sch.compute_at(lego, task, preserve_unit_loops=True)
         if pad is not None:
             sch.compute_at(pad, task, preserve_unit_loops=True)
@@ -139,7 +147,9 @@ def apply_lego_schedule(sch: s_tir.Schedule,
     reduce = lego_loops[-reduction:]           # channels (blocks, lanes), then the taps
     if config.channels_innermost:
         reduce = reduce[-2:] + reduce[:-2]
-    sch.reorder(split, filt, row_o, col_o, *reduce, *filt_i, row_i, col_i, lanes)
+    # bf16: a pair of channels goes with the lanes into one vdpbf16ps.
+    pair = [reduce.pop()] if rounded is not None else []
+    sch.reorder(split, filt, row_o, col_o, *reduce, *filt_i, row_i, col_i, lanes, *pair)
     if config.channels_innermost:
         # Up to 4 channels a loop step: the loop's own instructions (about 5) then take a
         # few percent of the step, not a sixth (estimated on Neoverse N1: 94% -> 98.5%).
@@ -149,16 +159,27 @@ def apply_lego_schedule(sch: s_tir.Schedule,
             sch.unroll(sch.split(reduce[-1], [None, unroll])[1])
     if not config.fuse_stages:
         sch.parallel(sch.fuse(*outer, split, filt))
-    acc = sch.cache_write(lego, 0, "local")
+    if rounded is None:
+        acc = sch.cache_write(lego, 0, "local")
+    else:
+        sch.set_scope(lego, 0, "local")
+        acc = rounded
     sch.reverse_compute_at(acc, col_o, preserve_unit_loops=True)
     for loop in filt_i:
         sch.unroll(loop)
     sch.unroll(row_i)
     sch.unroll(col_i)
-    sch.vectorize(lanes)
+    if rounded is None:
+        sch.vectorize(lanes)
     sch.vectorize(sch.get_loops(acc)[-1])
     # Vectorize first: after decompose_reduction the update block is no longer a reduction.
-    sch.decompose_reduction(lego, reduce[0])
+    init = sch.decompose_reduction(lego, reduce[0])
+    if rounded is not None:
+        *tile, init_lanes = sch.get_loops(init)[-len(filt_i) - 3:]
+        for loop in tile:
+            sch.unroll(loop)
+        sch.vectorize(init_lanes)
+        tensorize_dot(sch, lanes, col_o)
     if pad is not None:
         sch.vectorize(sch.get_loops(pad)[-1])
 

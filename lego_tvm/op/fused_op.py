@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tvm import s_tir, te, tirx, topi
 
-from . import winograd
+from . import bf16, winograd
 from ..support.tiling import has_block
 
 COMPUTE_VERSION = 2   # 2: the ReLU keeps NaN
@@ -56,6 +56,9 @@ class LegoConvSpec:
     # Winograd F(r x r, 3x3) for the compute-once stage (``op/winograd.py``): r, the output
     # tile (2 or 4); 0 is the direct conv. The bank is then ``winograd.transform_bank``'s.
     winograd: int = 0
+    # bf16 storage, fp32 sums (``op/bf16.py``): the bank is ``bf16.pack_bank``'s; the input,
+    # output, residual and epilogue stay float32.
+    bf16: bool = False
 
     @property
     def input_shape(self) -> tuple:
@@ -88,7 +91,7 @@ class LegoConvSpec:
         # NCHW kernels keep the attributes (and so the tuning-record hash) they had before
         # the blocked layouts existed.
         for key, plain in (("in_block", 1), ("out_block", 1), ("flat_pixels", False),
-                           ("winograd", 0)):
+                           ("winograd", 0), ("bf16", False)):
             if fields[key] == plain:
                 del fields[key]
         return fields
@@ -115,6 +118,20 @@ def winograd_unsupported(spec: LegoConvSpec) -> str | None:
         return "blocked (NCHW[x]c) input" if s.in_block != 1 else "pixels-innermost maps"
     if s.dtype != "float32":
         return f"dtype {s.dtype}"
+    if s.bf16:
+        return "bf16 (the Winograd kernel is fp32 only)"
+    return None
+
+
+def bf16_unsupported(spec: LegoConvSpec, lanes: int) -> str | None:
+    """Why ``spec`` cannot run in bf16 with ``lanes`` fp32 sums per vector (None if it can)."""
+    s = spec
+    if s.dtype != "float32":
+        return f"dtype {s.dtype}"
+    if s.winograd:
+        return "Winograd (fp32 only)"
+    if s.lego_filters % lanes:
+        return f"{s.lego_filters} Lego filters, not a multiple of {lanes}"
     return None
 
 
@@ -163,14 +180,19 @@ def lego_conv2d_compute(spec: LegoConvSpec):
                          f"{s.split_channels} channels per split / {s.out_channels} outputs")
     if s.winograd and winograd_unsupported(s):
         raise ValueError(f"winograd: {winograd_unsupported(s)}")
+    if s.bf16 and (s.winograd or s.flat_pixels):
+        raise ValueError("bf16: the kernel stores its maps [batch, o, m/V, H, W, V], directly")
     batch = s.batch if s.batch is not None else tirx.Var("batch", "int64")
     x = te.placeholder(_with_batch(s.input_shape, batch), s.dtype, name="x")
     if s.winograd:
         alpha = s.winograd + 2
         bank_shape = (alpha, alpha, s.lego_filters // vb, s.split_channels, vb)
+    elif s.bf16:
+        bank_shape = (s.lego_filters // vb, bf16.even_channels(s.split_channels) // 2) + \
+            s.kernel + (vb, 2)
     else:
         bank_shape = (s.lego_filters // vb, s.split_channels) + s.kernel + (vb,)
-    bank = te.placeholder(bank_shape, s.dtype, name="bank")
+    bank = te.placeholder(bank_shape, bf16.STORAGE if s.bf16 else s.dtype, name="bank")
     index = te.placeholder((s.splits, s.out_channels), "int32", name="index")
     coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
     bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
@@ -183,13 +205,16 @@ def lego_conv2d_compute(spec: LegoConvSpec):
         pb, pr = pb + more_bottom, pr + more_right
     tail = [0] if ib > 1 else []
     padded = (topi.nn.pad(x, [0, 0, pt, pl] + tail, [0, 0, pb, pr] + tail, name=PAD_BLOCK)
-              if any((pt, pl, pb, pr)) else x)
+              if any((pt, pl, pb, pr)) and not s.bf16 else x)
     ry = te.reduce_axis((0, s.kernel[0]), name="ry")
     rx = te.reduce_axis((0, s.kernel[1]), name="rx")
     sh, sw = s.stride
     # Stage 1, compute once: every split convolved with the one shared bank.
     if s.winograd:
         lego = winograd.lego_maps(padded, bank, s, batch, s.winograd)
+    elif s.bf16:
+        lego = bf16.lego_maps(bf16.pack_input(x, s, batch, (pt, pl, pb, pr)), bank, s, batch,
+                              LEGO_BLOCK)
     elif s.flat_pixels:
         rc = te.reduce_axis((0, s.split_channels), name="rc")
         width = s.width
@@ -215,7 +240,7 @@ def lego_conv2d_compute(spec: LegoConvSpec):
         def lego_map(nb, i, ko, h, w, ki):
             return te.sum(padded[nb, i * blocks + rco, h * sh + ry, w * sw + rx, rci]
                           * bank[ko, rco * ib + rci, ry, rx, ki], axis=[rco, rci, ry, rx])
-    if not (s.flat_pixels or s.winograd):
+    if not (s.flat_pixels or s.winograd or s.bf16):
         lego = te.compute((batch, s.splits, s.lego_filters // vb, s.out_height, s.out_width, vb),
                           lego_map, name=LEGO_BLOCK)
 
@@ -239,10 +264,13 @@ def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
         acc = bias[j]
         for i in range(s.splits):
             k = index[i, j]
-            if s.winograd:   # bounded, so that the maps can be computed at a row tile
+            # Bounded, so that TVM can compute the maps at a row tile through the stage
+            # between them and the gather-sum (Winograd's output transform, bf16's rounding).
+            if s.winograd or s.bf16:
                 k = tirx.max(tirx.min(k, s.lego_filters - 1), 0)
-            acc = acc + coef[i, j] * (lego[nb, i, k, h * s.width + w] if s.flat_pixels
-                                      else lego[nb, i, k // vb, h, w, k % vb])
+            value = (lego[nb, i, k, h * s.width + w] if s.flat_pixels
+                     else lego[nb, i, k // vb, h, w, k % vb])
+            acc = acc + coef[i, j] * (bf16.to_float32(value) if s.bf16 else value)
         if residual is not None:
             acc = acc + residual[out_index]
         if s.relu:     # NaN stays NaN, as in PyTorch (TVM's max(acc, 0) would give 0)
@@ -286,7 +314,8 @@ def _prim_func(tensors, spec: LegoConvSpec, spec_attr: str) -> tirx.PrimFunc:
     # MetaSchedule: only the custom rule (on the gather-sum block) schedules this function;
     # "None" keeps the generic rules off the other blocks and the root.
     sch = s_tir.Schedule(func)
-    for name in ("root", PAD_BLOCK, LEGO_BLOCK) + winograd.STAGES:
+    for name in ("root", PAD_BLOCK, LEGO_BLOCK, bf16.PACK_BLOCK, bf16.ROUND_BLOCK) + \
+            winograd.STAGES:
         if has_block(sch, name):
             sch.annotate(sch.get_sblock(name), "schedule_rule", "None")
     func = sch.mod["main"]

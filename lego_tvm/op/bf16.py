@@ -1,0 +1,124 @@
+"""bf16 arithmetic for the fused Lego kernel: storage in bf16, every product summed in fp32.
+
+TVM 0.27 lowers its ``bfloat16`` type to ``uint16`` storage on CPUs and rewrites bf16
+arithmetic into fp32, which also rewrites the operands of an intrinsic that needs LLVM's
+``<32 x bfloat>`` (found by trying: the module then fails LLVM's verifier). So the kernel
+keeps bf16 values as their bit patterns in ``uint16`` tensors and converts them itself:
+``to_float32`` widens exactly (a shift), ``round_to_bf16`` rounds to nearest even and keeps
+NaN a NaN (adding the rounding bias to a NaN's bits could make it an infinity).
+
+A bf16 kernel (``LegoConvSpec.bf16``) takes and returns float32 tensors. It rounds its input
+to bf16 as it pads it, into ``[batch, o, channels/P, H, W, P]`` (``PACK_BLOCK``: each pair
+of channels adjacent, for the 2-channel dot product of ``vdpbf16ps``), convolves that with
+the bank ``[m/V, channels/2, kh, kw, V, 2]`` in bf16, rounds the Lego maps to bf16, and
+gather-sums them in fp32 with the fp32 epilogue. A split's channel count is padded to even
+with a zero channel.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tvm import te, tirx
+
+STORAGE = "uint16"
+PACK_BLOCK = "lego_pack_bf16"     # the padded bf16 input
+ROUND_BLOCK = "lego_round_bf16"   # the Lego maps rounded to bf16
+MAX_CHANNEL_BLOCK = 32            # P: channels innermost in the packed input
+
+
+def even_channels(split_channels: int) -> int:
+    """A split's channels, padded to even for the pairwise dot product."""
+    return split_channels + split_channels % 2
+
+
+def channel_block(split_channels: int) -> int:
+    """P, the channels innermost in the packed input: the largest even divisor of the
+    (even) channel count up to ``MAX_CHANNEL_BLOCK`` (32 bf16 are one 64-byte line)."""
+    channels = even_channels(split_channels)
+    return max(p for p in range(2, MAX_CHANNEL_BLOCK + 1, 2) if channels % p == 0)
+
+
+def to_float32(bits):
+    """The float32 value of bf16 bits (exact)."""
+    return tirx.reinterpret("float32", tirx.shift_left(bits.astype("uint32"),
+                                                       tirx.const(16, "uint32")))
+
+
+def round_to_bf16(value):
+    """bf16 bits of a float32 value, rounded to nearest even; NaN stays NaN."""
+    bits = tirx.reinterpret("uint32", value)
+    sixteen = tirx.const(16, "uint32")
+    odd = tirx.bitwise_and(tirx.shift_right(bits, sixteen), tirx.const(1, "uint32"))
+    rounded = tirx.shift_right(bits + tirx.const(0x7FFF, "uint32") + odd, sixteen)
+    return tirx.Select(tirx.isnan(value), tirx.const(0x7FC0, STORAGE), rounded.astype(STORAGE))
+
+
+def bf16_bits(array: np.ndarray) -> np.ndarray:
+    """float32 array -> its bf16 bits (uint16), rounded to nearest even as PyTorch does."""
+    return torch.from_numpy(np.ascontiguousarray(array, np.float32)).bfloat16().view(
+        torch.uint16).numpy()
+
+
+def bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bf16 bits (uint16) -> float32, exactly."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def pack_bank(bank: np.ndarray, block: int) -> np.ndarray:
+    """``[m, b, kh, kw]`` float32 -> bf16 bits ``[m/block, b'/2, kh, kw, block, 2]``, ``b'``
+    = ``even_channels(b)``: one 64-byte load gives two channels' weight of ``block`` filters
+    for one ``vdpbf16ps``."""
+    m, b, kh, kw = bank.shape
+    if b % 2:
+        bank = np.concatenate([bank, np.zeros((m, 1, kh, kw), bank.dtype)], axis=1)
+        b += 1
+    packed = bank.reshape(m // block, block, b // 2, 2, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    return bf16_bits(packed)
+
+
+def unpack_bank(packed: np.ndarray, split_channels: int) -> np.ndarray:
+    """The inverse of ``pack_bank``, as float32 ``[m, b, kh, kw]`` (the bank after rounding)."""
+    blocks, pairs, kh, kw, block, _ = packed.shape
+    bank = bits_to_float32(packed).transpose(0, 4, 1, 5, 2, 3)
+    return np.ascontiguousarray(bank.reshape(blocks * block, pairs * 2, kh, kw)[:, :split_channels])
+
+
+def pack_input(x, spec, batch, padding: tuple[int, int, int, int]):
+    """The input, padded and rounded to bf16: ``[batch, o, b'/P, H', W', P]`` uint16."""
+    s = spec
+    pt, pl, pb, pr = padding
+    p = channel_block(s.split_channels)
+    shape = (batch, s.splits, even_channels(s.split_channels) // p,
+             s.height + pt + pb, s.width + pl + pr, p)
+
+    def value(nb, i, cb, y, xx, cp):
+        c = cb * p + cp
+        channel = i * s.split_channels + c
+        read = (x[nb, channel, y - pt, xx - pl] if s.in_block == 1 else
+                x[nb, channel // s.in_block, y - pt, xx - pl, channel % s.in_block])
+        inside = tirx.all(c < s.split_channels, y >= pt, y < s.height + pt, xx >= pl,
+                          xx < s.width + pl)
+        return tirx.if_then_else(inside, round_to_bf16(read), tirx.const(0, STORAGE))
+    return te.compute(shape, value, name=PACK_BLOCK)
+
+
+def lego_maps(packed, bank, spec, batch, lego_block: str):
+    """The Lego maps in fp32 (``lego_block``) and rounded to bf16 (``ROUND_BLOCK``), both
+    ``[batch, o, m/V, H, W, V]``."""
+    s = spec
+    p = packed.shape[-1]
+    vb = s.bank_block
+    rco = te.reduce_axis((0, packed.shape[2]), name="rco")
+    ry = te.reduce_axis((0, s.kernel[0]), name="ry")
+    rx = te.reduce_axis((0, s.kernel[1]), name="rx")
+    rci = te.reduce_axis((0, p // 2), name="rci")
+    pair = te.reduce_axis((0, 2), name="pair")
+    sh, sw = s.stride
+
+    def lego_map(nb, i, ko, h, w, ki):
+        return te.sum(to_float32(packed[nb, i, rco, h * sh + ry, w * sw + rx, rci * 2 + pair])
+                      * to_float32(bank[ko, rco * (p // 2) + rci, ry, rx, ki, pair]),
+                      axis=[rco, ry, rx, rci, pair])
+    shape = (batch, s.splits, s.lego_filters // vb, s.out_height, s.out_width, vb)
+    maps = te.compute(shape, lego_map, name=lego_block)
+    return te.compute(shape, lambda *i: round_to_bf16(maps(*i)), name=ROUND_BLOCK)
