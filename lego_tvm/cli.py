@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                            "TVM's Winograd kernel (3x3 stride-1 layers), oneDNN, or per "
                            "kernel whichever measures fastest now (auto)")
     _add_layout(comp)
+    _add_precision(comp)
     comp.add_argument("--tuning-logs", nargs="*", default=None,
                       help="tuning log folders to apply (default: the logs shipped for this "
                            "target; give no folder to use only the default schedules)")
@@ -192,6 +193,12 @@ def _remote(args):
         raise SystemExit(f"lego-tvm: {err}") from None
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the fused kernels store their input, bank and Lego maps in bf16 "
+                        "and sum in fp32 (CPUs with AVX512_BF16; with --compute-once tvm)")
+
+
 def _add_layout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=["NCHW", "NCHWc"], default="NCHW",
                    help="tensors between fused kernels: NCHW (default) or NCHWc, blocked "
@@ -240,7 +247,7 @@ def _tune(args, progress) -> None:
 def _compile(args, progress) -> None:
     from .check import error_against_torch
     from .compiler import compile as lego_compile
-    from .support.accuracy import verdict
+    from .support.accuracy import tolerance, verdict
     from .support.targets import parse_target, why_not_runnable_here
 
     target = _target(args)
@@ -251,7 +258,7 @@ def _compile(args, progress) -> None:
         compiled = lego_compile(model, inputs, target=target, tuning_logs=logs,
                                 dynamic_batch=args.dynamic_batch,
                                 compute_once=args.compute_once, layout=args.layout,
-                                progress=progress)
+                                precision=args.precision, progress=progress)
     print(compiled.report)
     elsewhere = why_not_runnable_here(parse_target(compiled.target))
     if elsewhere and not args.no_check:
@@ -264,8 +271,9 @@ def _compile(args, progress) -> None:
         error = error_against_torch(compiled, run_torch, inputs)
         reference = "ONNX Runtime" if str(args.model).endswith(".onnx") else "PyTorch"
         print(f"check against {reference} on a random input: max error / max |output| = "
-              f"{error:.2e} ({verdict(error)})")
-        if verdict(error) != "ok":
+              f"{error:.2e} ({verdict(error, args.precision)}, bound "
+              f"{tolerance(args.precision):.0e} for {args.precision})")
+        if verdict(error, args.precision) != "ok":
             raise SystemExit(1)
     if args.output:
         print(f"wrote {compiled.export(args.output)} (+ .json); load it with lego_tvm.load()")

@@ -10,6 +10,7 @@ import tvm
 
 from .backend import compute_once as compute_once_backends
 from .backend import pipeline
+from .backend import precision as precisions
 from .tuning.logs import open_database, shipped_logs
 from .transform.report import LegoReport
 from .frontend.onnx import example_inputs as onnx_example_inputs
@@ -25,7 +26,7 @@ log = logging.getLogger("lego_tvm")
 def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True,  # noqa: A001
             tuning_logs="auto", dynamic_batch: bool = False,
             lego_weight_tolerance: float = 0.0, compute_once: str = "tvm",
-            layout: str = "NCHW", progress=None) -> Model:
+            layout: str = "NCHW", precision: str = "fp32", progress=None) -> Model:
     """Compile a PyTorch model (or a ``torch.export`` program, or an ONNX model: an
     ``.onnx`` path or an ``onnx.ModelProto``) for ``target``.
 
@@ -55,6 +56,12 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
     ``backend.compute_once``). ``layout``: ``"NCHW"`` (the default) or ``"NCHWc"``: chains of fused
     kernels hand each other NCHW[x]c tensors (x = SIMD lanes; CPU targets; see
     ``transform.blocked_layout``; the shipped tuning logs are for NCHW kernels).
+    ``precision``: ``"fp32"`` (the default) or ``"bf16"``: every fused kernel that can
+    stores its input, Lego bank and feature maps in bf16 and sums in fp32 (``vdpbf16ps``),
+    with the epilogue in fp32; tensors between kernels and the model's inputs and outputs stay
+    float32; the report says which kernels ran in which precision (``backend.precision``).
+    bf16 needs a target CPU with AVX512_BF16 (``BF16Unavailable`` otherwise) and
+    ``compute_once="tvm"``.
     ``progress``: called with a line of text at each phase (import, scheduling and
     building, each kernel timed for ``compute_once="auto"``).
 
@@ -88,7 +95,18 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"example input {i} is a {type(t).__name__}; compile takes torch "
                             "tensors (torch.from_numpy converts a numpy array)")
+    if precision not in precisions.PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of "
+                         f"{', '.join(precisions.PRECISIONS)}")
+    if precision == "bf16" and compute_once != "tvm":
+        raise ValueError(f"compute_once={compute_once!r} computes the Lego maps in fp32; with "
+                         "precision='bf16' use compute_once='tvm'")
     tvm_target = resolve_target(target)
+    if precision == "bf16" and (target is None or target == "host"):
+        tvm_target = precisions.with_host_bf16(tvm_target)
+    if precision == "bf16" and precisions.why_no_bf16(tvm_target):
+        raise precisions.BF16Unavailable(
+            f"precision='bf16': {precisions.why_no_bf16(tvm_target)}")
     if isinstance(model, torch.nn.Module) and model.training:
         warnings.warn("the model is in training mode; lego-tvm compiles it as in eval mode "
                       "(BatchNorm with its running statistics, no dropout) and leaves it as it "
@@ -118,6 +136,9 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         database = None
     say(f"fused {len(report.layers)} Lego layers; scheduling and building for "
         f"{tvm_target.kind.name}")
+    if precision == "bf16":
+        mod, report.precision = precisions.to_bf16(mod, tvm_target)
+        report.mark_bf16()
     tvm_only, copied_outputs = mod, pipeline.outputs_not_computed(mod)
     mod, report.compute_once = compute_once_backends.choose(mod, tvm_target, compute_once,
                                                             database, progress)

@@ -16,6 +16,7 @@ from ..op.bf16 import STORAGE
 INTRIN = "lego_tvm.dpbf16ps_16x2"
 LANES = 16
 _FUNCTION = "lego_tvm_dpbf16ps"
+_SUMS, _REGISTERS = "float32", "local"     # the accumulators: fp32, in registers
 LLVM_IR = f"""
 declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
 define <16 x float> @{_FUNCTION}(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) {{
@@ -34,7 +35,7 @@ def _widen(bits):
 @T.prim_func(s_tir=True)
 def _desc(a: T.Buffer((2,), STORAGE, offset_factor=1),
           b: T.Buffer((LANES, 2), STORAGE, offset_factor=1),
-          acc: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
+          acc: T.Buffer((LANES,), _SUMS, offset_factor=1, scope=_REGISTERS)) -> None:
     with T.sblock("root"):
         T.reads(acc[0:LANES], a[0:2], b[0:LANES, 0:2])
         T.writes(acc[0:LANES])
@@ -48,7 +49,7 @@ def _desc(a: T.Buffer((2,), STORAGE, offset_factor=1),
 @T.prim_func(s_tir=True)
 def _impl(a: T.Buffer((2,), STORAGE, offset_factor=1),
           b: T.Buffer((LANES, 2), STORAGE, offset_factor=1),
-          acc: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
+          acc: T.Buffer((LANES,), _SUMS, offset_factor=1, scope=_REGISTERS)) -> None:
     with T.sblock("root"):
         T.reads(acc[0:LANES], a[0:2], b[0:LANES, 0:2])
         T.writes(acc[0:LANES])

@@ -25,7 +25,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from . import onednn
-from ..op import winograd
+from ..op import bf16, winograd
 from ..op.fused_op import (LegoConvSpec, lego_conv2d_prim_func, lego_gather_prim_func,
                            lego_kernels, unpack_bank, winograd_unsupported)
 from ..support.timing import best_of_rounds
@@ -207,7 +207,7 @@ def apply_choices(mod: tvm.IRModule, choices: list[KernelChoice]) -> tvm.IRModul
             chosen[gvar] = (replace(spec, flat_pixels=False), "onednn")
         elif choice is not None and choice.backend == "winograd":
             chosen[gvar] = (replace(spec, winograd=choice.winograd), "winograd")
-    return _rewrite(mod, chosen) if chosen else mod
+    return rewrite_kernels(mod, chosen)
 
 
 def _why_not_onednn(target: Target) -> str | None:
@@ -260,6 +260,7 @@ def _maps_shape(spec: LegoConvSpec, batch) -> tuple:
 class _RewriteKernels(PyExprMutator):
     """``call_tir(fused, x, bank, index, coef, bias[, residual])`` ->
     Winograd: ``call_tir(fused_winograd, x, transformed bank, ...)``;
+    bf16: ``call_tir(fused_bf16, x, bf16 bank, ...)``;
     oneDNN: ``maps = call_dps_packed(onednn_conv2d, x, bank, params)`` then
     ``call_tir(gather_sum, maps, index, coef, bias[, residual])``."""
 
@@ -277,12 +278,15 @@ class _RewriteKernels(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         x, bank, *rest = [self.visit_expr(a) for a in call.args[1].fields]
-        bank = unpack_bank(const_array(bank), spec.bank_block)
-        if backend == "winograd":
+        packed = const_array(bank)
+        bank = unpack_bank(packed, packed.shape[-1])   # the direct kernel's [m/B, b, kh, kw, B]
+        if backend in ("winograd", "bf16"):
+            suffix = f"winograd{spec.winograd}" if backend == "winograd" else "bf16"
             kernel = self.builder_.add_func(lego_conv2d_prim_func(spec),
-                                            f"{call.args[0].name_hint}_winograd{spec.winograd}")
-            bank = relax.const(winograd.transform_bank(bank, spec.winograd, spec.bank_block))
-            new = relax.call_tir(kernel, [x, bank, *rest], out_ty=binding.var.ty)
+                                            f"{call.args[0].name_hint}_{suffix}")
+            bank = (winograd.transform_bank(bank, spec.winograd, spec.bank_block)
+                    if backend == "winograd" else bf16.pack_bank(bank, spec.bank_block))
+            new = relax.call_tir(kernel, [x, relax.const(bank), *rest], out_ty=binding.var.ty)
         else:
             weights = onednn_bank(bank, weight_block(spec))
             batch = binding.var.ty.shape[0]
@@ -294,7 +298,11 @@ class _RewriteKernels(PyExprMutator):
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
 
 
-def _rewrite(mod: tvm.IRModule, chosen: dict) -> tvm.IRModule:
+def rewrite_kernels(mod: tvm.IRModule, chosen: dict) -> tvm.IRModule:
+    """``mod`` with the kernels of ``chosen`` (``{global_var: (new spec, "winograd" |
+    "onednn" | "bf16")}``) rewritten (``_RewriteKernels``)."""
+    if not chosen:
+        return mod
     rewriter = _RewriteKernels(mod, chosen)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):

@@ -22,6 +22,9 @@ PRESETS: dict[str, dict] = {
     "x86-avx2": {"kind": "llvm", "mcpu": "haswell"},
     "x86-avx512": {"kind": "llvm", "mcpu": "skylake-avx512"},
     "x86-znver3": {"kind": "llvm", "mcpu": "znver3"},
+    # CPUs with AVX512_BF16, for precision="bf16": AMD Zen 4, Intel Sapphire Rapids.
+    "x86-zen4": {"kind": "llvm", "mcpu": "znver4"},
+    "x86-sapphirerapids": {"kind": "llvm", "mcpu": "sapphirerapids"},
     # Any ARMv8-A core with NEON: the code runs on all of them.
     "arm-neon": {**_AARCH64, "mattr": ["+neon"], "num-cores": 4},
     # Raspberry Pi 4 (4x Cortex-A72, ARMv8.0-A).
@@ -38,6 +41,8 @@ PRESETS: dict[str, dict] = {
 SUPPORTED_KINDS = ("llvm", "cuda")
 # Instruction-set extensions whose code faults on a CPU without them, widest first.
 VECTOR_FEATURES = {"x86_64": ("avx512f", "avx2", "fma")}
+# LLVM's name of AVX512_BF16 (vdpbf16ps), and the flag Linux shows for it in /proc/cpuinfo.
+BF16_FEATURE, BF16_CPU_FLAG = "avx512bf16", "avx512_bf16"
 # Debian / Ubuntu packages of the cross toolchain for each architecture lego-tvm targets.
 CROSS_PACKAGES = {"aarch64": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}
 
@@ -58,6 +63,22 @@ def host_cpu_name() -> str:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     return "unknown"
+
+
+def host_cpu_flags() -> set[str]:
+    """The instruction-set flags the OS reports for this CPU (empty where it reports none)."""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def host_has_bf16() -> bool:
+    """Whether this CPU has AVX512_BF16, as the OS reports it. LLVM's host detection may not
+    say so: in a virtual machine it can see an older CPU model (here: Rocket Lake)."""
+    return BF16_CPU_FLAG in host_cpu_flags()
 
 
 def host_target() -> Target:
@@ -159,6 +180,9 @@ def why_not_runnable_here(target: Target) -> str | None:
         return f"it is built for {arch} and this machine is {host}"
     if target.kind.name == "cuda":
         return None if tvm.cuda().exist else "it is built for CUDA and this machine has no GPU"
+    if (arch == "x86_64" and codegen.target_has_features(BF16_FEATURE, target)
+            and not host_has_bf16()):
+        return "it is built with bf16 kernels (AVX512_BF16) and this CPU lacks AVX512_BF16"
     here = host_target()
     for feature in VECTOR_FEATURES.get(arch, ()):
         if (codegen.target_has_features(feature, target)

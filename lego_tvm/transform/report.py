@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 
 from ..op.fused_op import LegoConvSpec, layout_name
+from ..schedules.x86_bf16 import LANES as BF16_LANES
 
 
 @dataclass
@@ -62,6 +63,18 @@ class LegoReport:
     fallbacks: list = field(default_factory=list)
     compute_once: list = field(default_factory=list)   # compute_once.KernelChoice per kernel
     compute_once_check: dict = field(default_factory=dict)   # "auto": whole-model times
+    # precision="bf16": backend.precision.KernelPrecision per kernel (empty: all fp32)
+    precision: list = field(default_factory=list)
+
+    def mark_bf16(self) -> None:
+        """After ``backend.precision.to_bf16``: each layer on a bf16 kernel names that
+        kernel and says bf16 in its spec."""
+        bf16_kernels = {p.kernel for p in self.precision if p.precision == "bf16"}
+        for layer in self.layers + self.dense_convs:
+            if f"{layer.kernel}_bf16" in bf16_kernels:
+                layer.kernel = f"{layer.kernel}_bf16"
+                layer.spec = replace(layer.spec, bf16=True, bank_block=BF16_LANES,
+                                     flat_pixels=False)
 
     def _choice_of(self, layer: LegoLayerReport):
         return next((c for c in self.compute_once if c.kernel == layer.kernel), None)
@@ -101,6 +114,7 @@ class LegoReport:
                 "fallbacks": [asdict(f) for f in self.fallbacks],
                 "compute_once": [c.as_dict() for c in self.compute_once],
                 "compute_once_check": self.compute_once_check,
+                "precision": [p.as_dict() for p in self.precision],
                 "totals": self.totals}
 
     def __str__(self) -> str:
@@ -117,6 +131,7 @@ class LegoReport:
                 f"{'+'.join(layer.folded) or '-'}"
                 + ("" if layer.form == "split convs" else f"  [{layer.form}]")
                 + self._maps_note(layer)
+                + (" [bf16]" if s.bf16 else "")
                 + _layout_note(s))
         t = self.totals
         lines.append("-" * len(head))
@@ -146,6 +161,8 @@ class LegoReport:
             c = self.compute_once_check
             lines.append(f"whole model: {c['onednn_ms']:.2f} ms with oneDNN where it was faster "
                          f"alone, {c['tvm_only_ms']:.2f} ms on TVM only")
+        if self.precision:
+            lines.append(_precision_summary(self.precision))
         for skip in self.skipped:
             lines.append(f"not rewritten: {skip.name}: {skip.reason}")
         return "\n".join(lines)
@@ -183,6 +200,14 @@ def _compute_once_summary(choices: list) -> str:
     if not_used:
         line += "; " + "; ".join(not_used)
     return line
+
+
+def _precision_summary(kernels: list) -> str:
+    fp32 = [k for k in kernels if k.precision != "bf16"]
+    line = f"precision: bf16 in {len(kernels) - len(fp32)} of {len(kernels)} kernels"
+    if fp32:
+        line += "; fp32: " + ", ".join(f"{k.kernel} ({k.reason})" for k in fp32)
+    return line + "; tensors between kernels, inputs and outputs: float32"
 
 
 def _ratio(a: int, b: int) -> float:

@@ -1,0 +1,80 @@
+"""``precision="bf16"``: each fused kernel rewritten to store its input, bank and Lego maps in
+bf16 and sum in fp32 (``op/bf16.py``), on CPUs with AVX512_BF16.
+
+Every kernel that can runs in bf16; one that cannot (a Lego filter count that is not a
+multiple of 16) stays fp32, and the report says so and why. Tensors between kernels stay
+float32, and so do the model's inputs and outputs. bf16 is refused, never emulated: on a
+target without AVX512_BF16 (``BF16Unavailable``), and when a model built for one is loaded
+or called on a CPU without it (``support.targets.why_not_runnable_here``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import tvm
+from tvm.target import Target, codegen
+
+from ..op.fused_op import bf16_unsupported, lego_kernels
+from ..schedules.x86_bf16 import LANES
+from ..support.targets import BF16_FEATURE, host_has_bf16, target_arch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class BF16Unavailable(ValueError):
+    """bf16 was asked for a target (or machine) whose CPU has no AVX512_BF16."""
+
+
+@dataclass
+class KernelPrecision:
+    kernel: str            # the fused PrimFunc, as the model runs it
+    precision: str         # "bf16" or "fp32"
+    reason: str = ""       # why a kernel stayed fp32
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def why_no_bf16(target: Target) -> str | None:
+    """Why ``target`` cannot run the bf16 kernels (None if it can)."""
+    if target.kind.name != "llvm" or target_arch(target) != "x86_64":
+        return (f"bf16 kernels are for x86-64 CPUs with AVX512_BF16; this target is "
+                f"{target.kind.name} for {target_arch(target)}")
+    if not codegen.target_has_features(BF16_FEATURE, target):
+        mcpu = str(target.attrs.get("mcpu", "") or "generic")
+        return (f"the target CPU ({mcpu}) lacks AVX512_BF16 ({BF16_FEATURE}); bf16 needs e.g. "
+                "AMD Zen 4, Intel Cooper Lake, Sapphire Rapids or later (preset 'x86-zen4' or "
+                "'x86-sapphirerapids')")
+    return None
+
+
+def with_host_bf16(target: Target) -> Target:
+    """The host target with AVX512_BF16 enabled when this CPU has it and LLVM's model of the
+    CPU does not (a virtual machine may report an older model: these Xeons say Rocket Lake)."""
+    if (target.kind.name != "llvm" or codegen.target_has_features(BF16_FEATURE, target)
+            or not host_has_bf16()):
+        return target
+    config = {k: v for k, v in target.export().items()
+              if k not in ("id", "tag", "feature", "features")}
+    config["mattr"] = [*config.get("mattr", []), f"+{BF16_FEATURE}"]
+    return Target(config)
+
+
+def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[KernelPrecision]]:
+    """Every fused kernel of ``mod`` that can run in bf16 rewritten to; the precision of each
+    kernel, with the reason for those left fp32. Raises ``BF16Unavailable`` for a target
+    without AVX512_BF16."""
+    from .compute_once import rewrite_kernels
+
+    reason = why_no_bf16(target)
+    if reason:
+        raise BF16Unavailable(f"precision='bf16': {reason}")
+    chosen, kept = {}, []
+    for gvar, _, spec in lego_kernels(mod):
+        why_not = bf16_unsupported(spec, LANES)
+        if why_not:
+            kept.append(KernelPrecision(gvar.name_hint, "fp32", why_not))
+        else:
+            chosen[gvar] = (replace(spec, bf16=True, bank_block=LANES, flat_pixels=False), "bf16")
+    return rewrite_kernels(mod, chosen), kept + [
+        KernelPrecision(f"{gvar.name_hint}_bf16", "bf16") for gvar in chosen]
