@@ -28,7 +28,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from ..op.bf16 import PACK_BLOCK, ROUND_BLOCK
+from ..op.bf16 import PACK_BLOCK
 from ..op.fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
                            spec_of)
 from .lego_cpu_flat import (FlatLegoConfig, apply_flat_schedule, default_flat_config,
@@ -109,10 +109,9 @@ def apply_lego_schedule(sch: s_tir.Schedule,
         return
     gather = sch.get_sblock(GATHER_BLOCK)
     lego = sch.get_sblock(LEGO_BLOCK)
-    # A bf16 kernel (op/bf16.py): its packed input stands for the padding, and its maps are
-    # rounded to bf16 by a block of their own, which takes the accumulators' place below.
-    rounded = sch.get_sblock(ROUND_BLOCK) if has_block(sch, ROUND_BLOCK) else None
-    pad_block = PACK_BLOCK if rounded is not None else PAD_BLOCK
+    # A bf16 kernel (op/bf16.py): its input packed in bf16 stands for the padding.
+    bf16 = has_block(sch, PACK_BLOCK)
+    pad_block = PACK_BLOCK if bf16 else PAD_BLOCK
     pad = sch.get_sblock(pad_block) if has_block(sch, pad_block) else None
 
     # Step 1: where the Lego tile lives.
@@ -122,8 +121,6 @@ def apply_lego_schedule(sch: s_tir.Schedule,
         sch.reorder(image, row_tile, channel, row_in, col, *lane)
         task = sch.fuse(image, row_tile)
         sch.parallel(task)
-        if rounded is not None:
-            sch.compute_at(rounded, task, preserve_unit_loops=True)
         sch.compute_at(lego, task, preserve_unit_loops=True)
         if pad is not None:
             sch.compute_at(pad, task, preserve_unit_loops=True)
@@ -148,7 +145,7 @@ def apply_lego_schedule(sch: s_tir.Schedule,
     if config.channels_innermost:
         reduce = reduce[-2:] + reduce[:-2]
     # bf16: a pair of channels goes with the lanes into one vdpbf16ps.
-    pair = [reduce.pop()] if rounded is not None else []
+    pair = [reduce.pop()] if bf16 else []
     sch.reorder(split, filt, row_o, col_o, *reduce, *filt_i, row_i, col_i, lanes, *pair)
     if config.channels_innermost:
         # Up to 4 channels a loop step: the loop's own instructions (about 5) then take a
@@ -159,22 +156,18 @@ def apply_lego_schedule(sch: s_tir.Schedule,
             sch.unroll(sch.split(reduce[-1], [None, unroll])[1])
     if not config.fuse_stages:
         sch.parallel(sch.fuse(*outer, split, filt))
-    if rounded is None:
-        acc = sch.cache_write(lego, 0, "local")
-    else:
-        sch.set_scope(lego, 0, "local")
-        acc = rounded
+    acc = sch.cache_write(lego, 0, "local")
     sch.reverse_compute_at(acc, col_o, preserve_unit_loops=True)
     for loop in filt_i:
         sch.unroll(loop)
     sch.unroll(row_i)
     sch.unroll(col_i)
-    if rounded is None:
+    if not bf16:
         sch.vectorize(lanes)
     sch.vectorize(sch.get_loops(acc)[-1])
     # Vectorize first: after decompose_reduction the update block is no longer a reduction.
     init = sch.decompose_reduction(lego, reduce[0])
-    if rounded is not None:
+    if bf16:
         *tile, init_lanes = sch.get_loops(init)[-len(filt_i) - 3:]
         for loop in tile:
             sch.unroll(loop)

@@ -264,13 +264,10 @@ def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
         acc = bias[j]
         for i in range(s.splits):
             k = index[i, j]
-            # Bounded, so that TVM can compute the maps at a row tile through the stage
-            # between them and the gather-sum (Winograd's output transform, bf16's rounding).
-            if s.winograd or s.bf16:
+            if s.winograd:   # bounded, so that the maps can be computed at a row tile
                 k = tirx.max(tirx.min(k, s.lego_filters - 1), 0)
-            value = (lego[nb, i, k, h * s.width + w] if s.flat_pixels
-                     else lego[nb, i, k // vb, h, w, k % vb])
-            acc = acc + coef[i, j] * (bf16.to_float32(value) if s.bf16 else value)
+            acc = acc + coef[i, j] * (lego[nb, i, k, h * s.width + w] if s.flat_pixels
+                                      else lego[nb, i, k // vb, h, w, k % vb])
         if residual is not None:
             acc = acc + residual[out_index]
         if s.relu:     # NaN stays NaN, as in PyTorch (TVM's max(acc, 0) would give 0)
@@ -314,8 +311,7 @@ def _prim_func(tensors, spec: LegoConvSpec, spec_attr: str) -> tirx.PrimFunc:
     # MetaSchedule: only the custom rule (on the gather-sum block) schedules this function;
     # "None" keeps the generic rules off the other blocks and the root.
     sch = s_tir.Schedule(func)
-    for name in ("root", PAD_BLOCK, LEGO_BLOCK, bf16.PACK_BLOCK, bf16.ROUND_BLOCK) + \
-            winograd.STAGES:
+    for name in ("root", PAD_BLOCK, LEGO_BLOCK, bf16.PACK_BLOCK) + winograd.STAGES:
         if has_block(sch, name):
             sch.annotate(sch.get_sblock(name), "schedule_rule", "None")
     func = sch.mod["main"]
