@@ -1,0 +1,197 @@
+"""precision="bf16": the bf16 fused kernel against PyTorch, vdpbf16ps in its code, whole
+models within the bf16 bound (OpenVINO's own bf16 error where it is installed) and agreeing
+on the top-1 class, and the refusals where a CPU lacks AVX512_BF16.
+
+Tests that run bf16 code need a CPU with AVX512_BF16; the others (building, refusing) run
+anywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import tvm
+from torch import nn
+
+import lego_tvm
+from lego_tvm import LegoConv2d
+from lego_tvm.backend.kernel_timing import build_alone, random_inputs
+from lego_tvm.backend.precision import BF16Unavailable
+from lego_tvm.bench import runtimes
+from lego_tvm.nn.fold import fold_lego_to_dense
+from lego_tvm.nn.zoo import get_model
+from lego_tvm.op import bf16
+from lego_tvm.op.fused_op import LegoConvSpec, lego_conv2d_prim_func
+from lego_tvm.support import targets
+from lego_tvm.support.accuracy import BF16_TOLERANCE, TOLERANCE, max_relative_error
+from lego_tvm.support.targets import host_has_bf16, resolve_target
+from models import randomize_bn
+
+needs_bf16 = pytest.mark.skipif(not host_has_bf16(), reason="this CPU lacks AVX512_BF16")
+# Any x86-64 machine can build for it; only one with AVX512_BF16 can run the result.
+BF16_TARGET = "x86-sapphirerapids"
+
+
+def nchw(array: np.ndarray) -> np.ndarray:
+    """NCHW[x]c -> NCHW (NCHW unchanged)."""
+    if array.ndim == 4:
+        return array
+    n, cb, h, w, block = array.shape
+    return array.transpose(0, 1, 4, 2, 3).reshape(n, cb * block, h, w)
+
+
+def reference(spec: LegoConvSpec, arrays: dict) -> np.ndarray:
+    """The kernel's arithmetic in PyTorch fp32: input and bank rounded to bf16, the rest
+    fp32 (NCHW)."""
+    x = torch.from_numpy(nchw(arrays["x"])).bfloat16().float()
+    bank = torch.from_numpy(arrays["bank"]).bfloat16().float()
+    index, coef = torch.from_numpy(arrays["index"]).long(), torch.from_numpy(arrays["coef"])
+    pt, pl, pb, pr = spec.padding
+    b = spec.split_channels
+    out = torch.from_numpy(arrays["bias"])[None, :, None, None]
+    for i in range(spec.splits):
+        part = F.pad(x[:, i * b:(i + 1) * b], (pl, pr, pt, pb))
+        maps = F.conv2d(part, bank, stride=spec.stride)
+        out = out + coef[i][None, :, None, None] * maps[:, index[i]]
+    if spec.has_residual:
+        out = out + torch.from_numpy(nchw(arrays["residual"]))
+    return (torch.relu(out) if spec.relu else out).numpy()
+
+
+def spec_of(c, n, o, m, size, kernel, stride, **extra) -> LegoConvSpec:
+    pad = kernel // 2
+    return LegoConvSpec(batch=1, in_channels=c, height=size, width=size, out_channels=n,
+                        splits=o, lego_filters=m, split_channels=c // o, kernel=(kernel, kernel),
+                        stride=(stride, stride), padding=(pad,) * 4, bank_block=16, bf16=True,
+                        **extra)
+
+
+GRID = [  # c, n, o, m, size, kernel, stride, extra
+    (64, 64, 2, 32, 14, 3, 1, {"relu": True}),
+    (3, 32, 1, 32, 17, 7, 2, {"relu": True}),                 # odd channels: padded to even
+    (128, 64, 4, 16, 9, 1, 1, {"has_residual": True}),         # 1x1, four splits
+    (64, 32, 2, 32, 15, 3, 2, {"in_block": 16, "out_block": 16, "relu": True}),   # NCHW16c
+    (96, 48, 2, 32, 6, 3, 1, {"has_residual": True, "relu": True}),   # P = 16: 48 channels
+]
+
+
+@needs_bf16
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "x".join(map(str, c[:7])))
+def test_bf16_kernel_matches_torch_on_the_same_roundings(case):
+    *shape, extra = case
+    spec = spec_of(*shape, **extra)
+    kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(BF16_TARGET))[0]["main"]
+    arrays = random_inputs(spec, np.random.default_rng(5))
+    args = dict(arrays, bank=bf16.pack_bank(arrays["bank"], spec.bank_block))
+    tensors = [tvm.runtime.tensor(a) for a in args.values()]
+    kernel(*tensors)
+    assert max_relative_error(nchw(tensors[-1].numpy()), reference(spec, arrays)) < TOLERANCE
+
+
+@needs_bf16
+def test_bf16_kernel_with_the_batch_chosen_at_call_time():
+    spec = replace(spec_of(32, 32, 2, 16, 8, 3, 1, relu=True), batch=None)
+    kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(BF16_TARGET))[0]["main"]
+    arrays = random_inputs(replace(spec, batch=3), np.random.default_rng(6))
+    args = dict(arrays, bank=bf16.pack_bank(arrays["bank"], spec.bank_block))
+    tensors = [tvm.runtime.tensor(a) for a in args.values()]
+    kernel(*tensors)
+    assert max_relative_error(tensors[-1].numpy(), reference(spec, arrays)) < TOLERANCE
+
+
+def test_bf16_kernel_computes_its_maps_with_vdpbf16ps():
+    spec = spec_of(64, 64, 2, 32, 14, 3, 1, relu=True)
+    module = build_alone(lego_conv2d_prim_func(spec), resolve_target(BF16_TARGET))[0]
+    assembly = module.inspect_source("asm")
+    assert assembly.count("vdpbf16ps") >= 8      # the unrolled register tile
+    # Not a call: the imported LLVM function is inlined.
+    assert "lego_tvm_dpbf16ps" not in assembly
+
+
+def test_bank_packing_round_trips_and_pads_odd_channels():
+    bank = np.random.default_rng(0).standard_normal((32, 3, 3, 3)).astype(np.float32)
+    packed = bf16.pack_bank(bank, 16)
+    assert packed.shape == (2, 2, 3, 3, 16, 2) and packed.dtype == np.uint16
+    rounded = torch.from_numpy(bank).bfloat16().float().numpy()
+    np.testing.assert_array_equal(bf16.unpack_bank(packed, 3), rounded)
+    assert not bf16.bits_to_float32(packed[:, 1, :, :, :, 1]).any()    # the zero channel
+
+
+def _lego_block(m: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(LegoConv2d(32, 32, 3, 2, 0.5, padding=1), randomize_bn(nn.BatchNorm2d(32)),
+                         nn.ReLU(), LegoConv2d(32, 32, 3, 2, m / 32, padding=1)).eval()
+
+
+def test_bf16_report_says_which_kernels_run_in_bf16_and_why_not():
+    model, x = _lego_block(8), torch.randn(1, 32, 8, 8)    # the second: 8 Lego filters
+    compiled = lego_tvm.compile(model, (x,), target=BF16_TARGET, precision="bf16",
+                                tuning_logs=None)
+    kinds = [(p.precision, p.reason) for p in compiled.report.precision]
+    assert sorted(kinds) == [("bf16", ""), ("fp32", "8 Lego filters, not a multiple of 16")]
+    text = str(compiled.report)
+    assert "precision: bf16 in 1 of 2 kernels" in text and "not a multiple of 16" in text
+    assert [layer.spec.bf16 for layer in compiled.report.layers] == [True, False]
+    assert compiled.report_dict["precision"][0]["precision"] in ("bf16", "fp32")
+
+
+@pytest.mark.parametrize("target", ["x86-avx512", "x86-znver3", "arm-neoverse-n1", "cuda-h100"])
+def test_bf16_refused_for_a_target_without_avx512_bf16(target):
+    model, x = _lego_block(16), torch.randn(1, 32, 8, 8)
+    with pytest.raises(BF16Unavailable, match="AVX512_BF16"):
+        lego_tvm.compile(model, (x,), target=target, precision="bf16")
+
+
+def test_bf16_refused_on_a_host_without_it(monkeypatch):
+    """Neither built for the host nor run on it when the CPU lacks AVX512_BF16."""
+    model, x = _lego_block(16), torch.randn(1, 32, 8, 8)
+    compiled = lego_tvm.compile(model, (x,), target=BF16_TARGET, precision="bf16",
+                                tuning_logs=None)
+    flags = targets.host_cpu_flags() - {targets.BF16_CPU_FLAG}
+    monkeypatch.setattr(targets, "host_cpu_flags", lambda: flags)
+    with pytest.raises(RuntimeError, match="AVX512_BF16"):
+        compiled(x.numpy())
+    if resolve_target(None).attrs.get("mcpu") not in ("znver4", "sapphirerapids"):
+        with pytest.raises(BF16Unavailable, match="lacks AVX512_BF16"):
+            lego_tvm.compile(model, (x,), precision="bf16")
+
+
+def test_bf16_options_are_checked():
+    model, x = _lego_block(16), torch.randn(1, 32, 8, 8)
+    with pytest.raises(ValueError, match="choose one of fp32, bf16"):
+        lego_tvm.compile(model, (x,), precision="fp16")
+    with pytest.raises(ValueError, match="compute_once='tvm'"):
+        lego_tvm.compile(model, (x,), target=BF16_TARGET, precision="bf16",
+                         compute_once="winograd")
+
+
+def _bound(model: nn.Module, x: torch.Tensor, reference: np.ndarray) -> float:
+    """OpenVINO's bf16 error on the same dense-folded model and input, where OpenVINO is
+    installed and computes in bf16 here; else the documented bound."""
+    if runtimes.why_missing("openvino_default") or \
+            runtimes.precision_of_openvino_default() != "bf16":
+        return BF16_TOLERANCE
+    runs, errors = runtimes.runtime_runs(fold_lego_to_dense(model), x, reference, 2, lambda _: None,
+                                         "bf16 bound", keys=("openvino_default",))
+    return errors["openvino_default"]
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", ["lego_vgg16", pytest.param("lego_resnet50",
+                                                             marks=pytest.mark.slow)])
+def test_bf16_zoo_model_within_openvinos_bf16_error_and_same_top1(name):
+    model, x = get_model(name)
+    batch = torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(1))
+    compiled = lego_tvm.compile(model, (batch,), precision="bf16")
+    kept = [p.reason for p in compiled.report.precision if p.precision != "bf16"]
+    assert kept == ["3 input channels: kept fp32 for accuracy"]     # the first conv
+    with torch.no_grad():
+        reference = model(batch).numpy()
+    out = compiled(batch.numpy())
+    error = max_relative_error(out, reference)
+    assert error < _bound(model, batch, reference)
+    agree = (out.argmax(1) == reference.argmax(1)).mean()
+    assert agree >= 0.9, f"top-1 agrees on {agree:.0%} of 16 random inputs"
