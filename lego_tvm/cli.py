@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="also tune the Winograd kernels of the 3x3 stride-1 Lego layers "
                            "(used by compile --compute-once winograd/auto)")
     _add_layout(tune)
+    _add_precision(tune)
     tune.add_argument("--no-lego-pass", action="store_true",
                       help="tune the model without the Lego pass (the comparison baseline)")
     _add_remote(tune)
@@ -228,13 +229,13 @@ def _tune(args, progress) -> None:
     name = os.path.splitext(os.path.basename(args.model))[0]
     target = _target(args)
     log_dir = args.log_dir or default_log_dir(name, resolve_target(target), args.batch,
-                                              not args.no_lego_pass, args.layout)
+                                              not args.no_lego_pass, args.layout, args.precision)
     if args.verbose:    # MetaSchedule's per-task tables, through Python logging
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO)
     manifest = tune(model, inputs, log_dir, target=target, trials=args.trials, model_name=name,
                     lego=not args.no_lego_pass, all_kernels=args.all_kernels,
                     remote=_remote(args), layout=args.layout, winograd=args.winograd,
-                    progress=progress)
+                    precision=args.precision, progress=progress)
     print(f"{log_dir}: {manifest['trials']} records for {manifest['model']} "
           f"({manifest['target']}); compile applies them with --tuning-logs {log_dir}")
     if "checked" in manifest:

@@ -15,7 +15,7 @@ import tvm
 from tvm import tirx
 from tvm.target import Target
 
-from ..op import winograd
+from ..op import bf16, winograd
 from ..op.fused_op import LegoConvSpec, pack_bank
 from ..support.targets import codegen_target
 
@@ -42,8 +42,11 @@ def kernel_arguments(spec: LegoConvSpec, rng) -> list[np.ndarray]:
     """``random_inputs`` as the fused kernel takes them (bank packed or transformed), in
     order."""
     arrays = random_inputs(spec, rng)
-    arrays["bank"] = (winograd.transform_bank(arrays["bank"], spec.winograd, spec.bank_block)
-                      if spec.winograd else pack_bank(arrays["bank"], spec.bank_block))
+    if spec.winograd:
+        arrays["bank"] = winograd.transform_bank(arrays["bank"], spec.winograd, spec.bank_block)
+    else:
+        pack = bf16.pack_bank if spec.bf16 else pack_bank
+        arrays["bank"] = pack(arrays["bank"], spec.bank_block)
     return list(arrays.values())
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..support.accuracy import max_relative_error
 from ..support.threads import threads_in_use
+from . import bf16
 from .models import fastest, time_cell, time_side_by_side
 from .runtimes import RUNTIME_LABELS, error_fields, runtime_runs
 
@@ -30,7 +31,8 @@ class LayerCase:
 LAYERS = [LayerCase(128, 56, 1), LayerCase(256, 28, 1), LayerCase(512, 14, 1),
           LayerCase(128, 56, 2), LayerCase(256, 28, 2), LayerCase(512, 14, 2)]
 LAYER_COMPETITORS = ("torch_lego", "torch_dense", "torch_lego_best", "torch_compile_dense",
-                     "onnxruntime", "openvino", "openvino_default", "tvm_no_pass", "lego_tvm",
+                     "onnxruntime", "openvino", "openvino_default", bf16.KEY, "tvm_no_pass",
+                     "lego_tvm",
                      "lego_tvm_tuned", "lego_tvm_onednn", "lego_tvm_auto", "lego_tvm_once")
 # lego-tvm's ways to run a layer (compile options); its time is the fastest of them.
 OURS = ("lego_tvm", "lego_tvm_tuned", "lego_tvm_onednn", "lego_tvm_auto")
@@ -41,6 +43,7 @@ LAYER_LABELS = {"torch_lego": "PyTorch, authors' formulation",
                 "torch_lego_best": "PyTorch, batch-folded Lego",
                 "torch_compile_dense": "torch.compile, dense-folded",
                 **RUNTIME_LABELS,
+                bf16.KEY: bf16.LABEL,
                 "tvm_no_pass": "TVM without the Lego pass",
                 "lego_tvm": "lego-tvm, default schedule",
                 "lego_tvm_tuned": "lego-tvm, tuned",
@@ -61,7 +64,7 @@ def _macs(case: LayerCase) -> dict[str, int]:
             "torch_lego_best": once + n * o * pixels, "lego_tvm": once + n * o * pixels,
             "lego_tvm_onednn": once + n * o * pixels, "lego_tvm_tuned": once + n * o * pixels,
             # Counted on the direct conv's multiply-adds, whatever computes the maps.
-            "lego_tvm_auto": once + n * o * pixels,
+            "lego_tvm_auto": once + n * o * pixels, bf16.KEY: once + n * o * pixels,
             "lego_tvm_once": once}
 
 
@@ -139,13 +142,16 @@ def bench_layer(case: LayerCase, repeat: int, warmup: int, use_torch_compile: bo
     runtime_timed, runtime_errors = runtime_runs(dense, x, reference, threads_in_use(),
                                                  progress, case.name)
     runs.update(runtime_timed)
+    bf16_fields = {}
+    bf16.add_bf16(runs, runtime_errors, bf16_fields,
+                  bf16.bf16_competitor(layer, x, reference, None, progress, case.name))
     times = time_side_by_side(case.name, runs, LAYER_COMPETITORS, LAYER_LABELS, dense, x,
                               use_torch_compile, repeat, warmup, progress)
     macs = _macs(case)
     return {"layer": case.name, "channels": case.channels, "size": case.size,
             "stride": case.stride, "median_ms": times, "max_rel_error": error,
             "compute_once": [c.as_dict() for c in auto.report.compute_once],
-            **error_fields(runtime_errors),
+            **error_fields(runtime_errors), **bf16_fields,
             "gflops": {k: 2 * macs[k] / t / 1e6 for k, t in times.items()}}
 
 
@@ -157,8 +163,9 @@ def ours_ms(result: dict) -> float:
 def format_layer_table(results: list[dict], peak: float | None) -> str:
     keys = [k for k in LAYER_COMPETITORS if any(k in r["median_ms"] for r in results)]
     head = "| layer | " + " | ".join(LAYER_LABELS[k] for k in keys) + \
-        " | lego-tvm (fastest way) vs fastest fp32 dense | vs batch-folded Lego |"
-    lines = [head, "|---|" + "---:|" * (len(keys) + 2)]
+        " | lego-tvm (fastest way) vs fastest fp32 dense | vs batch-folded Lego |" \
+        " bf16: lego-tvm vs OpenVINO default |"
+    lines = [head, "|---|" + "---:|" * (len(keys) + 3)]
     for r in results:
         t, g = r["median_ms"], r["gflops"]
         cells = []
@@ -171,5 +178,5 @@ def format_layer_table(results: list[dict], peak: float | None) -> str:
         bar = fastest(t, DENSE)
         lines.append(f"| {r['layer']} | " + " | ".join(cells) +
                      f" | {t[bar] / ours_ms(r):.2f}x ({LAYER_LABELS[bar]})"
-                     f" | {t['torch_lego_best'] / ours_ms(r):.2f}x |")
+                     f" | {t['torch_lego_best'] / ours_ms(r):.2f}x | {bf16.vs_openvino_bf16(t)} |")
     return "\n".join(lines)

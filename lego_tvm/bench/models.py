@@ -18,7 +18,9 @@ same random input with the same thread count, each the median of ``repeat`` runs
   (``layout="NCHWc"``);
 - ``lego_tvm_auto``: as tuned (or default), with each kernel's Lego maps computed the way
   that measured fastest at compile time (``compute_once="auto"``: direct, Winograd
-  F(2x2)/F(4x4), or oneDNN when it is installed).
+  F(2x2)/F(4x4), or oneDNN when it is installed);
+- ``lego_tvm_bf16``: ``precision="bf16"``, where the CPU has AVX512_BF16 (``bf16.py``; shown
+  beside OpenVINO's default precision, never the fp32 bar).
 """
 from __future__ import annotations
 
@@ -33,16 +35,18 @@ from ..support.targets import (TargetError, host_cpu_name, host_target, resolve_
 from ..support.accuracy import max_relative_error, verdict
 from ..support.threads import threads_in_use
 from ..support.timing import ROUNDS, median_ms
+from . import bf16
 from .runtimes import NOT_FP32, RUNTIME_LABELS, error_fields, runtime_runs
 from ..tuning.logs import TuningLogError, check_log, shipped_logs
 
 COMPETITORS = ("torch_lego", "torch_dense", "torch_compile_dense", "onnxruntime", "openvino",
-               "openvino_default", "tvm_no_pass", "tvm_no_pass_tuned", "lego_tvm",
+               "openvino_default", bf16.KEY, "tvm_no_pass", "tvm_no_pass_tuned", "lego_tvm",
                "lego_tvm_nchwc", "lego_tvm_tuned", "lego_tvm_auto")
 LABELS = {"torch_lego": "PyTorch eager, Lego module",
           "torch_dense": "PyTorch eager, dense-folded",
           "torch_compile_dense": "torch.compile, dense-folded",
           **RUNTIME_LABELS,
+          bf16.KEY: bf16.LABEL,
           "tvm_no_pass": "TVM without the Lego pass",
           "tvm_no_pass_tuned": "TVM without the pass, tuned",
           "lego_tvm": "lego-tvm, default schedules",
@@ -55,13 +59,14 @@ OURS = ("lego_tvm", "lego_tvm_nchwc", "lego_tvm_tuned", "lego_tvm_auto")
 def machine(threads: int) -> dict:
     import tvm
 
-    from .peak import fma_peak_gflops
+    from .peak import bf16_peak_gflops, fma_peak_gflops
 
     return {"cpu": host_cpu_name(), "target": str(host_target()), "python": platform.python_version(),
             "torch": torch.__version__, "tvm": tvm.__version__,
             "tvm_threads": int(tvm.get_global_func("runtime.NumThreads")()),
             "torch_threads": torch.get_num_threads(),
             "fma_peak_gflops": fma_peak_gflops(threads),
+            "bf16_peak_gflops": bf16_peak_gflops(threads),
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -117,6 +122,9 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     runtime_timed, runtime_errors = runtime_runs(dense, example, reference, threads_in_use(),
                                                  progress, name)
     runs.update(runtime_timed)
+    bf16_fields = {}
+    bf16.add_bf16(runs, runtime_errors, bf16_fields,
+                  bf16.bf16_competitor(model, example, reference, target, progress, name))
     if show is not None:
         show(f"{fused.report}\ncheck against PyTorch on a random input: max error / max "
              f"|output| = {error:.2e} ({verdict(error)})")
@@ -125,7 +133,7 @@ def bench_model(name: str, repeat: int = 30, warmup: int = 5, batch: int = 1,
     result = {"model": name, "batch": batch, "input_shape": list(example.shape),
               "median_ms": times, "max_rel_error": error,
               "lego_layers_fused": len(fused.report.layers),
-              **error_fields(runtime_errors),
+              **error_fields(runtime_errors), **bf16_fields,
               # Per batch: MACs of the dense model and of the Lego one as lego-tvm runs it.
               "macs": {"dense": fused.report.totals["model_dense_macs"],
                        "lego": fused.report.totals["model_lego_macs"]}}
@@ -185,16 +193,16 @@ def format_model_table(results: list[dict], peak: float | None = None) -> str:
     keys = [k for k in COMPETITORS if any(k in r["median_ms"] for r in results)]
     efficiency = peak and all("macs" in r for r in results)
     lines = ["| model | " + " | ".join(LABELS[k] for k in keys)
-             + " | lego-tvm vs fastest fp32 other |"
+             + " | lego-tvm vs fastest fp32 other | bf16: lego-tvm vs OpenVINO default |"
              + (" % of FMA peak: lego-tvm / fastest other |" if efficiency else ""),
-             "|---|" + "---:|" * (len(keys) + 1 + bool(efficiency))]
+             "|---|" + "---:|" * (len(keys) + 2 + bool(efficiency))]
     for r in results:
         t = r["median_ms"]
         bar = fastest(t, [k for k in COMPETITORS if k not in OURS])
         best_ours = min(v for k, v in t.items() if k in OURS)
         line = (f"| {r['model']} (batch {r['batch']}) | "
                 + " | ".join(time_cell(r, k) for k in keys)
-                + f" | {t[bar] / best_ours:.2f}x ({LABELS[bar]}) |")
+                + f" | {t[bar] / best_ours:.2f}x ({LABELS[bar]}) | {bf16.vs_openvino_bf16(t)} |")
         if efficiency:
             share = [100 * 2 * r["macs"][kind] / ms / 1e6 / peak
                      for kind, ms in (("lego", best_ours), ("dense", t[bar]))]

@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from ..support.progress import as_progress
-from ..support.targets import resolve_target
+from ..support.targets import host_has_bf16, resolve_target
 from ..support.threads import set_threads
 from ..support.timing import ROUNDS
 from .cross_target import bench_targets, format_target_table
@@ -17,7 +17,7 @@ from .layers import LAYERS, bench_layer, format_layer_table
 from .models import bench_model, format_model_table, machine
 from .output import write_outputs
 from .overhead import bench_overhead, format_overhead_table
-from .peak import fma_peak_gflops
+from .peak import bf16_peak_gflops, fma_peak_gflops
 from .remote import bench_model_remote
 from .scaling import THREADS, bench_scaling, format_scaling_table
 from .stages import format_stage_table, profile_layer
@@ -47,7 +47,10 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
         except EstimateUnavailable as why:              # says how to install it; the rest runs
             progress(f"skipping the static estimate: {why}")
             estimate = None
-    stage_cases = list(LAYERS) if stages or estimate else []
+    # The stage table in fp32, and in bf16 where the CPU has it (not what the estimate needs).
+    stage_cases = [(case, "fp32") for case in LAYERS] if stages or estimate else []
+    if stages and host_has_bf16():
+        stage_cases += [(case, "bf16") for case in LAYERS]
     items = (len(models) + len(LAYERS) * layers + bool(scaling) + len(stage_cases)
              + len(models) * throughput + 1 + len(models) * kernels
              + len(models) * bool(estimate) + len(models) * bool(targets))
@@ -68,8 +71,9 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
         scaling_results = each([scaling] if scaling else [], lambda s: bench_scaling(
             s[0], s[1], sorted({1, threads, *THREADS}), repeat, warmup, progress))
         scaling_results = scaling_results[0] if scaling_results else []
-        stage_results = each(stage_cases, lambda case: profile_layer(
-            case, resolve_target(target), threads, progress=progress, llvm_mca=mca))
+        stage_results = each(stage_cases, lambda c: profile_layer(
+            c[0], resolve_target(target), threads, progress=progress,
+            llvm_mca=mca if c[1] == "fp32" else None, precision=c[1]))
         throughput_results = [row for rows in each(models if throughput else [], lambda m: (
             bench_throughput(m, progress=progress))) for row in rows]
         # Always: a few seconds, and the number a user calling small models cares about.
@@ -80,6 +84,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
         # before and one after the benchmarks.
         peaks = [p for p in (info["fma_peak_gflops"], fma_peak_gflops(threads)) if p]
         peak = info["fma_peak_gflops"] = max(peaks) if peaks else None
+        peaks = [p for p in (info["bf16_peak_gflops"], bf16_peak_gflops(threads)) if p]
+        bf16_peak = info["bf16_peak_gflops"] = max(peaks) if peaks else None
         estimate_results = [row for rows in each(models if estimate else [], lambda m: (
             bench_estimates([m], estimate, model_results, peak, progress=progress)))
             for row in rows]
@@ -87,7 +93,9 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
             bench_targets([m], targets, progress, remote))) for row in rows]
     header = (f"machine: {info['cpu']} ({info['target']}); TVM threads {info['tvm_threads']}, "
               f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
-              f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; each competitor the best of "
+              f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}"
+              + (f", bf16 (vdpbf16ps) peak {bf16_peak:.0f} GFLOP/s" if bf16_peak else "")
+              + f"; each competitor the best of "
               f"{ROUNDS} alternating blocks, a block the median of {repeat} runs after {warmup} "
               f"warm-up runs; {info['date']}")
     sections = [header]
@@ -98,7 +106,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     if scaling_results:
         sections.append(format_scaling_table(scaling_results))
     if stage_results:
-        sections.append(format_stage_table(stage_results, peak))
+        sections.append(format_stage_table(stage_results, peak, bf16_peak))
     if throughput_results:
         sections.append(format_throughput_table(throughput_results))
     sections.append(format_overhead_table(overhead))

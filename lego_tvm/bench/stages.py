@@ -11,7 +11,9 @@ schedule, the layer table's shapes) next to variants that drop one stage, side b
 - ``one_thread``: the full kernel on one thread.
 
 padding = full - no_pad; gather-sum = (full - few_outputs) * n / (n - 8); compute-once =
-full - padding - gather-sum, with its GFLOP/s against the measured FMA peak. Parallel
+full - padding - gather-sum, with its GFLOP/s against the measured FMA peak (a bf16 kernel's,
+``precision="bf16"``, against the measured ``vdpbf16ps`` peak; its padding stage also rounds
+the input to bf16, and without padding that rounding counts as compute-once). Parallel
 efficiency = one_thread / (threads * full): below 1 when the tasks do not divide evenly
 between the cores or they wait on memory together.
 """
@@ -50,7 +52,8 @@ def _variant_specs(spec) -> dict:
 
 
 def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
-                  progress: Callable[[str], None] = print, llvm_mca: str | None = None) -> dict:
+                  progress: Callable[[str], None] = print, llvm_mca: str | None = None,
+                  precision: str = "fp32") -> dict:
     """Stage times (ms, medians over ``rounds`` rounds that time every variant once) of
     ``case`` on ``threads`` threads. With ``llvm_mca`` (``estimate.find_llvm_mca()``), also
     the static estimate of the kernel's hot loop: the calibration of the estimate, measured
@@ -65,8 +68,13 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
     from ..support.tiling import num_cores
 
     spec = layer_spec(case, simd_profile(target).lanes)
+    if precision == "bf16":
+        from ..backend.precision import with_host_bf16
+        from ..schedules.x86_bf16 import LANES
+
+        spec, target = replace(spec, bf16=True, bank_block=LANES), with_host_bf16(target)
     config = default_config(spec, num_cores(target), simd_profile(target))
-    progress(f"[stages {case.name}] building the kernel and its variants")
+    progress(f"[stages {case.name}] building the {precision} kernel and its variants")
     rng = np.random.default_rng(0)
     timers, estimated = {}, None
     for name, variant in _variant_specs(spec).items():
@@ -95,7 +103,7 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
     once = ms["full"] - pad - gather
     out_pixels = spec.out_height * spec.out_width
     once_flops = 2 * spec.splits * spec.lego_filters * spec.split_channels * 9 * out_pixels
-    return {"layer": case.name, "threads": threads, "median_ms": ms,
+    return {"layer": case.name, "precision": precision, "threads": threads, "median_ms": ms,
             "stages_ms": {"padding": pad, "compute_once": once, "gather_sum": gather},
             "compute_once_gflops": once_flops / once / 1e6 if once > 0 else None,
             "parallel_efficiency": ms["one_thread"] / (threads * ms["full"]),
@@ -107,7 +115,9 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
                 "fuse_stages": config.fuse_stages}}
 
 
-def format_stage_table(results: list[dict], peak: float | None) -> str:
+def format_stage_table(results: list[dict], peak: float | None,
+                       bf16_peak: float | None = None) -> str:
+    """The stage table; a bf16 kernel's compute-once share is of ``bf16_peak``."""
     estimated = any("compute_once_estimated" in r for r in results)
     lines = ["| layer | kernel | padding | compute-once | gather-sum | compute-once GFLOP/s "
              "| % of peak | " + (f"% of peak, {LABEL} | " if estimated else "")
@@ -117,13 +127,15 @@ def format_stage_table(results: list[dict], peak: float | None) -> str:
     for r in results:
         ms, st, sched = r["median_ms"], r["stages_ms"], r["schedule"]
         gflops = r["compute_once_gflops"]
-        share = f"{100 * gflops / peak:.0f}%" if gflops and peak else "-"
+        bf16 = r.get("precision") == "bf16"
+        of = bf16_peak if bf16 else peak
+        share = f"{100 * gflops / of:.0f}%{' of bf16' if bf16 else ''}" if gflops and of else "-"
         if estimated:
             loop = r.get("compute_once_estimated")
             share += (f" | {loop['efficiency']:.0%} ({loop['spills']} spills)" if loop
                       else " | -")
         lines.append(
-            f"| {r['layer']} | {ms['full']:.2f} ms | {st['padding']:.2f} | "
+            f"| {r['layer']}{' (bf16)' if bf16 else ''} | {ms['full']:.2f} ms | {st['padding']:.2f} | "
             f"{st['compute_once']:.2f} | {st['gather_sum']:.2f} | "
             f"{f'{gflops:.1f}' if gflops else '-'} | {share} | {ms['one_thread']:.2f} ms | "
             f"{r['parallel_efficiency']:.2f} | {sched['tasks'] or 'stage by stage'} tasks of "
@@ -133,7 +145,7 @@ def format_stage_table(results: list[dict], peak: float | None) -> str:
 
 def plot_stages(ax, results: list[dict]) -> None:
     """Stacked bars: each layer's kernel time split into its stages."""
-    names = [r["layer"] for r in results]
+    names = [r["layer"] + (" bf16" if r.get("precision") == "bf16" else "") for r in results]
     left = np.zeros(len(results))
     for stage, color in (("compute_once", "#d62728"), ("gather_sum", "#1f77b4"),
                          ("padding", "#999")):

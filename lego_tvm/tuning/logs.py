@@ -42,12 +42,13 @@ def identity(target: Target) -> dict:
 
 
 def default_log_dir(model_name: str, target: Target, batch: int = 1, lego: bool = True,
-                    layout: str = "NCHW") -> Path:
+                    layout: str = "NCHW", precision: str = "fp32") -> Path:
     """Where ``lego-tvm tune`` writes a log: ``tuning_logs/<target key>/<model>-b<batch>``,
-    with ``-nopass`` for the model without the Lego pass and ``-nchwc`` for blocked layouts."""
+    with ``-nopass`` for the model without the Lego pass, ``-nchwc`` for blocked layouts and
+    ``-bf16`` for bf16 kernels."""
     return Path("tuning_logs", target_key(target),
                 f"{model_name}-b{batch}{'' if lego else '-nopass'}"
-                f"{'-nchwc' if layout == 'NCHWc' else ''}")
+                f"{'-nchwc' if layout == 'NCHWc' else ''}{'-bf16' if precision == 'bf16' else ''}")
 
 
 def read_manifest(log_dir: str | Path) -> dict:

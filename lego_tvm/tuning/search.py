@@ -44,7 +44,7 @@ def _tunable_lego_rule_cuda(sch, _block):
 def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 64,
          model_name: str | None = None, lego: bool = True, seed: int | None = None,
          all_kernels: bool = False, remote=None, layout: str = "NCHW",
-         winograd: bool = False, progress="default") -> dict:
+         winograd: bool = False, precision: str = "fp32", progress="default") -> dict:
     """Tune ``model`` with MetaSchedule + XGBoost and write the log to ``log_dir``.
 
     ``remote``: a ``lego_tvm.remote.Remote`` (an RPC tracker + device key, or an RPC
@@ -56,7 +56,8 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     ``layout``: as for ``compile`` (the records are for the kernels that layout makes).
     ``winograd``: also tune the Winograd F(2x2, 3x3) and F(4x4, 3x3) kernels of the 3x3
     stride-1 Lego layers, which ``compile(..., compute_once="winograd" or "auto")`` uses.
-    Resumable: records already in ``log_dir`` count towards ``trials`` and seed the search;
+    ``precision="bf16"``: tune the bf16 kernels ``compile(..., precision="bf16")`` builds
+    (for the host, with its AVX512_BF16 enabled, as compile does). Resumable: records already in ``log_dir`` count towards ``trials`` and seed the search;
     an interrupted run keeps every record it finished. Before the search each fused kernel's
     default schedule is timed and committed as a record (on top of ``trials``); after it,
     on this CPU, each kernel's best record is checked against the default
@@ -78,6 +79,15 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     if Path(log_dir).exists() and not Path(log_dir).is_dir():
         raise NotADirectoryError(f"the tuning log {log_dir} must be a folder; it is a file")
     tvm_target = resolve_target(target)
+    if precision == "bf16":
+        from ..backend.precision import BF16Unavailable, why_no_bf16, with_host_bf16
+
+        if winograd:
+            raise ValueError("winograd=True tunes fp32 Winograd kernels; bf16 kernels are direct")
+        if target is None or target == "host":
+            tvm_target = with_host_bf16(tvm_target)
+        if why_no_bf16(tvm_target):
+            raise BF16Unavailable(f"precision='bf16': {why_no_bf16(tvm_target)}")
     cc = cross_compiler(tvm_target)
     if remote is None and why_not_runnable_here(tvm_target):
         raise TargetError(f"cannot time {target_key(tvm_target)} kernels on this machine "
@@ -93,7 +103,8 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
         check_log(log_dir, tvm_target)          # never mix records of another target/TVM
     else:
         check_records(log_dir, complete=False)  # a first run stopped half-way, resumed
-    tasks = kernel_tasks(model, example_inputs, tvm_target, lego, layout, all_kernels, winograd)
+    tasks = kernel_tasks(model, example_inputs, tvm_target, lego, layout, all_kernels, winograd,
+                         precision)
     done = count_records(log_dir)
     remaining = trials - done
     log.warning("lego-tvm: tuning %d kernels of %s for %s: %d trials requested, %d already in %s",
@@ -123,23 +134,28 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     manifest = {**identity(tvm_target), "model": model_name or type(model).__name__,
                 "batch": batch, "trials": count_records(log_dir),
                 "date": time.strftime("%Y-%m-%d"), "lego_pass": lego, "layout": layout,
+                "precision": precision,
                 **device, **({"checked": checked} if checked is not None else {})}
     write_manifest(log_dir, manifest)
     return manifest
 
 
 def kernel_tasks(model, example_inputs, target: Target, lego: bool = True,
-                 layout: str = "NCHW", all_kernels: bool = False, winograd: bool = False
-                 ) -> list:
+                 layout: str = "NCHW", all_kernels: bool = False, winograd: bool = False,
+                 precision: str = "fp32") -> list:
     """MetaSchedule's tasks for ``model`` as ``tune`` tunes it: the fused conv kernels (all
     kernels with ``all_kernels``; with ``winograd``, the Winograd forms of the Lego kernels
-    that have them too)."""
+    that have them too; in bf16, the kernels as ``precision="bf16"`` builds them)."""
     from tvm.s_tir import meta_schedule as ms
 
     from ..backend import compute_once, pipeline
     from ..op.winograd import TILES
 
     fused, _ = pipeline.import_and_fuse(model, example_inputs, target, lego=lego, layout=layout)
+    if precision == "bf16":
+        from ..backend.precision import to_bf16
+
+        fused = to_bf16(fused, target)[0]
     modules = [fused] + ([compute_once.winograd_everywhere(fused, tile) for tile in TILES]
                          if winograd else [])
     tasks = {}
