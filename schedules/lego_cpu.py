@@ -201,7 +201,9 @@ def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
     spaces = []
     for fuse_stages in (True, False):
         space = sch.copy()
-        rows = spec.out_height
+        # A bf16 register tile must divide a task's rows: tensorize takes no predicate. (The
+        # fp32 space keeps its candidates, so that the shipped records still replay.)
+        rows = default.tile_rows if spec.bf16 and fuse_stages else spec.out_height
         config = LegoCpuConfig(
             tile_rows=default.tile_rows,
             reg_rows=sample_divisor(space, rows, simd.accumulators, default.reg_rows),
