@@ -11,6 +11,8 @@ from conftest import TOLERANCE
 from lego_tvm.bench import runtimes
 from lego_tvm.bench.models import format_model_table
 from lego_tvm.cli import main
+from lego_tvm.support.accuracy import BF16_TOLERANCE
+from lego_tvm.support.targets import host_has_bf16
 
 
 def small_dense_model():
@@ -48,13 +50,15 @@ def test_a_missing_runtime_is_skipped_with_how_to_install_it(monkeypatch):
 
 def test_the_bar_is_the_fastest_fp32_competitor():
     """OpenVINO's default precision (bf16) is shown with its error, never the bar."""
-    result = {"model": "m", "batch": 1, "competitor_errors": {"openvino_default": 2.4e-2},
-              "openvino_default_precision": "bf16",
+    result = {"model": "m", "batch": 1,
+              "competitor_errors": {"openvino_default": 2.4e-2, "lego_tvm_bf16": 2.5e-2},
+              "openvino_default_precision": "bf16", "lego_tvm_bf16_precision": "bf16",
               "median_ms": {"torch_dense": 60.0, "onnxruntime": 40.0, "openvino": 38.0,
-                            "openvino_default": 20.0, "lego_tvm": 19.0}}
+                            "openvino_default": 20.0, "lego_tvm_bf16": 8.0, "lego_tvm": 19.0}}
     table = format_model_table([result])
-    assert "| 2.00x (OpenVINO fp32, dense-folded) |" in table
+    assert "| 2.00x (OpenVINO fp32, dense-folded) | 2.50x |" in table    # bf16: 20 / 8
     assert "20.00 ms (bf16, error 2.4e-02)" in table
+    assert "8.00 ms (bf16, error 2.5e-02)" in table
 
 
 @pytest.mark.slow
@@ -72,6 +76,9 @@ def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
     assert model["competitor_errors"]["openvino"] <= 1e-4
     for check in ("max_rel_error", "max_rel_error_nchwc", "max_rel_error_auto"):
         assert model[check] <= 1e-4, check
+    if host_has_bf16():
+        assert model["median_ms"]["lego_tvm_bf16"] > 0
+        assert 0 < model["competitor_errors"]["lego_tvm_bf16"] <= BF16_TOLERANCE
     assert {c["backend"] for c in model["compute_once"]} <= {"tvm", "winograd", "onednn"}
     assert all(c["tvm_ms"] > 0 and c["onednn_ms"] > 0 for c in model["compute_once"])
     assert any(c["winograd_ms"] for c in model["compute_once"])
@@ -91,6 +98,7 @@ def test_bench_writes_model_and_scaling_results(tmp_path, capsys):
     assert "| lego_vgg16 | 2 | 2 |" in out and "fastest maps per kernel" in out
     assert "lego-tvm's call costs" in out
     assert "OpenVINO fp32, dense-folded" in out and "lego-tvm vs fastest fp32 other" in out
+    assert "bf16: lego-tvm vs OpenVINO default" in out
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert torch.get_num_threads() == 2, "the scaling run left its thread count behind"
 
@@ -111,6 +119,12 @@ def test_stage_profile_splits_a_kernel_into_its_stages():
     assert result["parallel_efficiency"] > 0 and len(lines) == 2
     table = format_stage_table([result], peak=100.0)
     assert "| 32ch 16x16 s1 |" in table and "register tile" in table
+    if host_has_bf16():
+        result = profile_layer(LayerCase(32, 16, 1), resolve_target(None), threads=2, rounds=3,
+                               progress=lines.append, precision="bf16")
+        assert result["precision"] == "bf16" and result["compute_once_gflops"] > 0
+        table = format_stage_table([result], peak=100.0, bf16_peak=50.0)
+        assert "| 32ch 16x16 s1 (bf16) |" in table and "% of bf16" in table
 
 
 def test_kernel_profile_times_every_kernel_of_a_model():

@@ -11,7 +11,10 @@ from conftest import assert_matches_torch
 from lego_tvm.tuning import default_records
 from lego_tvm.tuning.default_records import _trace_key
 from lego_tvm.op.fused_op import COMPUTE_VERSION, LEGO_BLOCK
-from lego_tvm.support.targets import resolve_target
+from lego_tvm.backend.precision import with_host_bf16
+from lego_tvm.check import error_against_torch
+from lego_tvm.support.accuracy import BF16_TOLERANCE
+from lego_tvm.support.targets import host_has_bf16, resolve_target
 from lego_tvm.tuning.logs import DATABASE_FILES, MANIFEST, TuningLogError, count_records
 from lego_tvm.tuning.search import kernel_tasks
 
@@ -166,3 +169,22 @@ def test_winograd_kernels_are_tuned_and_applied(tmp_path):
     compiled = lego_tvm.compile(model, (x,), tuning_logs=str(tmp_path), compute_once="winograd")
     assert compiled.report.tuned_kernels == ["fused_lego_conv2d_winograd2"]   # 12x12: F(2x2)
     assert_matches_torch(compiled, model, (x,))
+
+
+@pytest.mark.skipif(not host_has_bf16(), reason="this CPU lacks AVX512_BF16")
+def test_bf16_kernels_are_tuned_and_applied(tmp_path):
+    """``precision="bf16"`` tunes the bf16 kernels (vdpbf16ps, tensorized in every sampled
+    schedule); compile in bf16 applies their records, compile in fp32 does not."""
+    model = torch.nn.Sequential(lego_tvm.LegoConv2d(32, 32, 3, 2, 0.5), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 32, 6, 6)
+    [task] = kernel_tasks(model, (x,), with_host_bf16(resolve_target(None)), precision="bf16")
+    assert task.task_name == "fused_lego_conv2d_bf16"
+    manifest = lego_tvm.tune(model, (x,), tmp_path, trials=6, model_name="tiny", seed=0,
+                             precision="bf16", progress=None)
+    assert manifest["precision"] == "bf16" and "+avx512bf16" in manifest["target"]
+    compiled = lego_tvm.compile(model, (x,), tuning_logs=str(tmp_path), precision="bf16")
+    assert compiled.report.tuned_kernels == ["fused_lego_conv2d_bf16"]
+    error = error_against_torch(compiled, model, (x,))
+    assert 0 < error < BF16_TOLERANCE
+    with pytest.raises(TuningLogError):      # made for the bf16 target, not the fp32 one
+        lego_tvm.compile(model, (x,), tuning_logs=str(tmp_path))
