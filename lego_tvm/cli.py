@@ -272,8 +272,8 @@ def _compile(args, progress) -> None:
         error = error_against_torch(compiled, run_torch, inputs)
         reference = "ONNX Runtime" if str(args.model).endswith(".onnx") else "PyTorch"
         print(f"check against {reference} on a random input: max error / max |output| = "
-              f"{error:.2e} ({verdict(error, args.precision)}, bound "
-              f"{tolerance(args.precision):.0e} for {args.precision})")
+              f"{error:.2e} ({verdict(error, args.precision)}"
+              + (f", bf16 bound {tolerance('bf16'):.0e})" if args.precision == "bf16" else ")"))
         if verdict(error, args.precision) != "ok":
             raise SystemExit(1)
     if args.output:

@@ -5,7 +5,6 @@ import collections
 from dataclasses import dataclass, field, asdict, replace
 
 from ..op.fused_op import LegoConvSpec, layout_name
-from ..schedules.x86_bf16 import LANES as BF16_LANES
 
 
 @dataclass
@@ -66,14 +65,14 @@ class LegoReport:
     # precision="bf16": backend.precision.KernelPrecision per kernel (empty: all fp32)
     precision: list = field(default_factory=list)
 
-    def mark_bf16(self) -> None:
+    def mark_bf16(self, lanes: int) -> None:
         """After ``backend.precision.to_bf16``: each layer on a bf16 kernel names that
-        kernel and says bf16 in its spec."""
+        kernel and says bf16 in its spec (its bank packed in blocks of ``lanes``)."""
         bf16_kernels = {p.kernel for p in self.precision if p.precision == "bf16"}
         for layer in self.layers + self.dense_convs:
             if f"{layer.kernel}_bf16" in bf16_kernels:
                 layer.kernel = f"{layer.kernel}_bf16"
-                layer.spec = replace(layer.spec, bf16=True, bank_block=BF16_LANES,
+                layer.spec = replace(layer.spec, bf16=True, bank_block=lanes,
                                      flat_pixels=False)
 
     def _choice_of(self, layer: LegoLayerReport):
