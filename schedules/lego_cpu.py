@@ -22,7 +22,7 @@ others. One body, so tuned and default schedules cannot drift, on every CPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
@@ -37,6 +37,7 @@ from .lego_cpu_winograd import (WinogradConfig, apply_winograd_schedule,
                                 default_winograd_config, tunable_winograd_schedules)
 from .simd import simd_profile
 from .vector_unit import SimdProfile
+from .x86_amx import amx_unsupported, pixels_per_tile, tensorize_tile
 from .x86_bf16 import tensorize_dot
 from ..support.tiling import (divisors, has_block, largest_register_tile, num_cores,
                               sample_divisor)
@@ -56,6 +57,8 @@ class LegoCpuConfig:
     fuse_stages: bool     # compute the Lego tile inside each task (else stage by stage)
     reg_filters: int = 1
     channels_innermost: bool = False   # the reduction's order (see SimdProfile)
+    # bf16 on AMX (x86_amx.py): reg_cols pixels x 16 filters a tile, the reduction inside it.
+    amx: bool = False
 
 
 def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
@@ -78,6 +81,8 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
     tile_rows = max(enough or [1], key=lambda t: (
         tasks[t] / (cores * -(-tasks[t] // cores)), t))
     rows = tile_rows if fuse_stages else s.out_height
+    if s.bf16 and simd.amx_bf16 and amx_unsupported(s) is None:
+        return LegoCpuConfig(tile_rows, 1, pixels_per_tile(s.out_width), fuse_stages, amx=True)
     reg_filters, reg_rows, reg_cols = register_tile(s, rows, simd)
     return LegoCpuConfig(tile_rows, reg_rows, reg_cols, fuse_stages, reg_filters,
                          simd.channels_innermost)
@@ -135,6 +140,13 @@ def apply_lego_schedule(sch: s_tir.Schedule,
     reduction = sum(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(lego).iter_vars)
     outer = lego_loops[:-5 - reduction]
     split, filt, lrow, lcol, lanes = lego_loops[-5 - reduction:-reduction]
+    if config.amx:
+        _amx_tiles(sch, lego, config, outer, (split, filt, lrow, lcol, lanes),
+                   lego_loops[-reduction:])
+        if pad is not None:
+            sch.vectorize(sch.get_loops(pad)[-1])
+        sch.vectorize(lane[0] if lane else col)
+        return
     filt_i = []
     # An int 1: no split, the loops the tuning logs made before this knob replay on.
     if not isinstance(config.reg_filters, int) or config.reg_filters > 1:
@@ -180,6 +192,23 @@ def apply_lego_schedule(sch: s_tir.Schedule,
     sch.vectorize(lane[0] if lane else col)
 
 
+def _amx_tiles(sch: s_tir.Schedule, lego, config: LegoCpuConfig, outer, spatial, reduce
+               ) -> None:
+    """The maps in AMX tiles: for each split, filter block, row and ``reg_cols`` pixels, one
+    micro-kernel call runs the whole reduction (``x86_amx.py``)."""
+    split, filt, lrow, lcol, lanes = spatial
+    col_o, col_i = sch.split(lcol, [None, config.reg_cols])
+    # Reduction loops of extent 1 go above the tile, as the intrinsic's description has none.
+    unit = [r for r in reduce if int(sch.get(r).extent) == 1]
+    sch.reorder(split, filt, lrow, col_o, *unit, col_i, lanes,
+                *[r for r in reduce if r not in unit])
+    if not config.fuse_stages:
+        sch.parallel(sch.fuse(*outer, split, filt))
+    init = sch.decompose_reduction(lego, (unit or [col_i])[0])   # zero the tile, then one call
+    sch.vectorize(sch.get_loops(init)[-1])
+    tensorize_tile(sch, col_i, col_o, spec_of(sch.mod["main"]))
+
+
 def apply_gather_schedule(sch: s_tir.Schedule) -> None:
     """The gather-sum stage alone (its Lego maps computed by oneDNN): parallel over images x
     output channels, vectorized along the row, as in the stage-by-stage schedule above."""
@@ -198,6 +227,11 @@ def tunable_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, target: Target
         return tunable_winograd_schedules(sch, spec, default, simd)
     if isinstance(default, FlatLegoConfig):
         return tunable_flat_schedules(sch, spec, default)
+    if default.amx:      # the tile is fixed by the width: only the loop structure to choose
+        spaces = [sch.copy() for _ in (True, False)]
+        for space, fuse_stages in zip(spaces, (True, False)):
+            apply_lego_schedule(space, replace(default, fuse_stages=fuse_stages))
+        return spaces
     spaces = []
     for fuse_stages in (True, False):
         space = sch.copy()

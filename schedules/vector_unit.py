@@ -21,3 +21,5 @@ class SimdProfile:
     # The register tile's reduction: the kernel taps outermost and the input channels
     # innermost (else channels outermost, taps innermost, which LLVM unrolls 9 times).
     channels_innermost: bool = False
+    # AMX with bf16 tiles: a bf16 kernel computes its maps with tdpbf16ps (x86_amx.py).
+    amx_bf16: bool = False

@@ -8,6 +8,8 @@ registers of 16 floats. The Lego tile of one task (128 KiB) stays in a Zen / Sky
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tvm.target import Target, codegen
 
 from .vector_unit import SimdProfile
@@ -27,4 +29,7 @@ def x86_profile(target: Target) -> SimdProfile:
     # Asks LLVM whether the target's CPU (mcpu, plus mattr) has AVX-512F, so every CPU name
     # LLVM knows counts (a list of names missed "rocketlake", the name LLVM gives to some
     # AVX-512 Xeon hosts).
-    return AVX512 if codegen.target_has_features("avx512f", target) else AVX2
+    if not codegen.target_has_features("avx512f", target):
+        return AVX2
+    amx = all(codegen.target_has_features(f, target) for f in ("amx-tile", "amx-bf16"))
+    return replace(AVX512, amx_bf16=True) if amx else AVX512

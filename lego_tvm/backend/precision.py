@@ -17,7 +17,8 @@ from tvm.target import Target, codegen
 
 from ..op.fused_op import bf16_unsupported, lego_kernels
 from ..schedules.x86_bf16 import LANES
-from ..support.targets import BF16_FEATURE, host_has_bf16, target_arch
+from ..support.targets import (AMX_FEATURES, BF16_FEATURE, host_has_amx_bf16, host_has_bf16,
+                               target_arch)
 
 PRECISIONS = ("fp32", "bf16")
 # A conv on fewer channels (the first conv, on an RGB image) stays fp32: rounding the image to
@@ -56,14 +57,22 @@ def why_no_bf16(target: Target) -> str | None:
 
 
 def with_host_bf16(target: Target) -> Target:
-    """The host target with AVX512_BF16 enabled when this CPU has it and LLVM's model of the
-    CPU does not (a virtual machine may report an older model: these Xeons say Rocket Lake)."""
-    if (target.kind.name != "llvm" or codegen.target_has_features(BF16_FEATURE, target)
-            or not host_has_bf16()):
+    """The host target with AVX512_BF16, and AMX's bf16 tiles, enabled where this CPU has
+    them and LLVM's model of the CPU does not (a virtual machine may report an older model:
+    these Xeons say Rocket Lake). With AMX, bf16 kernels compute their maps on it
+    (``schedules/x86_amx.py``)."""
+    if target.kind.name != "llvm":
+        return target
+    wanted = []
+    if host_has_bf16() and not codegen.target_has_features(BF16_FEATURE, target):
+        wanted.append(BF16_FEATURE)
+    if host_has_amx_bf16():
+        wanted += [f for f in AMX_FEATURES if not codegen.target_has_features(f, target)]
+    if not wanted:
         return target
     config = {k: v for k, v in target.export().items()
               if k not in ("id", "tag", "feature", "features")}
-    config["mattr"] = [*config.get("mattr", []), f"+{BF16_FEATURE}"]
+    config["mattr"] = [*config.get("mattr", []), *(f"+{f}" for f in wanted)]
     return Target(config)
 
 

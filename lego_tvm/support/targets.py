@@ -43,6 +43,8 @@ SUPPORTED_KINDS = ("llvm", "cuda")
 VECTOR_FEATURES = {"x86_64": ("avx512f", "avx2", "fma")}
 # LLVM's name of AVX512_BF16 (vdpbf16ps), and the flag Linux shows for it in /proc/cpuinfo.
 BF16_FEATURE, BF16_CPU_FLAG = "avx512bf16", "avx512_bf16"
+# AMX with bf16 tiles (tdpbf16ps): LLVM's names, and Linux's flags.
+AMX_FEATURES, AMX_CPU_FLAGS = ("amx-tile", "amx-bf16"), ("amx_tile", "amx_bf16")
 # Debian / Ubuntu packages of the cross toolchain for each architecture lego-tvm targets.
 CROSS_PACKAGES = {"aarch64": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}
 
@@ -79,6 +81,11 @@ def host_has_bf16() -> bool:
     """Whether this CPU has AVX512_BF16, as the OS reports it. LLVM's host detection may not
     say so: in a virtual machine it can see an older CPU model (here: Rocket Lake)."""
     return BF16_CPU_FLAG in host_cpu_flags()
+
+
+def host_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX tiles with bf16, as the OS reports it."""
+    return set(AMX_CPU_FLAGS) <= host_cpu_flags()
 
 
 def host_target() -> Target:
@@ -183,6 +190,9 @@ def why_not_runnable_here(target: Target) -> str | None:
     if (arch == "x86_64" and codegen.target_has_features(BF16_FEATURE, target)
             and not host_has_bf16()):
         return "it is built with bf16 kernels (AVX512_BF16) and this CPU lacks AVX512_BF16"
+    if (arch == "x86_64" and all(codegen.target_has_features(f, target) for f in AMX_FEATURES)
+            and not host_has_amx_bf16()):
+        return "it is built for a CPU with AMX (bf16 tiles) and this CPU lacks AMX"
     here = host_target()
     for feature in VECTOR_FEATURES.get(arch, ()):
         if (codegen.target_has_features(feature, target)
