@@ -27,12 +27,20 @@ from lego_tvm.op import bf16
 from lego_tvm.op.fused_op import LegoConvSpec, lego_conv2d_prim_func
 from lego_tvm.support import targets
 from lego_tvm.support.accuracy import BF16_TOLERANCE, TOLERANCE, max_relative_error
-from lego_tvm.support.targets import host_has_bf16, resolve_target
+from lego_tvm.support.targets import host_has_amx_bf16, host_has_bf16, resolve_target
 from models import randomize_bn
 
 needs_bf16 = pytest.mark.skipif(not host_has_bf16(), reason="this CPU lacks AVX512_BF16")
-# Any x86-64 machine can build for it; only one with AVX512_BF16 can run the result.
-BF16_TARGET = "x86-sapphirerapids"
+# Any x86-64 machine can build for these; only one with AVX512_BF16 (and AMX) runs the result.
+BF16_TARGET = "x86-sapphirerapids"       # AVX512_BF16 and AMX: the maps on AMX where they can
+UNITS = {"AMX": BF16_TARGET, "AVX512_BF16": "x86-zen4"}
+
+
+def runnable(unit: str):
+    """``unit``'s target as a test parameter, skipped where this CPU cannot run it."""
+    needs = host_has_bf16() and (unit != "AMX" or host_has_amx_bf16())
+    return pytest.param(UNITS[unit], id=unit,
+                        marks=pytest.mark.skipif(not needs, reason=f"this CPU lacks {unit}"))
 
 
 def nchw(array: np.ndarray) -> np.ndarray:
@@ -71,6 +79,8 @@ def spec_of(c, n, o, m, size, kernel, stride, **extra) -> LegoConvSpec:
 
 GRID = [  # c, n, o, m, size, kernel, stride, extra
     (64, 64, 2, 32, 14, 3, 1, {"relu": True}),
+    (128, 64, 2, 32, 28, 3, 1, {"relu": True}),               # two channel blocks of 32
+    (256, 64, 2, 32, 7, 1, 1, {"has_residual": True}),         # 1x1, 7 pixels a tile
     (3, 32, 1, 32, 17, 7, 2, {"relu": True}),                 # odd channels: padded to even
     (128, 64, 4, 16, 9, 1, 1, {"has_residual": True}),         # 1x1, four splits
     (64, 32, 2, 32, 15, 3, 2, {"in_block": 16, "out_block": 16, "relu": True}),   # NCHW16c
@@ -78,12 +88,12 @@ GRID = [  # c, n, o, m, size, kernel, stride, extra
 ]
 
 
-@needs_bf16
+@pytest.mark.parametrize("target", [runnable("AMX"), runnable("AVX512_BF16")])
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "x".join(map(str, c[:7])))
-def test_bf16_kernel_matches_torch_on_the_same_roundings(case):
+def test_bf16_kernel_matches_torch_on_the_same_roundings(case, target):
     *shape, extra = case
     spec = spec_of(*shape, **extra)
-    kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(BF16_TARGET))[0]["main"]
+    kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(target))[0]["main"]
     arrays = random_inputs(spec, np.random.default_rng(5))
     args = dict(arrays, bank=bf16.pack_bank(arrays["bank"], spec.bank_block))
     tensors = [tvm.runtime.tensor(a) for a in args.values()]
@@ -102,13 +112,17 @@ def test_bf16_kernel_with_the_batch_chosen_at_call_time():
     assert max_relative_error(tensors[-1].numpy(), reference(spec, arrays)) < TOLERANCE
 
 
-def test_bf16_kernel_computes_its_maps_with_vdpbf16ps():
+def test_bf16_kernel_computes_its_maps_with_vdpbf16ps_or_amx_tiles():
     spec = spec_of(64, 64, 2, 32, 14, 3, 1, relu=True)
-    module = build_alone(lego_conv2d_prim_func(spec), resolve_target(BF16_TARGET))[0]
-    assembly = module.inspect_source("asm")
+    zen4 = build_alone(lego_conv2d_prim_func(spec), resolve_target(UNITS["AVX512_BF16"]))[0]
+    assembly = zen4.inspect_source("asm")
     assert assembly.count("vdpbf16ps") >= 8      # the unrolled register tile
     # Not a call: the imported LLVM function is inlined.
-    assert "lego_tvm_dpbf16ps" not in assembly
+    assert "lego_tvm_dpbf16ps" not in assembly and "tdpbf16ps" not in assembly
+    spr = build_alone(lego_conv2d_prim_func(spec), resolve_target(UNITS["AMX"]))[0]
+    assembly = spr.inspect_source("asm")
+    assert "tdpbf16ps" in assembly and "ldtilecfg" in assembly and "tileloadd" in assembly
+    assert "lego_tvm_amx_tile" not in assembly and "vdpbf16ps" not in assembly
 
 
 def test_bank_packing_round_trips_and_pads_odd_channels():
@@ -130,10 +144,13 @@ def test_bf16_report_says_which_kernels_run_in_bf16_and_why_not():
     model, x = _lego_block(8), torch.randn(1, 32, 8, 8)    # the second: 8 Lego filters
     compiled = lego_tvm.compile(model, (x,), target=BF16_TARGET, precision="bf16",
                                 tuning_logs=None)
-    kinds = [(p.precision, p.reason) for p in compiled.report.precision]
-    assert sorted(kinds) == [("bf16", ""), ("fp32", "8 Lego filters, not a multiple of 16")]
+    kinds = [(p.precision, p.reason, p.unit) for p in compiled.report.precision]
+    assert sorted(kinds) == [
+        ("bf16", "", "AVX512_BF16 (not AMX: 16 channels per split, not a multiple of 32)"),
+        ("fp32", "8 Lego filters, not a multiple of 16", "")]
     text = str(compiled.report)
-    assert "precision: bf16 in 1 of 2 kernels" in text and "not a multiple of 16" in text
+    assert "precision: bf16 in 1 of 2 kernels (maps on AVX512_BF16 in 1)" in text
+    assert "not a multiple of 16" in text and "not AMX: 16 channels per split" in text
     assert [layer.spec.bf16 for layer in compiled.report.layers] == [True, False]
     assert compiled.report_dict["precision"][0]["precision"] in ("bf16", "fp32")
 
@@ -150,8 +167,10 @@ def test_bf16_refused_on_a_host_without_it(monkeypatch):
     model, x = _lego_block(16), torch.randn(1, 32, 8, 8)
     compiled = lego_tvm.compile(model, (x,), target=BF16_TARGET, precision="bf16",
                                 tuning_logs=None)
-    flags = targets.host_cpu_flags() - {targets.BF16_CPU_FLAG}
-    monkeypatch.setattr(targets, "host_cpu_flags", lambda: flags)
+    flags = targets.host_cpu_flags()
+    monkeypatch.setattr(targets, "host_cpu_flags", lambda: flags - {"amx_bf16"})
+    assert "lacks AMX" in (targets.why_not_runnable_here(resolve_target(BF16_TARGET)) or "")
+    monkeypatch.setattr(targets, "host_cpu_flags", lambda: flags - {targets.BF16_CPU_FLAG})
     with pytest.raises(RuntimeError, match="AVX512_BF16"):
         compiled(x.numpy())
     if resolve_target(None).attrs.get("mcpu") not in ("znver4", "sapphirerapids"):

@@ -16,6 +16,8 @@ import tvm
 from tvm.target import Target, codegen
 
 from ..op.fused_op import bf16_unsupported, lego_kernels
+from ..schedules.simd import simd_profile
+from ..schedules.x86_amx import amx_unsupported
 from ..schedules.x86_bf16 import LANES
 from ..support.targets import (AMX_FEATURES, BF16_FEATURE, host_has_amx_bf16, host_has_bf16,
                                target_arch)
@@ -38,6 +40,9 @@ class KernelPrecision:
     kernel: str            # the fused PrimFunc, as the model runs it
     precision: str         # "bf16" or "fp32"
     reason: str = ""       # why a kernel stayed fp32
+    # What computes a bf16 kernel's Lego maps: "AMX" (tdpbf16ps tiles) or "AVX512_BF16"
+    # (vdpbf16ps), with why not AMX when the target has it.
+    unit: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,14 +90,19 @@ def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Kerne
     reason = why_no_bf16(target)
     if reason:
         raise BF16Unavailable(f"precision='bf16': {reason}")
-    chosen, kept = {}, []
+    amx = simd_profile(target).amx_bf16
+    chosen, kernels = {}, []
     for gvar, _, spec in lego_kernels(mod):
         why_not = bf16_unsupported(spec, LANES) or (
             f"{spec.split_channels} input channels: kept fp32 for accuracy"
             if spec.split_channels < FP32_BELOW_CHANNELS else None)
         if why_not:
-            kept.append(KernelPrecision(gvar.name_hint, "fp32", why_not))
-        else:
-            chosen[gvar] = (replace(spec, bf16=True, bank_block=LANES, flat_pixels=False), "bf16")
-    return rewrite_kernels(mod, chosen), kept + [
-        KernelPrecision(f"{gvar.name_hint}_bf16", "bf16") for gvar in chosen]
+            kernels.append(KernelPrecision(gvar.name_hint, "fp32", why_not))
+            continue
+        new = replace(spec, bf16=True, bank_block=LANES, flat_pixels=False)
+        chosen[gvar] = (new, "bf16")
+        no_amx = amx_unsupported(new) if amx else None
+        unit = "AMX" if amx and not no_amx else "AVX512_BF16" + (
+            f" (not AMX: {no_amx})" if no_amx else "")
+        kernels.append(KernelPrecision(f"{gvar.name_hint}_bf16", "bf16", unit=unit))
+    return rewrite_kernels(mod, chosen), kernels

@@ -203,7 +203,13 @@ def _compute_once_summary(choices: list) -> str:
 
 def _precision_summary(kernels: list) -> str:
     fp32 = [k for k in kernels if k.precision != "bf16"]
-    line = f"precision: bf16 in {len(kernels) - len(fp32)} of {len(kernels)} kernels"
+    units = collections.Counter(k.unit.split(" (")[0] for k in kernels if k.precision == "bf16")
+    line = (f"precision: bf16 in {len(kernels) - len(fp32)} of {len(kernels)} kernels ("
+            + ", ".join(f"maps on {unit} in {n}" for unit, n in units.items()) + ")")
+    not_amx = sorted({k.unit.split(" (not AMX: ")[1].rstrip(")") for k in kernels
+                      if "(not AMX: " in k.unit})
+    if not_amx:
+        line += "; not AMX: " + "; ".join(not_amx)
     if fp32:
         line += "; fp32: " + ", ".join(f"{k.kernel} ({k.reason})" for k in fp32)
     return line + "; tensors between kernels, inputs and outputs: float32"
