@@ -59,7 +59,7 @@ OURS = ("lego_tvm", "lego_tvm_nchwc", "lego_tvm_tuned", "lego_tvm_auto")
 def machine(threads: int) -> dict:
     import tvm
 
-    from .peak import bf16_peak_gflops, fma_peak_gflops
+    from .peak import amx_peak_gflops, bf16_peak_gflops, fma_peak_gflops
 
     return {"cpu": host_cpu_name(), "target": str(host_target()), "python": platform.python_version(),
             "torch": torch.__version__, "tvm": tvm.__version__,
@@ -67,6 +67,7 @@ def machine(threads: int) -> dict:
             "torch_threads": torch.get_num_threads(),
             "fma_peak_gflops": fma_peak_gflops(threads),
             "bf16_peak_gflops": bf16_peak_gflops(threads),
+            "amx_peak_gflops": amx_peak_gflops(threads),
             "date": time.strftime("%Y-%m-%d")}
 
 

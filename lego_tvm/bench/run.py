@@ -17,7 +17,7 @@ from .layers import LAYERS, bench_layer, format_layer_table
 from .models import bench_model, format_model_table, machine
 from .output import write_outputs
 from .overhead import bench_overhead, format_overhead_table
-from .peak import bf16_peak_gflops, fma_peak_gflops
+from .peak import amx_peak_gflops, bf16_peak_gflops, fma_peak_gflops
 from .remote import bench_model_remote
 from .scaling import THREADS, bench_scaling, format_scaling_table
 from .stages import format_stage_table, profile_layer
@@ -86,6 +86,8 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
         peak = info["fma_peak_gflops"] = max(peaks) if peaks else None
         peaks = [p for p in (info["bf16_peak_gflops"], bf16_peak_gflops(threads)) if p]
         bf16_peak = info["bf16_peak_gflops"] = max(peaks) if peaks else None
+        peaks = [p for p in (info["amx_peak_gflops"], amx_peak_gflops(threads)) if p]
+        amx_peak = info["amx_peak_gflops"] = max(peaks) if peaks else None
         estimate_results = [row for rows in each(models if estimate else [], lambda m: (
             bench_estimates([m], estimate, model_results, peak, progress=progress)))
             for row in rows]
@@ -95,6 +97,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
               f"PyTorch threads {info['torch_threads']}; measured fp32 FMA peak "
               f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}"
               + (f", bf16 (vdpbf16ps) peak {bf16_peak:.0f} GFLOP/s" if bf16_peak else "")
+              + (f", AMX bf16 (tdpbf16ps) peak {amx_peak:.0f} GFLOP/s" if amx_peak else "")
               + f"; each competitor the best of "
               f"{ROUNDS} alternating blocks, a block the median of {repeat} runs after {warmup} "
               f"warm-up runs; {info['date']}")
@@ -106,7 +109,7 @@ def run_bench(models: list[str], layers: bool, repeat: int, warmup: int, threads
     if scaling_results:
         sections.append(format_scaling_table(scaling_results))
     if stage_results:
-        sections.append(format_stage_table(stage_results, peak, bf16_peak))
+        sections.append(format_stage_table(stage_results, peak, bf16_peak, amx_peak))
     if throughput_results:
         sections.append(format_throughput_table(throughput_results))
     sections.append(format_overhead_table(overhead))

@@ -12,8 +12,9 @@ schedule, the layer table's shapes) next to variants that drop one stage, side b
 
 padding = full - no_pad; gather-sum = (full - few_outputs) * n / (n - 8); compute-once =
 full - padding - gather-sum, with its GFLOP/s against the measured FMA peak (a bf16 kernel's,
-``precision="bf16"``, against the measured ``vdpbf16ps`` peak; its padding stage also rounds
-the input to bf16, and without padding that rounding counts as compute-once). Parallel
+``precision="bf16"``, against the measured peak of what computes its maps: AMX's
+``tdpbf16ps`` or ``vdpbf16ps``; its padding stage also rounds the input to bf16, and without
+padding that rounding counts as compute-once). Parallel
 efficiency = one_thread / (threads * full): below 1 when the tasks do not divide evenly
 between the cores or they wait on memory together.
 """
@@ -103,7 +104,10 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
     once = ms["full"] - pad - gather
     out_pixels = spec.out_height * spec.out_width
     once_flops = 2 * spec.splits * spec.lego_filters * spec.split_channels * 9 * out_pixels
-    return {"layer": case.name, "precision": precision, "threads": threads, "median_ms": ms,
+    unit = "AMX" if getattr(config, "amx", False) else (
+        "AVX512_BF16" if precision == "bf16" else "FMA")
+    return {"layer": case.name, "precision": precision, "unit": unit, "threads": threads,
+            "median_ms": ms,
             "stages_ms": {"padding": pad, "compute_once": once, "gather_sum": gather},
             "compute_once_gflops": once_flops / once / 1e6 if once > 0 else None,
             "parallel_efficiency": ms["one_thread"] / (threads * ms["full"]),
@@ -112,12 +116,14 @@ def profile_layer(case: LayerCase, target, threads: int, rounds: int = 15,
                 spec.out_height // config.tile_rows if config.fuse_stages else None),
                 "register_tile": f"{config.reg_filters} blocks x {config.reg_rows}x"
                                  f"{config.reg_cols} pixels",
-                "fuse_stages": config.fuse_stages}}
+                "fuse_stages": config.fuse_stages,
+                **({"amx_pixels": config.reg_cols} if unit == "AMX" else {})}}
 
 
 def format_stage_table(results: list[dict], peak: float | None,
-                       bf16_peak: float | None = None) -> str:
-    """The stage table; a bf16 kernel's compute-once share is of ``bf16_peak``."""
+                       bf16_peak: float | None = None, amx_peak: float | None = None) -> str:
+    """The stage table; a bf16 kernel's compute-once share is of ``amx_peak`` on AMX, of
+    ``bf16_peak`` (``vdpbf16ps``) otherwise."""
     estimated = any("compute_once_estimated" in r for r in results)
     lines = ["| layer | kernel | padding | compute-once | gather-sum | compute-once GFLOP/s "
              "| % of peak | " + (f"% of peak, {LABEL} | " if estimated else "")
@@ -128,18 +134,22 @@ def format_stage_table(results: list[dict], peak: float | None,
         ms, st, sched = r["median_ms"], r["stages_ms"], r["schedule"]
         gflops = r["compute_once_gflops"]
         bf16 = r.get("precision") == "bf16"
-        of = bf16_peak if bf16 else peak
-        share = f"{100 * gflops / of:.0f}%{' of bf16' if bf16 else ''}" if gflops and of else "-"
+        unit = r.get("unit", "FMA")
+        of = {"AMX": amx_peak, "AVX512_BF16": bf16_peak}.get(unit, peak)
+        share = (f"{100 * gflops / of:.0f}%{f' of {unit}' if bf16 else ''}" if gflops and of
+                 else "-")
         if estimated:
             loop = r.get("compute_once_estimated")
             share += (f" | {loop['efficiency']:.0%} ({loop['spills']} spills)" if loop
                       else " | -")
         lines.append(
-            f"| {r['layer']}{' (bf16)' if bf16 else ''} | {ms['full']:.2f} ms | {st['padding']:.2f} | "
+            f"| {r['layer']}{f' (bf16, {unit})' if bf16 else ''} | {ms['full']:.2f} ms | {st['padding']:.2f} | "
             f"{st['compute_once']:.2f} | {st['gather_sum']:.2f} | "
             f"{f'{gflops:.1f}' if gflops else '-'} | {share} | {ms['one_thread']:.2f} ms | "
             f"{r['parallel_efficiency']:.2f} | {sched['tasks'] or 'stage by stage'} tasks of "
-            f"{sched['tile_rows']} rows, register tile {sched['register_tile']} |")
+            f"{sched['tile_rows']} rows, "
+            + (f"AMX tiles of {sched['amx_pixels']} pixels |" if sched.get("amx_pixels") else
+               f"register tile {sched['register_tile']} |"))
     return "\n".join(lines)
 
 
