@@ -122,7 +122,7 @@ def test_stage_profile_splits_a_kernel_into_its_stages():
     if host_has_bf16():
         result = profile_layer(LayerCase(32, 16, 1), resolve_target(None), threads=2, rounds=3,
                                progress=lines.append, precision="bf16")
-        assert result["precision"] == "bf16" and result["compute_once_gflops"] > 0
+        assert result["precision"] == "bf16" and result["median_ms"]["full"] > 0
         assert result["unit"] == "AVX512_BF16"      # 16 channels a split: not AMX
         table = format_stage_table([result], peak=100.0, bf16_peak=50.0)
         assert "| 32ch 16x16 s1 (bf16, AVX512_BF16) |" in table and "% of AVX512_BF16" in table
