@@ -15,9 +15,11 @@ import numpy as np
 from ..support.timing import ROUNDS
 
 
-def profile_kernels(name: str, target, progress: Callable[[str], None] = print) -> list[dict]:
-    """One row per kernel of zoo model ``name`` compiled for ``target`` (default schedules):
-    calls, milliseconds per call, multiply-adds per call (fused conv kernels), shape."""
+def profile_kernels(name: str, target, progress: Callable[[str], None] = print,
+                    precision: str = "fp32") -> list[dict]:
+    """One row per kernel of zoo model ``name`` compiled for ``target`` (default schedules)
+    in ``precision``: calls, milliseconds per call, multiply-adds per call (fused conv
+    kernels), shape."""
     import tvm
     from tvm import relax, tirx
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
@@ -30,6 +32,11 @@ def profile_kernels(name: str, target, progress: Callable[[str], None] = print) 
     model, example = get_model(name)
     progress(f"[kernels {name}] compiling")
     mod, _ = pipeline.import_and_fuse(model, (example,), target)
+    if precision == "bf16":
+        from ..backend.precision import to_bf16, with_host_bf16
+
+        target = with_host_bf16(target)
+        mod = to_bf16(mod, target)[0]
     mod, _, _ = pipeline.schedule(pipeline.lower(mod, target), target)
     calls = collections.Counter()
     call_tir = tvm.ir.Op.get("relax.call_tir")
@@ -64,7 +71,7 @@ def _shape(spec) -> str:
     s = spec
     kind = f"o={s.splits} m={s.lego_filters}" if s.splits > 1 else "dense"
     return (f"{s.in_channels}->{s.out_channels} {s.kernel[0]}x{s.kernel[1]} s{s.stride[0]} "
-            f"{s.height}x{s.width} {kind}")
+            f"{s.height}x{s.width} {kind}{' bf16' if s.bf16 else ''}")
 
 
 def format_kernel_table(name: str, rows: list[dict], peak: float | None,
