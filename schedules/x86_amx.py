@@ -22,6 +22,8 @@ loaded, tuning's measurement processes included.
 """
 from __future__ import annotations
 
+import re
+
 import tvm
 from tvm import s_tir
 from tvm.script import tirx as T
@@ -178,6 +180,16 @@ def intrinsic(pixels: int, blocks: int, kernel: tuple[int, int], stride: int) ->
 
     s_tir.TensorIntrin.register(name, _description(pixels, blocks, kernel, stride), impl)
     return name
+
+
+_INTRINSIC_NAME = re.compile(r"lego_tvm\.amx_(\d+)x16_(\d+)x(\d+)x(\d+)_s(\d+)")
+
+
+def register_intrinsics_named_in(text: str) -> None:
+    """Register the intrinsics a tuning log's traces name (``intrinsic`` makes them on first
+    use, and MetaSchedule cannot read a trace that names one not yet made)."""
+    for pixels, blocks, kh, kw, stride in set(_INTRINSIC_NAME.findall(text)):
+        intrinsic(int(pixels), int(blocks), (int(kh), int(kw)), int(stride))
 
 
 def tensorize_tile(sch: s_tir.Schedule, pixels_loop, outer_loop, spec) -> None:

@@ -128,6 +128,7 @@ def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
                 raise
             log.info("lego-tvm: %s", err)
             continue
+        register_intrinsics(log_dir)
         try:
             databases.append(ms.database.JSONDatabase(work_dir=str(log_dir),
                                                       allow_missing=False))
@@ -137,6 +138,16 @@ def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
     if not databases:
         return None
     return databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
+
+
+def register_intrinsics(log_dir: str | Path) -> None:
+    """Make the shape-specific tensor intrinsics (bf16 on AMX) the log's records name, so
+    that MetaSchedule can read them."""
+    from ..schedules.x86_amx import register_intrinsics_named_in
+
+    path = Path(log_dir) / DATABASE_FILES[1]
+    if path.exists():
+        register_intrinsics_named_in(path.read_text(errors="replace"))
 
 
 def shipped_logs(target: Target, lego_pass: bool | None = None) -> list[Path]:

@@ -18,7 +18,7 @@ from ..op.fused_op import SCHEDULE_RULE, spec_of
 from ..support.progress import Progress, as_progress
 from . import default_records
 from .logs import (MANIFEST, check_log, check_records, count_records, identity, read_manifest,
-                   target_key, write_manifest)
+                   register_intrinsics, target_key, write_manifest)
 
 log = logging.getLogger("lego_tvm")
 # The PrimFuncs transform/fuse_conv2d.py creates.
@@ -192,6 +192,7 @@ def _run_tuning(tasks, log_dir: Path, trials: int, seed: int | None, cc: str | N
 
     from . import measure
 
+    register_intrinsics(log_dir)           # resuming: the records may name AMX intrinsics
     database = ms.database.JSONDatabase(work_dir=str(log_dir))
     builder = ms.builder.LocalBuilder(
         f_build=measure.build, f_export=partial(measure.export_with, cc) if cc else None,
