@@ -5,6 +5,7 @@ import pytest
 from tvm.target import Target
 
 from lego_tvm.backend import pipeline
+from lego_tvm.backend.precision import to_bf16
 from lego_tvm.bench.layers import BenchLayers
 from lego_tvm.tuning.logs import check_log, open_database, read_manifest
 from lego_tvm.nn.zoo import MODELS, get_model
@@ -31,6 +32,8 @@ def test_every_lego_kernel_finds_its_record(log_dir):
     model, inputs = _tuned_model(manifest)
     mod, report = pipeline.import_and_fuse(model, inputs, target,
                                            lego=manifest.get("lego_pass", True))
+    if manifest.get("precision") == "bf16":      # the kernels compile(precision="bf16") builds
+        mod = to_bf16(mod, target)[0]
     mod = pipeline.lower(mod, target)
     lego_kernels = {gv.name_hint for gv in mod.get_global_vars()
                     if gv.name_hint.startswith("fused_lego_conv2d")}
