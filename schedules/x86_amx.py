@@ -1,9 +1,11 @@
 """The bf16 compute-once stage on AMX (Intel Sapphire Rapids and later): one ``tdpbf16ps``
 multiplies a tile of up to 16 pixels x 32 channels by 32 channels x 16 Lego filters.
 
-Measured on a 2-core Xeon with AMX (2026-11-30): a loop of ``tdpbf16ps`` on tiles in L1 ran
-at 2683 GFLOP/s on 2 threads (2x2 output tiles) and 2225 (one 14x16 output tile, the form
-used here), against 214 for ``vdpbf16ps`` and 413 for fp32 FMAs in the same peak loops.
+Measured on a 2-core Xeon with AMX (2026-11-30): the peak loop of ``tdpbf16ps``
+(``bench/peak.py``) ran at 7063 GFLOP/s on 2 threads, against 227 for ``vdpbf16ps`` and 457
+for fp32 FMAs; the layer benchmark's compute-once stages at 8-20% of it (600-1400 GFLOP/s,
+benchmarks/2026-11-30-intel-xeon-amx-2t-bf16.md): one accumulator tile per call, its C
+tile loaded and stored around each reduction, rows of at most 14 pixels.
 
 The kernel is the bf16 kernel of ``op/bf16.py`` with 32 channels innermost in the packed
 input (a split's channels a multiple of 32). Its maps ``[batch, o, m/16, H, W, 16]`` are

@@ -11,7 +11,8 @@ product, counted as 4 flops). Measured on a 2-core Xeon with AMX and AVX512_BF16
 204 GFLOP/s, half its fp32 FMA peak (404 in the same run): there one ``vdpbf16ps`` issues
 every other cycle, so bf16 sums no faster than fp32 FMAs; on Zen 4 it is twice the fp32 rate.
 Where the CPU has AMX, the AMX peak is a loop of ``tdpbf16ps`` on four accumulator tiles
-(16 x 16 x 32 multiply-adds each): 3149 GFLOP/s on the same 2 cores, 7.6x the fp32 peak.
+(16 x 16 x 32 multiply-adds each): 7063 GFLOP/s on the same 2 cores, 15x their fp32 peak
+(457 in that run; benchmarks/2026-11-30-intel-xeon-amx-2t-bf16.md).
 """
 from __future__ import annotations
 
