@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from .layers import DENSE, LAYER_LABELS, ours_ms
+from . import bf16
 from .models import COMPETITORS, LABELS, OURS, fastest
 from .cross_target import plot_targets
 from .stages import plot_stages
@@ -54,7 +55,7 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
             keys = [k for k in COMPETITORS if k in data["median_ms"]]
             values = [data["median_ms"][k] for k in keys]
             ax.barh([labels[k] for k in keys], values,
-                    color=["#d62728" if k in OURS else "#999" for k in keys])
+                    color=["#d62728" if k in OURS or k == bf16.KEY else "#999" for k in keys])
             for y, v in enumerate(values):
                 ax.text(v, y, f" {v:.1f}", va="center")
             ax.set_title(f"{data['model']} (batch {data['batch']})")
@@ -78,12 +79,18 @@ def write_outputs(models: list[dict], layers: list[dict], markdown: str, out_dir
             plot_targets(ax, data)
         else:
             names = [r["layer"] for r in data]
-            bars = (("the fastest fp32 dense conv", lambda r: fastest(r["median_ms"], DENSE)),
-                    (labels["torch_lego_best"], lambda r: "torch_lego_best"))
-            for offset, (label, key_of) in zip((-0.2, 0.2), bars):
-                ax.barh(np.arange(len(data)) + offset,
-                        [r["median_ms"][key_of(r)] / ours_ms(r) for r in data],
-                        height=0.4, label=f"vs {label}")
+            bars = [("the fastest fp32 dense conv", lambda r: fastest(r["median_ms"], DENSE),
+                     ours_ms),
+                    (labels["torch_lego_best"], lambda r: "torch_lego_best", ours_ms)]
+            if all(bf16.KEY in r["median_ms"] and bf16.OPENVINO_BF16 in r["median_ms"]
+                   for r in data):
+                bars.append(("OpenVINO bf16 (lego-tvm bf16)", lambda r: bf16.OPENVINO_BF16,
+                             lambda r: r["median_ms"][bf16.KEY]))
+            height = 0.8 / len(bars)
+            for number, (label, key_of, ours_of) in enumerate(bars):
+                ax.barh(np.arange(len(data)) + (number - (len(bars) - 1) / 2) * height,
+                        [r["median_ms"][key_of(r)] / ours_of(r) for r in data],
+                        height=height, label=f"vs {label}")
             ax.axvline(1.0, color="black", linewidth=0.8)
             ax.set_yticks(np.arange(len(data)), names)
             ax.set_xlabel("lego-tvm speed-up (higher is better)")
