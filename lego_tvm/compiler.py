@@ -57,8 +57,8 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
     kernels hand each other NCHW[x]c tensors (x = SIMD lanes; CPU targets; see
     ``transform.blocked_layout``; the shipped tuning logs are for NCHW kernels).
     ``precision``: ``"fp32"`` (the default) or ``"bf16"``: every fused kernel that can
-    stores its input, Lego bank and feature maps in bf16 and sums in fp32 (``vdpbf16ps``),
-    with the epilogue in fp32; tensors between kernels and the model's inputs and outputs stay
+    stores its input and Lego bank in bf16 and sums in fp32 (AMX tiles, else ``vdpbf16ps``),
+    with the Lego maps and the epilogue in fp32; tensors between kernels and the model's inputs and outputs stay
     float32; the report says which kernels ran in which precision (``backend.precision``).
     bf16 needs a target CPU with AVX512_BF16 (``BF16Unavailable`` otherwise) and
     ``compute_once="tvm"``.
@@ -102,11 +102,8 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         raise ValueError(f"compute_once={compute_once!r} computes the Lego maps in fp32; with "
                          "precision='bf16' use compute_once='tvm'")
     tvm_target = resolve_target(target)
-    if precision == "bf16" and (target is None or target == "host"):
-        tvm_target = precisions.with_host_bf16(tvm_target)
-    if precision == "bf16" and precisions.why_no_bf16(tvm_target):
-        raise precisions.BF16Unavailable(
-            f"precision='bf16': {precisions.why_no_bf16(tvm_target)}")
+    if precision == "bf16":
+        tvm_target = precisions.bf16_target(target, tvm_target)
     if isinstance(model, torch.nn.Module) and model.training:
         warnings.warn("the model is in training mode; lego-tvm compiles it as in eval mode "
                       "(BatchNorm with its running statistics, no dropout) and leaves it as it "

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from tvm.target import Target, codegen
 
+from ..support.targets import AMX_FEATURES
 from .vector_unit import SimdProfile
 
 AVX2 = SimdProfile("avx2", lanes=8, accumulators=12, lego_tile_bytes=128 * 1024)
@@ -31,5 +32,5 @@ def x86_profile(target: Target) -> SimdProfile:
     # AVX-512 Xeon hosts).
     if not codegen.target_has_features("avx512f", target):
         return AVX2
-    amx = all(codegen.target_has_features(f, target) for f in ("amx-tile", "amx-bf16"))
+    amx = all(codegen.target_has_features(f, target) for f in AMX_FEATURES)
     return replace(AVX512, amx_bf16=True) if amx else AVX512

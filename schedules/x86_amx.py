@@ -202,11 +202,3 @@ def tensorize_tile(sch: s_tir.Schedule, pixels_loop, outer_loop, spec) -> None:
     sch.tensorize(pixels_loop, intrinsic(pixels, blocks, spec.kernel, spec.stride[1]))
     sch.annotate(outer_loop, "pragma_import_llvm", LLVM_IR)
 
-
-def amx_features_of(target) -> bool:
-    """Whether ``target``'s CPU has AMX with bf16 (tiles and ``tdpbf16ps``)."""
-    from tvm.target import codegen
-
-    return target.kind.name == "llvm" and all(
-        codegen.target_has_features(f, target) for f in ("amx-tile", "amx-bf16"))
-

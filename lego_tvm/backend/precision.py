@@ -1,10 +1,10 @@
-"""``precision="bf16"``: each fused kernel rewritten to store its input, bank and Lego maps in
-bf16 and sum in fp32 (``op/bf16.py``), on CPUs with AVX512_BF16.
+"""``precision="bf16"``: each fused kernel rewritten to store its input and bank in bf16 and
+sum in fp32, its Lego maps fp32 (``op/bf16.py``), on CPUs with AVX512_BF16 (and AMX).
 
 Every kernel that can runs in bf16; one that cannot (a Lego filter count that is not a
 multiple of 16) stays fp32, and so does a conv reading fewer than ``FP32_BELOW_CHANNELS``
-channels per split: the model's first conv, on the image. The report says which and why. Tensors between kernels stay
-float32, and so do the model's inputs and outputs. bf16 is refused, never emulated: on a
+channels per split: the model's first conv, on the image. The report says which and why.
+Tensors between kernels stay float32, and so do the model's inputs and outputs. bf16 is refused, never emulated: on a
 target without AVX512_BF16 (``BF16Unavailable``), and when a model built for one is loaded
 or called on a CPU without it (``support.targets.why_not_runnable_here``).
 """
@@ -81,15 +81,28 @@ def with_host_bf16(target: Target) -> Target:
     return Target(config)
 
 
+def bf16_target(requested, resolved: Target) -> Target:
+    """The target bf16 kernels are built for: ``resolved`` (from ``requested``, the target
+    the user gave), with the host's AVX512_BF16 and AMX enabled when ``requested`` is the
+    host (``with_host_bf16``). Raises ``BF16Unavailable`` if it has no AVX512_BF16."""
+    target = with_host_bf16(resolved) if requested in (None, "host") else resolved
+    _require_bf16(target)
+    return target
+
+
+def _require_bf16(target: Target) -> None:
+    reason = why_no_bf16(target)
+    if reason:
+        raise BF16Unavailable(f"precision='bf16': {reason}")
+
+
 def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[KernelPrecision]]:
     """Every fused kernel of ``mod`` that can run in bf16 rewritten to; the precision of each
     kernel, with the reason for those left fp32. Raises ``BF16Unavailable`` for a target
     without AVX512_BF16."""
     from .compute_once import rewrite_kernels
 
-    reason = why_no_bf16(target)
-    if reason:
-        raise BF16Unavailable(f"precision='bf16': {reason}")
+    _require_bf16(target)
     amx = simd_profile(target).amx_bf16
     chosen, kernels = {}, []
     for gvar, _, spec in lego_kernels(mod):

@@ -80,14 +80,11 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
         raise NotADirectoryError(f"the tuning log {log_dir} must be a folder; it is a file")
     tvm_target = resolve_target(target)
     if precision == "bf16":
-        from ..backend.precision import BF16Unavailable, why_no_bf16, with_host_bf16
+        from ..backend.precision import bf16_target
 
         if winograd:
             raise ValueError("winograd=True tunes fp32 Winograd kernels; bf16 kernels are direct")
-        if target is None or target == "host":
-            tvm_target = with_host_bf16(tvm_target)
-        if why_no_bf16(tvm_target):
-            raise BF16Unavailable(f"precision='bf16': {why_no_bf16(tvm_target)}")
+        tvm_target = bf16_target(target, tvm_target)
     cc = cross_compiler(tvm_target)
     if remote is None and why_not_runnable_here(tvm_target):
         raise TargetError(f"cannot time {target_key(tvm_target)} kernels on this machine "
