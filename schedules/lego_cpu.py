@@ -31,8 +31,8 @@ from tvm.target import Target
 from ..op.bf16 import PACK_BLOCK
 from ..op.fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
                            spec_of)
-from .lego_cpu_flat import (FlatLegoConfig, apply_flat_schedule, default_flat_config,
-                            tunable_flat_schedules)
+from .lego_cpu_flat import (FlatLegoConfig, apply_flat_schedule, default_amx_config,
+                            default_flat_config, tunable_flat_schedules)
 from .lego_cpu_winograd import (WinogradConfig, apply_winograd_schedule,
                                 default_winograd_config, tunable_winograd_schedules)
 from .simd import simd_profile
@@ -66,7 +66,7 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
     if spec.winograd:
         return default_winograd_config(spec, cores, simd)
     if spec.flat_pixels:
-        return default_flat_config(spec, cores, simd)
+        return (default_amx_config if spec.bf16 else default_flat_config)(spec, cores, simd)
     s = spec
     row_bytes = s.splits * s.lego_filters * s.out_width * 4
     limit = max(1, simd.lego_tile_bytes // row_bytes)

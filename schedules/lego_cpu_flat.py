@@ -20,9 +20,12 @@ from dataclasses import dataclass, replace
 
 from tvm import s_tir
 
+from ..op.bf16 import PACK_BLOCK
 from ..op.fused_op import GATHER_BLOCK, LEGO_BLOCK, LegoConvSpec
-from ..support.tiling import divisors, sample_choice, sample_divisor
+from ..support.tiling import divisors, has_block, sample_choice, sample_divisor
 from .vector_unit import SimdProfile
+from .x86_amx import LANES as AMX_TILE
+from .x86_amx_flat import tensorize_tiles
 
 # Measured on the ResNet-50 1x1 layers (2-core Intel Xeon, AVX-512, 2026-11-30): fused
 # tasks of 4 rows of 56 (224 pixels) beat stage by stage by 10-30%; at 28x28 (tiles of 112
@@ -41,6 +44,9 @@ class FlatLegoConfig:
     reg_vectors: int
     fuse_stages: bool
     lanes: int            # fp32 lanes of the vector unit
+    # bf16 on AMX (x86_amx_flat.py): reg_filters = 16F filters x reg_vectors = Q tiles of
+    # 16 pixels, the whole reduction in one micro-kernel call.
+    amx: bool = False
 
 
 def default_flat_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> FlatLegoConfig:
@@ -56,10 +62,32 @@ def default_flat_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> Fl
                           reg_vectors=vectors, fuse_stages=bool(rows), lanes=simd.lanes)
 
 
+def default_amx_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> FlatLegoConfig:
+    """bf16 on AMX: row tiles as above whose pixels are whole tiles of 16 (else stage by
+    stage), 2 x 2 accumulator tiles where they divide."""
+    s = spec
+    if not simd.amx_bf16:
+        raise ValueError(f"a bf16 kernel with flat maps computes them on AMX; {simd.name} "
+                         "has no AMX")
+    tile_limit = 2 * simd.lego_tile_bytes
+    pixels = s.out_height * s.out_width
+    rows = [t for t in divisors(s.out_height)
+            if (t * s.out_width) % AMX_TILE == 0 and t * s.out_width >= MIN_TILE_PIXELS
+            and t * s.out_width * s.splits * s.lego_filters * 4 <= tile_limit
+            and (s.batch or 1) * (s.out_height // t) >= TASKS_PER_CORE * cores]
+    tile_rows = max(rows or [s.out_height])
+    task_pixels = tile_rows * s.out_width if rows else pixels
+    return FlatLegoConfig(
+        tile_rows=tile_rows, reg_filters=AMX_TILE * (2 if s.lego_filters % 32 == 0 else 1),
+        reg_vectors=2 if task_pixels % 32 == 0 else 1, fuse_stages=bool(rows),
+        lanes=simd.lanes, amx=True)
+
+
 def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     """Schedule the fused blocks of a ``flat_pixels`` Lego kernel in place."""
     gather = sch.get_sblock(GATHER_BLOCK)
     lego = sch.get_sblock(LEGO_BLOCK)
+    pack = sch.get_sblock(PACK_BLOCK) if has_block(sch, PACK_BLOCK) else None   # bf16
     image, channel, row, col = sch.get_loops(gather)
     if config.fuse_stages:
         row_tile, row_in = sch.split(row, [None, config.tile_rows])
@@ -67,11 +95,26 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
         task = sch.fuse(image, row_tile)
         sch.parallel(task)
         sch.compute_at(lego, task, preserve_unit_loops=True)
-        pixels = sch.fuse(row_in, col)
+        if pack is not None:
+            sch.compute_at(pack, task, preserve_unit_loops=True)
+        pixels = (row_in, col)
     else:
         sch.parallel(sch.fuse(image, channel))
-        pixels = sch.fuse(row, col)
-    sch.vectorize(sch.split(pixels, [None, config.lanes])[1])
+        if pack is not None:
+            sch.parallel(sch.fuse(*sch.get_loops(pack)[:3]))
+        pixels = (row, col)
+    # Whole vectors along the flattened rows where they divide them, else along a row (a
+    # tail vector under a predicate left the gather-sum of a 14x14 layer 2x slower).
+    extent = int(sch.get(pixels[0]).extent) * int(sch.get(pixels[1]).extent)
+    if extent % config.lanes:
+        sch.vectorize(pixels[1])
+    else:
+        sch.vectorize(sch.split(sch.fuse(*pixels), [None, config.lanes])[1])
+    if pack is not None:     # 16 pixels, a pair of channels in each
+        sch.vectorize(sch.split(sch.get_loops(pack)[-1], [None, AMX_TILE])[1])
+    if config.amx:
+        _amx_tiles(sch, lego, config)
+        return
 
     # Compute once: the register tile runs the whole reduction over a split's channels.
     # A vector count that does not divide the pixels leaves a predicate on whole vectors.
@@ -90,10 +133,36 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     sch.decompose_reduction(lego, reduction)
 
 
+def _amx_tiles(sch: s_tir.Schedule, lego, config: FlatLegoConfig) -> None:
+    """The maps in AMX tiles: for each split, 16F filters and 16Q pixels, one micro-kernel
+    call from zero tiles over the whole reduction (``x86_amx_flat.py``)."""
+    loops = sch.get_loops(lego)
+    image, split, filt, pix, *reduce = loops[-6:]
+    filt_o, filt_i = sch.split(filt, [None, config.reg_filters])
+    pix_o, pix_i = sch.split(pix, [None, AMX_TILE * config.reg_vectors])
+    # A reduction loop of extent 1 (32 channels a split) goes above the tile: the
+    # intrinsic's description has none.
+    unit = [r for r in reduce if int(sch.get(r).extent) == 1]
+    sch.reorder(split, filt_o, pix_o, *unit, filt_i, pix_i, *[r for r in reduce if r not in unit])
+    if not config.fuse_stages:
+        sch.parallel(sch.fuse(*loops[:-6], image, split, filt_o))
+    blocks = int(sch.get(reduce[0]).extent)
+    tensorize_tiles(sch, filt_i, pix_o, config.reg_filters // AMX_TILE, config.reg_vectors,
+                    blocks)
+    # The micro-kernel starts from zero tiles, but the block keeps its zero init (tensorize
+    # replaces the body only): stores before the pixel loop (LLVM makes them memsets).
+    sch.decompose_reduction(sch.get_sblock(f"{LEGO_BLOCK}_o"), pix_o)
+
+
 def tunable_flat_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, default: FlatLegoConfig
                            ) -> list[s_tir.Schedule]:
     """MetaSchedule design spaces: the default body with a sampled register tile, with fused
     stages (where the default has a row tile for them) and stage by stage."""
+    if default.amx:     # the tiles fixed: only the loop structure to choose
+        spaces = [sch.copy() for _ in {default.fuse_stages, False}]
+        for space, fuse_stages in zip(spaces, sorted({default.fuse_stages, False}, reverse=True)):
+            apply_flat_schedule(space, replace(default, fuse_stages=fuse_stages))
+        return spaces
     spaces = []
     for fuse_stages in sorted({default.fuse_stages, False}, reverse=True):
         space = sch.copy()

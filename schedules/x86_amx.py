@@ -37,25 +37,30 @@ CHANNELS = 32       # channels per tile: 32 bf16 per 64-byte row
 MAX_PIXELS = 16     # rows of a tile
 _FUNCTION = "lego_tvm_amx_tile"
 _SUMS = "float32"
-# arch_prctl (syscall 158 on x86-64), ARCH_REQ_XCOMP_PERM (0x1023), XFEATURE_XTILEDATA (18).
-LLVM_IR = f"""
+# arch_prctl (syscall 158 on x86-64), ARCH_REQ_XCOMP_PERM (0x1023), XFEATURE_XTILEDATA (18):
+# a micro-kernel's entry block asks once per process (REQUEST_AMX_CALL), then goes on at
+# the label ``start``.
+REQUEST_AMX_IR = """
 @lego_tvm_amx_ready = internal global i32 0
 declare i64 @syscall(i64, ...)
 declare x86_amx @llvm.x86.tileloadd64.internal(i16, i16, ptr, i64)
+declare x86_amx @llvm.x86.tilezero.internal(i16, i16)
 declare x86_amx @llvm.x86.tdpbf16ps.internal(i16, i16, i16, x86_amx, x86_amx, x86_amx)
 declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
-
-define void @{_FUNCTION}(ptr %c, ptr %a, ptr %b, i16 %m, i32 %steps, i32 %taps, i32 %kw,
-                         i64 %a_block, i64 %a_row, i64 %a_pixel) {{
-entry:
-  %ready = load i32, ptr @lego_tvm_amx_ready, align 4
+"""
+REQUEST_AMX_CALL = """  %ready = load i32, ptr @lego_tvm_amx_ready, align 4
   %asked = icmp ne i32 %ready, 0
   br i1 %asked, label %start, label %ask
 ask:
   %granted = call i64 (i64, ...) @syscall(i64 158, i64 4131, i64 18)
   store i32 1, ptr @lego_tvm_amx_ready, align 4
   br label %start
-start:
+start:"""
+LLVM_IR = REQUEST_AMX_IR + f"""
+define void @{_FUNCTION}(ptr %c, ptr %a, ptr %b, i16 %m, i32 %steps, i32 %taps, i32 %kw,
+                         i64 %a_block, i64 %a_row, i64 %a_pixel) {{
+entry:
+{REQUEST_AMX_CALL}
   %taps64 = zext i32 %taps to i64
   %b_pair = shl i64 %taps64, 6
   %b_block = shl i64 %b_pair, 4

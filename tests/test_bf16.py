@@ -95,10 +95,43 @@ def test_bf16_kernel_matches_torch_on_the_same_roundings(case, target):
     spec = spec_of(*shape, **extra)
     kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(target))[0]["main"]
     arrays = random_inputs(spec, np.random.default_rng(5))
-    args = dict(arrays, bank=bf16.pack_bank(arrays["bank"], spec.bank_block))
+    args = dict(arrays, bank=bf16.kernel_bank(arrays["bank"], spec))
     tensors = [tvm.runtime.tensor(a) for a in args.values()]
     kernel(*tensors)
     assert max_relative_error(nchw(tensors[-1].numpy()), reference(spec, arrays)) < TOLERANCE
+
+
+FLAT_GRID = [  # c, n, o, m, size, stride, extra: 1x1 layers, maps pixels innermost on AMX
+    (64, 48, 2, 32, 8, 1, {"relu": True}),              # 2 x 2 tiles of 16 filters x 16 pixels
+    (128, 64, 4, 16, 4, 1, {"has_residual": True}),     # 1 x 1 tile, four splits
+    (128, 32, 1, 32, 8, 2, {"relu": True}),              # stride 2, four blocks of 32 channels
+    (64, 40, 2, 32, 56, 1, {"has_residual": True}),     # stages fused in row tiles of 56x56
+]
+
+
+@pytest.mark.parametrize("case", FLAT_GRID, ids=lambda c: "x".join(map(str, c[:6])))
+@pytest.mark.skipif(not host_has_amx_bf16(), reason="this CPU lacks AMX")
+def test_bf16_flat_kernel_matches_torch_on_the_same_roundings(case):
+    c, n, o, m, size, stride, extra = case
+    spec = replace(spec_of(c, n, o, m, size, 1, stride, **extra), bank_block=1,
+                   flat_pixels=True)
+    assert bf16.flat_unsupported(spec) is None
+    kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(BF16_TARGET))[0]
+    arrays = random_inputs(spec, np.random.default_rng(7))
+    tensors = [tvm.runtime.tensor(a) for a in
+               dict(arrays, bank=bf16.kernel_bank(arrays["bank"], spec)).values()]
+    kernel["main"](*tensors)
+    assert max_relative_error(tensors[-1].numpy(), reference(spec, arrays)) < TOLERANCE
+    assert "tdpbf16ps" in kernel.inspect_source("asm")      # not a fallback schedule
+
+
+def test_bf16_flat_kernel_refused_where_its_tiles_do_not_fit():
+    spec = replace(spec_of(64, 64, 2, 32, 14, 1, 1), bank_block=1, flat_pixels=True)
+    assert "14x14 output pixels" in bf16.flat_unsupported(spec)
+    assert "not a 1x1" in bf16.flat_unsupported(spec_of(64, 64, 2, 32, 8, 3, 1))
+    assert "48 channels per split" in bf16.flat_unsupported(spec_of(96, 64, 2, 32, 8, 1, 1))
+    with pytest.raises(ValueError, match="flat_pixels: 14x14 output pixels"):
+        lego_conv2d_prim_func(spec)
 
 
 @needs_bf16

@@ -285,7 +285,7 @@ class _RewriteKernels(PyExprMutator):
             kernel = self.builder_.add_func(lego_conv2d_prim_func(spec),
                                             f"{call.args[0].name_hint}_{suffix}")
             bank = (winograd.transform_bank(bank, spec.winograd, spec.bank_block)
-                    if backend == "winograd" else bf16.pack_bank(bank, spec.bank_block))
+                    if backend == "winograd" else bf16.kernel_bank(bank, spec))
             new = relax.call_tir(kernel, [x, relax.const(bank), *rest], out_ty=binding.var.ty)
         else:
             weights = onednn_bank(bank, weight_block(spec))

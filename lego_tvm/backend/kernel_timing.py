@@ -44,9 +44,10 @@ def kernel_arguments(spec: LegoConvSpec, rng) -> list[np.ndarray]:
     arrays = random_inputs(spec, rng)
     if spec.winograd:
         arrays["bank"] = winograd.transform_bank(arrays["bank"], spec.winograd, spec.bank_block)
+    elif spec.bf16:
+        arrays["bank"] = bf16.kernel_bank(arrays["bank"], spec)
     else:
-        pack = bf16.pack_bank if spec.bf16 else pack_bank
-        arrays["bank"] = pack(arrays["bank"], spec.bank_block)
+        arrays["bank"] = pack_bank(arrays["bank"], spec.bank_block)
     return list(arrays.values())
 
 

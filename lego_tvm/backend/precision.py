@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import tvm
 from tvm.target import Target, codegen
 
+from ..op.bf16 import flat_unsupported
 from ..op.fused_op import bf16_unsupported, lego_kernels
 from ..schedules.simd import simd_profile
 from ..schedules.x86_amx import amx_unsupported
@@ -113,8 +114,10 @@ def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Kerne
             kernels.append(KernelPrecision(gvar.name_hint, "fp32", why_not))
             continue
         new = replace(spec, bf16=True, bank_block=LANES, flat_pixels=False)
+        if amx and flat_unsupported(new) is None:    # maps pixels innermost (x86_amx_flat)
+            new = replace(new, bank_block=1, flat_pixels=True)
         chosen[gvar] = (new, "bf16")
-        no_amx = amx_unsupported(new) if amx else None
+        no_amx = amx_unsupported(new) if amx and not new.flat_pixels else None
         unit = "AMX" if amx and not no_amx else "AVX512_BF16" + (
             f" (not AMX: {no_amx})" if no_amx else "")
         kernels.append(KernelPrecision(f"{gvar.name_hint}_bf16", "bf16", unit=unit))

@@ -122,3 +122,81 @@ def lego_maps(packed, bank, spec, batch, lego_block: str):
     shape = (batch, s.splits, s.lego_filters // s.bank_block, s.out_height, s.out_width,
              s.bank_block)
     return te.compute(shape, lego_map, name=lego_block)
+
+
+# A 1x1 layer on AMX keeps its maps pixels innermost (``schedules/x86_amx_flat.py``). Its
+# input and bank hold a pair of channels' bf16 in one uint32 (the even channel in the low
+# half: AMX's pair order), so that packing is whole-vector arithmetic along the pixels.
+PAIR_STORAGE = "uint32"
+FLAT_PIXEL_BLOCK = 16     # a tile's 16 columns: the pixels come in whole tiles
+
+
+def flat_unsupported(spec) -> str | None:
+    """Why the bf16 kernel of ``spec`` cannot keep its maps pixels innermost (None if it can):
+    1x1 unpadded layers on NCHW tensors (any stride: the packing reads every ``stride``-th
+    pixel), channels per split and output pixels in whole tiles."""
+    s = spec
+    if s.kernel != (1, 1) or any(s.padding):
+        return "not a 1x1 unpadded convolution"
+    if s.in_block != 1 or s.out_block != 1:
+        return "blocked (NCHW[x]c) input or output"
+    if s.split_channels % MAX_CHANNEL_BLOCK:
+        return f"{s.split_channels} channels per split, not a multiple of {MAX_CHANNEL_BLOCK}"
+    if (s.out_height * s.out_width) % FLAT_PIXEL_BLOCK:
+        return (f"{s.out_height}x{s.out_width} output pixels, not a multiple of "
+                f"{FLAT_PIXEL_BLOCK}")
+    return None
+
+
+def flat_bank(bank: np.ndarray) -> np.ndarray:
+    """``[m, b, 1, 1]`` float32 -> ``[m, b/2]`` uint32, a pair of channels' bf16 bits each."""
+    m = bank.shape[0]
+    return np.ascontiguousarray(pack_bank(bank, 1).reshape(m, -1, 2)).view(np.uint32)[..., 0]
+
+
+def kernel_bank(bank: np.ndarray, spec) -> np.ndarray:
+    """The bank ``[m, b, kh, kw]`` as the bf16 kernel of ``spec`` takes it."""
+    return flat_bank(bank) if spec.flat_pixels else pack_bank(bank, spec.bank_block)
+
+
+def low_half(pair):
+    """The float32 value of the bf16 in the low half of a uint32 (exact)."""
+    return tirx.reinterpret("float32", tirx.shift_left(pair, tirx.const(16, PAIR_STORAGE)))
+
+
+def high_half(pair):
+    """The float32 value of the bf16 in the high half of a uint32 (exact)."""
+    return tirx.reinterpret("float32", tirx.bitwise_and(pair, tirx.const(0xFFFF0000,
+                                                                          PAIR_STORAGE)))
+
+
+def pack_input_flat(x, spec, batch):
+    """The input rounded to bf16, a pair of channels a uint32, pixels flattened: ``[batch,
+    o, b/2, H*W]`` (of the output: a strided layer reads every ``stride``-th pixel)."""
+    s = spec
+    width = s.out_width
+
+    def value(nb, i, c2, p):
+        def channel(pair):
+            read = x[nb, i * s.split_channels + c2 * 2 + pair, p // width * s.stride[0],
+                     p % width * s.stride[1]]
+            return round_to_bf16(read).astype(PAIR_STORAGE)
+        return tirx.bitwise_or(channel(0), tirx.shift_left(channel(1),
+                                                           tirx.const(16, PAIR_STORAGE)))
+    return te.compute((batch, s.splits, s.split_channels // 2, s.out_height * width), value,
+                      name=PACK_BLOCK)
+
+
+def lego_maps_flat(packed, bank, spec, batch, lego_block: str):
+    """The Lego maps of a 1x1 layer, summed in fp32, pixels innermost: ``[batch, o, m,
+    H*W]``. The reduction is blocks of 16 pairs of channels (an AMX tile's 32 channels)."""
+    s = spec
+    rcb = te.reduce_axis((0, packed.shape[2] // 16), name="rcb")
+    rci = te.reduce_axis((0, 16), name="rci")
+
+    def lego_map(nb, i, k, p):
+        pair, weights = packed[nb, i, rcb * 16 + rci, p], bank[k, rcb * 16 + rci]
+        return te.sum(low_half(pair) * low_half(weights) + high_half(pair) * high_half(weights),
+                      axis=[rcb, rci])
+    return te.compute((batch, s.splits, s.lego_filters, s.out_height * s.out_width), lego_map,
+                      name=lego_block)

@@ -51,7 +51,9 @@ class LegoConvSpec:
     out_block: int = 1
     # Lego maps stored pixels innermost, ``[batch, o, m, H*W]`` (the bank unpacked), so the
     # gather-sum reads whole vectors of one map: 1x1 stride-1 unpadded NCHW layers only
-    # (``flat_pixels_unsupported``). Else ``[batch, o, m/bank_block, H, W, bank_block]``.
+    # (``flat_pixels_unsupported``); in bf16 on AMX, 1x1 unpadded layers of any stride
+    # (``bf16.flat_unsupported``). Else ``[batch, o,
+    # m/bank_block, H, W, bank_block]``.
     flat_pixels: bool = False
     # Winograd F(r x r, 3x3) for the compute-once stage (``op/winograd.py``): r, the output
     # tile (2 or 4); 0 is the direct conv. The bank is then ``winograd.transform_bank``'s.
@@ -172,27 +174,30 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     vb, ib = s.bank_block, s.in_block
     if s.lego_filters % vb:
         raise ValueError(f"bank_block {vb} does not divide the {s.lego_filters} Lego filters")
-    if s.flat_pixels and (flat_pixels_unsupported(s) or vb != 1):
-        raise ValueError("flat_pixels: " + (flat_pixels_unsupported(s) or
-                                            f"bank_block {vb}, not 1"))
+    if s.flat_pixels:
+        why_not = (bf16.flat_unsupported(s) if s.bf16 else flat_pixels_unsupported(s)) or (
+            f"bank_block {vb}, not 1" if vb != 1 else None)
+        if why_not:
+            raise ValueError(f"flat_pixels: {why_not}")
     if s.split_channels % ib or s.out_channels % s.out_block:
         raise ValueError(f"channel blocks {ib} (in) / {s.out_block} (out) do not divide the "
                          f"{s.split_channels} channels per split / {s.out_channels} outputs")
     if s.winograd and winograd_unsupported(s):
         raise ValueError(f"winograd: {winograd_unsupported(s)}")
-    if s.bf16 and (s.winograd or s.flat_pixels):
-        raise ValueError("bf16: the kernel stores its maps [batch, o, m/V, H, W, V], directly")
     batch = s.batch if s.batch is not None else tirx.Var("batch", "int64")
     x = te.placeholder(_with_batch(s.input_shape, batch), s.dtype, name="x")
     if s.winograd:
         alpha = s.winograd + 2
         bank_shape = (alpha, alpha, s.lego_filters // vb, s.split_channels, vb)
+    elif s.bf16 and s.flat_pixels:
+        bank_shape = (s.lego_filters, s.split_channels // 2)
     elif s.bf16:
         bank_shape = (s.lego_filters // vb, bf16.even_channels(s.split_channels) // 2) + \
             s.kernel + (vb, 2)
     else:
         bank_shape = (s.lego_filters // vb, s.split_channels) + s.kernel + (vb,)
-    bank = te.placeholder(bank_shape, bf16.STORAGE if s.bf16 else s.dtype, name="bank")
+    bank_dtype = (bf16.PAIR_STORAGE if s.flat_pixels else bf16.STORAGE) if s.bf16 else s.dtype
+    bank = te.placeholder(bank_shape, bank_dtype, name="bank")
     index = te.placeholder((s.splits, s.out_channels), "int32", name="index")
     coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
     bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
@@ -212,6 +217,8 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     # Stage 1, compute once: every split convolved with the one shared bank.
     if s.winograd:
         lego = winograd.lego_maps(padded, bank, s, batch, s.winograd)
+    elif s.bf16 and s.flat_pixels:
+        lego = bf16.lego_maps_flat(bf16.pack_input_flat(x, s, batch), bank, s, batch, LEGO_BLOCK)
     elif s.bf16:
         lego = bf16.lego_maps(bf16.pack_input(x, s, batch, (pt, pl, pb, pr)), bank, s, batch,
                               LEGO_BLOCK)
@@ -266,7 +273,7 @@ def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
             k = index[i, j]
             if s.winograd:   # bounded, so that the maps can be computed at a row tile
                 k = tirx.max(tirx.min(k, s.lego_filters - 1), 0)
-            acc = acc + coef[i, j] * (lego[nb, i, k, h * s.width + w] if s.flat_pixels
+            acc = acc + coef[i, j] * (lego[nb, i, k, h * s.out_width + w] if s.flat_pixels
                                       else lego[nb, i, k // vb, h, w, k % vb])
         if residual is not None:
             acc = acc + residual[out_index]

@@ -143,11 +143,13 @@ def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
 def register_intrinsics(log_dir: str | Path) -> None:
     """Make the shape-specific tensor intrinsics (bf16 on AMX) the log's records name, so
     that MetaSchedule can read them."""
-    from ..schedules.x86_amx import register_intrinsics_named_in
+    from ..schedules import x86_amx, x86_amx_flat
 
     path = Path(log_dir) / DATABASE_FILES[1]
     if path.exists():
-        register_intrinsics_named_in(path.read_text(errors="replace"))
+        text = path.read_text(errors="replace")
+        x86_amx.register_intrinsics_named_in(text)
+        x86_amx_flat.register_intrinsics_named_in(text)
 
 
 def shipped_logs(target: Target, lego_pass: bool | None = None) -> list[Path]:
