@@ -25,7 +25,7 @@ from ..op.fused_op import GATHER_BLOCK, LEGO_BLOCK, LegoConvSpec
 from ..support.tiling import divisors, has_block, sample_choice, sample_divisor
 from .vector_unit import SimdProfile
 from .x86_amx import LANES as AMX_TILE
-from .x86_amx_flat import tensorize_tiles
+from .x86_amx_flat import tensorize_tiles, tile_pixels
 
 # Measured on the ResNet-50 1x1 layers (2-core Intel Xeon, AVX-512, 2026-11-30): fused
 # tasks of 4 rows of 56 (224 pixels) beat stage by stage by 10-30%; at 28x28 (tiles of 112
@@ -45,8 +45,9 @@ class FlatLegoConfig:
     fuse_stages: bool
     lanes: int            # fp32 lanes of the vector unit
     # bf16 on AMX (x86_amx_flat.py): reg_filters = 16F filters x reg_vectors = Q tiles of
-    # 16 pixels, the whole reduction in one micro-kernel call.
+    # tile_pixels, the whole reduction in one micro-kernel call.
     amx: bool = False
+    tile_pixels: int = 0
 
 
 def default_flat_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> FlatLegoConfig:
@@ -63,24 +64,25 @@ def default_flat_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> Fl
 
 
 def default_amx_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> FlatLegoConfig:
-    """bf16 on AMX: row tiles as above whose pixels are whole tiles of 16 (else stage by
-    stage), 2 x 2 accumulator tiles where they divide."""
+    """bf16 on AMX: row tiles as above whose pixels are whole tiles (else stage by stage),
+    2 x 2 accumulator tiles where they divide."""
     s = spec
     if not simd.amx_bf16:
         raise ValueError(f"a bf16 kernel with flat maps computes them on AMX; {simd.name} "
                          "has no AMX")
     tile_limit = 2 * simd.lego_tile_bytes
     pixels = s.out_height * s.out_width
+    tile = tile_pixels(pixels)
     rows = [t for t in divisors(s.out_height)
-            if (t * s.out_width) % AMX_TILE == 0 and t * s.out_width >= MIN_TILE_PIXELS
+            if (t * s.out_width) % tile == 0 and t * s.out_width >= MIN_TILE_PIXELS
             and t * s.out_width * s.splits * s.lego_filters * 4 <= tile_limit
             and (s.batch or 1) * (s.out_height // t) >= TASKS_PER_CORE * cores]
     tile_rows = max(rows or [s.out_height])
     task_pixels = tile_rows * s.out_width if rows else pixels
     return FlatLegoConfig(
         tile_rows=tile_rows, reg_filters=AMX_TILE * (2 if s.lego_filters % 32 == 0 else 1),
-        reg_vectors=2 if task_pixels % 32 == 0 else 1, fuse_stages=bool(rows),
-        lanes=simd.lanes, amx=True)
+        reg_vectors=2 if task_pixels % (2 * tile) == 0 else 1, fuse_stages=bool(rows),
+        lanes=simd.lanes, amx=True, tile_pixels=tile)
 
 
 def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
@@ -110,8 +112,8 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
         sch.vectorize(pixels[1])
     else:
         sch.vectorize(sch.split(sch.fuse(*pixels), [None, config.lanes])[1])
-    if pack is not None:     # 16 pixels, a pair of channels in each
-        sch.vectorize(sch.split(sch.get_loops(pack)[-1], [None, AMX_TILE])[1])
+    if pack is not None:     # a tile's pixels, a pair of channels in each
+        sch.vectorize(sch.split(sch.get_loops(pack)[-1], [None, config.tile_pixels])[1])
     if config.amx:
         _amx_tiles(sch, lego, config)
         return
@@ -134,12 +136,12 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
 
 
 def _amx_tiles(sch: s_tir.Schedule, lego, config: FlatLegoConfig) -> None:
-    """The maps in AMX tiles: for each split, 16F filters and 16Q pixels, one micro-kernel
+    """The maps in AMX tiles: for each split, 16F filters and NQ pixels, one micro-kernel
     call from zero tiles over the whole reduction (``x86_amx_flat.py``)."""
     loops = sch.get_loops(lego)
     image, split, filt, pix, *reduce = loops[-6:]
     filt_o, filt_i = sch.split(filt, [None, config.reg_filters])
-    pix_o, pix_i = sch.split(pix, [None, AMX_TILE * config.reg_vectors])
+    pix_o, pix_i = sch.split(pix, [None, config.tile_pixels * config.reg_vectors])
     # A reduction loop of extent 1 (32 channels a split) goes above the tile: the
     # intrinsic's description has none.
     unit = [r for r in reduce if int(sch.get(r).extent) == 1]
@@ -148,7 +150,7 @@ def _amx_tiles(sch: s_tir.Schedule, lego, config: FlatLegoConfig) -> None:
         sch.parallel(sch.fuse(*loops[:-6], image, split, filt_o))
     blocks = int(sch.get(reduce[0]).extent)
     tensorize_tiles(sch, filt_i, pix_o, config.reg_filters // AMX_TILE, config.reg_vectors,
-                    blocks)
+                    config.tile_pixels, blocks)
     # The micro-kernel starts from zero tiles, but the block keeps its zero init (tensorize
     # replaces the body only): stores before the pixel loop (LLVM makes them memsets).
     sch.decompose_reduction(sch.get_sblock(f"{LEGO_BLOCK}_o"), pix_o)

@@ -25,6 +25,7 @@ from lego_tvm.nn.fold import fold_lego_to_dense
 from lego_tvm.nn.zoo import get_model
 from lego_tvm.op import bf16
 from lego_tvm.op.fused_op import LegoConvSpec, lego_conv2d_prim_func
+from lego_tvm.schedules.x86_amx_flat import amx_flat_unsupported
 from lego_tvm.support import targets
 from lego_tvm.support.accuracy import BF16_TOLERANCE, TOLERANCE, max_relative_error
 from lego_tvm.support.targets import host_has_amx_bf16, host_has_bf16, resolve_target
@@ -106,6 +107,8 @@ FLAT_GRID = [  # c, n, o, m, size, stride, extra: 1x1 layers, maps pixels innerm
     (128, 64, 4, 16, 4, 1, {"has_residual": True}),     # 1 x 1 tile, four splits
     (128, 32, 1, 32, 8, 2, {"relu": True}),              # stride 2, four blocks of 32 channels
     (64, 40, 2, 32, 56, 1, {"has_residual": True}),     # stages fused in row tiles of 56x56
+    (64, 32, 2, 32, 14, 1, {"relu": True}),              # tiles of 14 pixels, 2 x 2
+    (64, 32, 1, 16, 10, 1, {"has_residual": True}),      # tiles of 10 pixels, 1 x 1
 ]
 
 
@@ -126,12 +129,13 @@ def test_bf16_flat_kernel_matches_torch_on_the_same_roundings(case):
 
 
 def test_bf16_flat_kernel_refused_where_its_tiles_do_not_fit():
-    spec = replace(spec_of(64, 64, 2, 32, 14, 1, 1), bank_block=1, flat_pixels=True)
-    assert "14x14 output pixels" in bf16.flat_unsupported(spec)
     assert "not a 1x1" in bf16.flat_unsupported(spec_of(64, 64, 2, 32, 8, 3, 1))
-    assert "48 channels per split" in bf16.flat_unsupported(spec_of(96, 64, 2, 32, 8, 1, 1))
-    with pytest.raises(ValueError, match="flat_pixels: 14x14 output pixels"):
+    spec = replace(spec_of(96, 64, 2, 32, 8, 1, 1), bank_block=1, flat_pixels=True)
+    assert "48 channels per split" in bf16.flat_unsupported(spec)
+    with pytest.raises(ValueError, match="flat_pixels: 48 channels per split"):
         lego_conv2d_prim_func(spec)
+    assert amx_flat_unsupported(spec_of(64, 64, 2, 32, 14, 1, 1)) is None    # tiles of 14
+    assert "49 output pixels" in amx_flat_unsupported(spec_of(64, 64, 2, 32, 7, 1, 1))
 
 
 @needs_bf16

@@ -19,6 +19,7 @@ from ..op.bf16 import flat_unsupported
 from ..op.fused_op import bf16_unsupported, lego_kernels
 from ..schedules.simd import simd_profile
 from ..schedules.x86_amx import amx_unsupported
+from ..schedules.x86_amx_flat import amx_flat_unsupported
 from ..schedules.x86_bf16 import LANES
 from ..support.targets import (AMX_FEATURES, BF16_FEATURE, host_has_amx_bf16, host_has_bf16,
                                target_arch)
@@ -114,7 +115,8 @@ def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Kerne
             kernels.append(KernelPrecision(gvar.name_hint, "fp32", why_not))
             continue
         new = replace(spec, bf16=True, bank_block=LANES, flat_pixels=False)
-        if amx and flat_unsupported(new) is None:    # maps pixels innermost (x86_amx_flat)
+        if amx and not (flat_unsupported(new) or amx_flat_unsupported(new)):
+            # maps pixels innermost (x86_amx_flat)
             new = replace(new, bank_block=1, flat_pixels=True)
         chosen[gvar] = (new, "bf16")
         no_amx = amx_unsupported(new) if amx and not new.flat_pixels else None

@@ -128,13 +128,12 @@ def lego_maps(packed, bank, spec, batch, lego_block: str):
 # input and bank hold a pair of channels' bf16 in one uint32 (the even channel in the low
 # half: AMX's pair order), so that packing is whole-vector arithmetic along the pixels.
 PAIR_STORAGE = "uint32"
-FLAT_PIXEL_BLOCK = 16     # a tile's 16 columns: the pixels come in whole tiles
 
 
 def flat_unsupported(spec) -> str | None:
     """Why the bf16 kernel of ``spec`` cannot keep its maps pixels innermost (None if it can):
     1x1 unpadded layers on NCHW tensors (any stride: the packing reads every ``stride``-th
-    pixel), channels per split and output pixels in whole tiles."""
+    pixel), channels per split in whole blocks of 32."""
     s = spec
     if s.kernel != (1, 1) or any(s.padding):
         return "not a 1x1 unpadded convolution"
@@ -142,9 +141,6 @@ def flat_unsupported(spec) -> str | None:
         return "blocked (NCHW[x]c) input or output"
     if s.split_channels % MAX_CHANNEL_BLOCK:
         return f"{s.split_channels} channels per split, not a multiple of {MAX_CHANNEL_BLOCK}"
-    if (s.out_height * s.out_width) % FLAT_PIXEL_BLOCK:
-        return (f"{s.out_height}x{s.out_width} output pixels, not a multiple of "
-                f"{FLAT_PIXEL_BLOCK}")
     return None
 
 
