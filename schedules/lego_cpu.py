@@ -31,8 +31,8 @@ from tvm.target import Target
 from ..op.bf16 import PACK_BLOCK
 from ..op.fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
                            spec_of)
-from .lego_cpu_flat import (FlatLegoConfig, apply_flat_schedule, default_amx_config,
-                            default_flat_config, tunable_flat_schedules)
+from .lego_cpu_flat import (AMX_FUSED_MAX_BANK_BYTES, FlatLegoConfig, apply_flat_schedule,
+                            default_amx_config, default_flat_config, tunable_flat_schedules)
 from .lego_cpu_winograd import (WinogradConfig, apply_winograd_schedule,
                                 default_winograd_config, tunable_winograd_schedules)
 from .simd import simd_profile
@@ -74,14 +74,21 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
     # A batch chosen at call time is planned for as one image.
     tasks = {t: (s.batch or 1) * (s.out_height // t) for t in candidates}
     # At least two tasks per core; then the best balance (7 tasks on 2 threads wastes an
-    # eighth of the time, measured), then the largest tile.
-    enough = [t for t in candidates
-              if tasks[t] >= 2 * cores and t * s.out_width >= simd.fused_min_pixels]
+    # eighth of the time, measured), then the largest tile. On AMX any tile size while every
+    # task can reread the bank from L2: the maps cost little to compute, and fused tasks of
+    # 1-2 rows beat stage by stage (bf16 layers alone, 2 threads: 3x3 256ch at 14x14 0.15
+    # against 0.20 ms, 1x1 2048->512 at 7x7 0.11 against 0.15 ms), but a 1x1 1024->2048
+    # (a 4 MiB bank) ran 0.85 against 0.34 ms.
+    amx = s.bf16 and simd.amx_bf16 and amx_unsupported(s) is None
+    small_bank = s.lego_filters * s.split_channels * s.kernel[0] * s.kernel[1] * 2 <= \
+        AMX_FUSED_MAX_BANK_BYTES
+    enough = [t for t in candidates if tasks[t] >= 2 * cores and (
+        (amx and small_bank) or t * s.out_width >= simd.fused_min_pixels)]
     fuse_stages = bool(enough)
     tile_rows = max(enough or [1], key=lambda t: (
         tasks[t] / (cores * -(-tasks[t] // cores)), t))
     rows = tile_rows if fuse_stages else s.out_height
-    if s.bf16 and simd.amx_bf16 and amx_unsupported(s) is None:
+    if amx:
         return LegoCpuConfig(tile_rows, 1, pixels_per_tile(s.out_width), fuse_stages, amx=True)
     reg_filters, reg_rows, reg_cols = register_tile(s, rows, simd)
     return LegoCpuConfig(tile_rows, reg_rows, reg_cols, fuse_stages, reg_filters,
