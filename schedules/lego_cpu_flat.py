@@ -80,7 +80,7 @@ def default_amx_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> Fla
                          "has no AMX")
     tile_limit = 2 * simd.lego_tile_bytes
     pixels = s.out_height * s.out_width
-    tile = tile_pixels(pixels)
+    tile = tile_pixels(s)
     small_bank = s.lego_filters * s.split_channels * 2 <= AMX_FUSED_MAX_BANK_BYTES
     rows = [t for t in divisors(s.out_height)
             if small_bank and (t * s.out_width) % tile == 0

@@ -111,9 +111,10 @@ def amx_unsupported(spec) -> str | None:
     return None
 
 
-def pixels_per_tile(width: int) -> int:
-    """M: the largest divisor of the output width up to 16 (a tile never crosses a row)."""
-    return max(d for d in range(1, MAX_PIXELS + 1) if width % d == 0)
+def pixels_per_tile(pixels: int) -> int:
+    """The largest divisor of ``pixels`` up to 16: M, the pixels of a tile of the output
+    width here (a tile never crosses a row)."""
+    return max(d for d in range(1, MAX_PIXELS + 1) if pixels % d == 0)
 
 
 def _description(pixels: int, blocks: int, kernel: tuple[int, int], stride: int):

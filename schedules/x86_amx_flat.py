@@ -25,7 +25,7 @@ import tvm
 from tvm import s_tir
 
 from ..op.bf16 import PAIR_STORAGE
-from .x86_amx import CHANNELS, LANES, REQUEST_AMX_IR, REQUEST_AMX_CALL
+from .x86_amx import CHANNELS, LANES, REQUEST_AMX_CALL, REQUEST_AMX_IR, pixels_per_tile
 
 # Fewer leave too much of a tile idle: at 7x7 (tiles of 7) a 2048->512 layer ran 0.22 ms this
 # way against 0.15 with pixels as the tile rows (x86_amx.py), measured alone.
@@ -33,16 +33,16 @@ MIN_TILE_PIXELS = 8
 _SUMS = "float32"
 
 
-def tile_pixels(pixels: int) -> int:
+def tile_pixels(spec) -> int:
     """N, the pixels (columns) of a tile: the largest divisor of the map's pixels up to 16,
     so that tiles cover the map exactly (14 at 14x14)."""
-    return max(d for d in range(1, LANES + 1) if pixels % d == 0)
+    return pixels_per_tile(spec.out_height * spec.out_width)
 
 
 def amx_flat_unsupported(spec) -> str | None:
     """Why the flat bf16 kernel of ``spec`` cannot run on AMX tiles (None if it can)."""
     pixels = spec.out_height * spec.out_width
-    if tile_pixels(pixels) < MIN_TILE_PIXELS:
+    if tile_pixels(spec) < MIN_TILE_PIXELS:
         return f"{pixels} output pixels: no tile of {MIN_TILE_PIXELS} to 16 pixels divides them"
     return None
 
