@@ -52,8 +52,7 @@ class LegoConvSpec:
     # Lego maps stored pixels innermost, ``[batch, o, m, H*W]`` (the bank unpacked), so the
     # gather-sum reads whole vectors of one map: 1x1 stride-1 unpadded NCHW layers only
     # (``flat_pixels_unsupported``); in bf16 on AMX, 1x1 unpadded layers of any stride
-    # (``bf16.flat_unsupported``). Else ``[batch, o,
-    # m/bank_block, H, W, bank_block]``.
+    # (``bf16.flat_unsupported``). Else ``[batch, o, m/bank_block, H, W, bank_block]``.
     flat_pixels: bool = False
     # Winograd F(r x r, 3x3) for the compute-once stage (``op/winograd.py``): r, the output
     # tile (2 or 4); 0 is the direct conv. The bank is then ``winograd.transform_bank``'s.
