@@ -31,7 +31,7 @@ from tvm.target import Target
 from ..op.bf16 import PACK_BLOCK
 from ..op.fused_op import (GATHER_BLOCK, GATHER_SPEC_ATTR, LEGO_BLOCK, PAD_BLOCK, LegoConvSpec,
                            spec_of)
-from .lego_cpu_flat import (AMX_FUSED_MAX_BANK_BYTES, FlatLegoConfig, apply_flat_schedule,
+from .lego_cpu_flat import (FlatLegoConfig, amx_bank_fits_l2, apply_flat_schedule,
                             default_amx_config, default_flat_config, tunable_flat_schedules)
 from .lego_cpu_winograd import (WinogradConfig, apply_winograd_schedule,
                                 default_winograd_config, tunable_winograd_schedules)
@@ -80,10 +80,8 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
     # against 0.20 ms, 1x1 2048->512 at 7x7 0.11 against 0.15 ms), but a 1x1 1024->2048
     # (a 4 MiB bank) ran 0.85 against 0.34 ms.
     amx = s.bf16 and simd.amx_bf16 and amx_unsupported(s) is None
-    small_bank = s.lego_filters * s.split_channels * s.kernel[0] * s.kernel[1] * 2 <= \
-        AMX_FUSED_MAX_BANK_BYTES
     enough = [t for t in candidates if tasks[t] >= 2 * cores and (
-        (amx and small_bank) or t * s.out_width >= simd.fused_min_pixels)]
+        (amx and amx_bank_fits_l2(s)) or t * s.out_width >= simd.fused_min_pixels)]
     fuse_stages = bool(enough)
     tile_rows = max(enough or [1], key=lambda t: (
         tasks[t] / (cores * -(-tasks[t] // cores)), t))

@@ -41,6 +41,13 @@ AMX_TASKS_PER_CORE = 3
 # ... while every task can reread the bf16 bank from L2 (a Xeon core's; lego_cpu.py
 # measured why).
 AMX_FUSED_MAX_BANK_BYTES = 2 * 1024 * 1024
+
+
+def amx_bank_fits_l2(spec: LegoConvSpec) -> bool:
+    """Whether fused row tasks on AMX can each reread the kernel's bf16 bank from L2."""
+    s = spec
+    return s.lego_filters * s.split_channels * s.kernel[0] * s.kernel[1] * 2 <= \
+        AMX_FUSED_MAX_BANK_BYTES
 REGISTER_TILE = (4, 2)       # filters, vectors of V pixels
 
 
@@ -81,15 +88,14 @@ def default_amx_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> Fla
     tile_limit = 2 * simd.lego_tile_bytes
     pixels = s.out_height * s.out_width
     tile = tile_pixels(s)
-    small_bank = s.lego_filters * s.split_channels * 2 <= AMX_FUSED_MAX_BANK_BYTES
     rows = [t for t in divisors(s.out_height)
-            if small_bank and (t * s.out_width) % tile == 0
+            if amx_bank_fits_l2(s) and (t * s.out_width) % tile == 0
             and t * s.out_width * s.splits * s.lego_filters * 4 <= tile_limit
             and (s.batch or 1) * (s.out_height // t) >= AMX_TASKS_PER_CORE * cores]
     tile_rows = max(rows or [s.out_height])
     task_pixels = tile_rows * s.out_width if rows else pixels
     return FlatLegoConfig(
-        tile_rows=tile_rows, reg_filters=AMX_TILE * (2 if s.lego_filters % 32 == 0 else 1),
+        tile_rows=tile_rows, reg_filters=AMX_TILE * (2 if s.lego_filters % (2 * AMX_TILE) == 0 else 1),
         reg_vectors=2 if task_pixels % (2 * tile) == 0 else 1, fuse_stages=bool(rows),
         lanes=simd.lanes, amx=True, tile_pixels=tile)
 
@@ -169,17 +175,15 @@ def tunable_flat_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, default: Fla
                            ) -> list[s_tir.Schedule]:
     """MetaSchedule design spaces: the default body with a sampled register tile, with fused
     stages (where the default has a row tile for them) and stage by stage."""
-    if default.amx:     # the tiles fixed: only the loop structure to choose
-        spaces = [sch.copy() for _ in {default.fuse_stages, False}]
-        for space, fuse_stages in zip(spaces, sorted({default.fuse_stages, False}, reverse=True)):
-            apply_flat_schedule(space, replace(default, fuse_stages=fuse_stages))
-        return spaces
     spaces = []
     for fuse_stages in sorted({default.fuse_stages, False}, reverse=True):
         space = sch.copy()
-        apply_flat_schedule(space, replace(
-            default, fuse_stages=fuse_stages,
-            reg_filters=sample_divisor(space, spec.lego_filters, 16, default.reg_filters),
-            reg_vectors=sample_choice(space, [1, 2, 3, 4], default.reg_vectors)))
+        config = replace(default, fuse_stages=fuse_stages)
+        if not default.amx:     # on AMX the tiles are fixed: only the loop structure varies
+            config = replace(
+                config,
+                reg_filters=sample_divisor(space, spec.lego_filters, 16, default.reg_filters),
+                reg_vectors=sample_choice(space, [1, 2, 3, 4], default.reg_vectors))
+        apply_flat_schedule(space, config)
         spaces.append(space)
     return spaces

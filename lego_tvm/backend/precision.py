@@ -4,9 +4,11 @@ sum in fp32, its Lego maps fp32 (``op/bf16.py``), on CPUs with AVX512_BF16 (and 
 Every kernel that can runs in bf16; one that cannot (a Lego filter count that is not a
 multiple of 16) stays fp32, and so does a conv reading fewer than ``FP32_BELOW_CHANNELS``
 channels per split: the model's first conv, on the image. The report says which and why.
-Tensors between kernels stay float32, and so do the model's inputs and outputs. bf16 is refused, never emulated: on a
-target without AVX512_BF16 (``BF16Unavailable``), and when a model built for one is loaded
-or called on a CPU without it (``support.targets.why_not_runnable_here``).
+On AMX, a 1x1 layer keeps its maps pixels innermost (``schedules/x86_amx_flat.py``).
+Tensors between kernels stay float32, and so do the model's inputs and outputs. bf16 is
+refused, never emulated: on a target without AVX512_BF16 (``BF16Unavailable``), and when a
+model built for one is loaded or called on a CPU without it
+(``support.targets.why_not_runnable_here``).
 """
 from __future__ import annotations
 
