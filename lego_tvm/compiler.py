@@ -58,8 +58,9 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
     ``transform.blocked_layout``; the shipped tuning logs are for NCHW kernels).
     ``precision``: ``"fp32"`` (the default) or ``"bf16"``: every fused kernel that can
     stores its input and Lego bank in bf16 and sums in fp32 (AMX tiles, else ``vdpbf16ps``),
-    with the Lego maps and the epilogue in fp32; tensors between kernels and the model's
-    inputs and outputs stay float32; the report says which kernels ran in which precision (``backend.precision``).
+    with the Lego maps and the epilogue in fp32; a tensor that only bf16 kernels read is
+    stored in bf16, the others and the model's inputs and outputs stay float32; the report
+    says which kernels ran in which precision (``backend.precision``).
     bf16 needs a target CPU with AVX512_BF16 (``BF16Unavailable`` otherwise) and
     ``compute_once="tvm"``.
     ``progress``: called with a line of text at each phase (import, scheduling and

@@ -52,10 +52,15 @@ def nchw(array: np.ndarray) -> np.ndarray:
     return array.transpose(0, 1, 4, 2, 3).reshape(n, cb * block, h, w)
 
 
+def as_float32(array: np.ndarray) -> np.ndarray:
+    """A kernel tensor's values: bf16 bits widened, float32 as it is."""
+    return bf16.bits_to_float32(array) if array.dtype == np.uint16 else array
+
+
 def reference(spec: LegoConvSpec, arrays: dict) -> np.ndarray:
     """The kernel's arithmetic in PyTorch fp32: input and bank rounded to bf16, the rest
-    fp32 (NCHW)."""
-    x = torch.from_numpy(nchw(arrays["x"])).bfloat16().float()
+    fp32 (NCHW), the output not rounded."""
+    x = torch.from_numpy(as_float32(nchw(arrays["x"]))).bfloat16().float()
     bank = torch.from_numpy(arrays["bank"]).bfloat16().float()
     index, coef = torch.from_numpy(arrays["index"]).long(), torch.from_numpy(arrays["coef"])
     pt, pl, pb, pr = spec.padding
@@ -66,8 +71,20 @@ def reference(spec: LegoConvSpec, arrays: dict) -> np.ndarray:
         maps = F.conv2d(part, bank, stride=spec.stride)
         out = out + coef[i][None, :, None, None] * maps[:, index[i]]
     if spec.has_residual:
-        out = out + torch.from_numpy(nchw(arrays["residual"]))
+        out = out + torch.from_numpy(as_float32(nchw(arrays["residual"])))
     return (torch.relu(out) if spec.relu else out).numpy()
+
+
+def run_kernel(spec: LegoConvSpec, target: str, seed: int) -> tuple:
+    """The kernel of ``spec`` built for ``target`` and run on random data: (its output in
+    NCHW, the arrays it ran on, the built module)."""
+    module = build_alone(lego_conv2d_prim_func(spec), resolve_target(target))[0]
+    arrays = random_inputs(spec if spec.batch else replace(spec, batch=3),
+                           np.random.default_rng(seed))
+    tensors = [tvm.runtime.tensor(a) for a in
+               dict(arrays, bank=bf16.kernel_bank(arrays["bank"], spec)).values()]
+    module["main"](*tensors)
+    return nchw(tensors[-1].numpy()), arrays, module
 
 
 def spec_of(c, n, o, m, size, kernel, stride, **extra) -> LegoConvSpec:
@@ -94,12 +111,8 @@ GRID = [  # c, n, o, m, size, kernel, stride, extra
 def test_bf16_kernel_matches_torch_on_the_same_roundings(case, target):
     *shape, extra = case
     spec = spec_of(*shape, **extra)
-    kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(target))[0]["main"]
-    arrays = random_inputs(spec, np.random.default_rng(5))
-    args = dict(arrays, bank=bf16.kernel_bank(arrays["bank"], spec))
-    tensors = [tvm.runtime.tensor(a) for a in args.values()]
-    kernel(*tensors)
-    assert max_relative_error(nchw(tensors[-1].numpy()), reference(spec, arrays)) < TOLERANCE
+    out, arrays, _ = run_kernel(spec, target, 5)
+    assert max_relative_error(out, reference(spec, arrays)) < TOLERANCE
 
 
 FLAT_GRID = [  # c, n, o, m, size, stride, extra: 1x1 layers, maps pixels innermost on AMX
@@ -119,13 +132,37 @@ def test_bf16_flat_kernel_matches_torch_on_the_same_roundings(case):
     spec = replace(spec_of(c, n, o, m, size, 1, stride, **extra), bank_block=1,
                    flat_pixels=True)
     assert bf16.flat_unsupported(spec) is None
-    kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(BF16_TARGET))[0]
-    arrays = random_inputs(spec, np.random.default_rng(7))
-    tensors = [tvm.runtime.tensor(a) for a in
-               dict(arrays, bank=bf16.kernel_bank(arrays["bank"], spec)).values()]
-    kernel["main"](*tensors)
-    assert max_relative_error(tensors[-1].numpy(), reference(spec, arrays)) < TOLERANCE
-    assert "tdpbf16ps" in kernel.inspect_source("asm")      # not a fallback schedule
+    out, arrays, module = run_kernel(spec, BF16_TARGET, 7)
+    assert max_relative_error(out, reference(spec, arrays)) < TOLERANCE
+    assert "tdpbf16ps" in module.inspect_source("asm")      # not a fallback schedule
+
+
+# Kernels reading and writing bf16 tensors (between two bf16 kernels): the tiled kernel on
+# both units, the flat one on AMX, and one reading float32 (the output of a pooling op).
+BF16_TENSOR_CASES = [
+    (spec_of(128, 64, 2, 32, 14, 3, 1, has_residual=True, relu=True), "AMX"),
+    (spec_of(64, 48, 2, 32, 9, 3, 2, has_residual=True), "AVX512_BF16"),
+    (replace(spec_of(64, 48, 2, 32, 8, 1, 1, has_residual=True, relu=True), bank_block=1,
+             flat_pixels=True), "AMX"),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param((spec, unit, flags), id=f"{unit}-{i}-{name}")
+                                  for i, (spec, unit) in enumerate(BF16_TENSOR_CASES)
+                                  for name, flags in (("bf16", (True, True, True)),
+                                                      ("fp32-in", (False, False, True)))])
+def test_bf16_kernel_on_bf16_tensors_rounds_once_to_nearest_even(case):
+    base, unit, (bits_in, bits_residual, bits_out) = case
+    spec = replace(base, bf16_input=bits_in, bf16_residual=bits_residual, bf16_output=bits_out)
+    if not (host_has_bf16() and (unit != "AMX" or host_has_amx_bf16())):
+        pytest.skip(f"this CPU lacks {unit}")
+    out, arrays, _ = run_kernel(spec, UNITS[unit], 8)
+    assert out.dtype == np.uint16 and arrays["x"].dtype == (np.uint16 if bits_in else np.float32)
+    expected = reference(spec, arrays)
+    # Within one bf16 rounding of the fp32 result, and that rounding is PyTorch's (to nearest
+    # even) wherever the fp32 sums agree to the last bits (all but a rare tie).
+    assert max_relative_error(bf16.bits_to_float32(out), expected) <= 2.0 ** -8
+    assert (out == bf16.bf16_bits(expected)).mean() > 0.999
 
 
 def test_bf16_flat_kernel_refused_where_its_tiles_do_not_fit():
@@ -141,12 +178,9 @@ def test_bf16_flat_kernel_refused_where_its_tiles_do_not_fit():
 @needs_bf16
 def test_bf16_kernel_with_the_batch_chosen_at_call_time():
     spec = replace(spec_of(32, 32, 2, 16, 8, 3, 1, relu=True), batch=None)
-    kernel = build_alone(lego_conv2d_prim_func(spec), resolve_target(BF16_TARGET))[0]["main"]
-    arrays = random_inputs(replace(spec, batch=3), np.random.default_rng(6))
-    args = dict(arrays, bank=bf16.pack_bank(arrays["bank"], spec.bank_block))
-    tensors = [tvm.runtime.tensor(a) for a in args.values()]
-    kernel(*tensors)
-    assert max_relative_error(tensors[-1].numpy(), reference(spec, arrays)) < TOLERANCE
+    out, arrays, _ = run_kernel(spec, BF16_TARGET, 6)
+    assert out.shape[0] == 3
+    assert max_relative_error(out, reference(spec, arrays)) < TOLERANCE
 
 
 def test_bf16_kernel_computes_its_maps_with_vdpbf16ps_or_amx_tiles():
@@ -190,6 +224,37 @@ def test_bf16_report_says_which_kernels_run_in_bf16_and_why_not():
     assert "not a multiple of 16" in text and "not AMX: 16 channels per split" in text
     assert [layer.spec.bf16 for layer in compiled.report.layers] == [True, False]
     assert compiled.report_dict["precision"][0]["precision"] in ("bf16", "fp32")
+
+
+class _Branches(nn.Module):
+    """a -> b -> (c, max-pool): only a's output is read by bf16 kernels alone."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = LegoConv2d(32, 32, 3, 2, 0.5, padding=1)
+        self.bn = randomize_bn(nn.BatchNorm2d(32))
+        self.b = LegoConv2d(32, 32, 3, 2, 0.5, padding=1)
+        self.c = LegoConv2d(32, 32, 1, 2, 0.5)
+
+    def forward(self, x):
+        z = self.b(torch.relu(self.bn(self.a(x))))
+        return self.c(z), F.max_pool2d(z, 2)
+
+
+@needs_bf16
+def test_bf16_tensors_only_between_bf16_kernels():
+    model, x = _Branches().eval(), torch.randn(2, 32, 12, 12)
+    compiled = lego_tvm.compile(model, (x,), target=BF16_TARGET, precision="bf16",
+                                tuning_logs=None)
+    stored = sorted((p.calls, p.bf16_outputs) for p in compiled.report.precision)
+    assert stored == [(1, 0), (1, 0), (1, 1)]      # a's output; not b's (pooled) nor c's
+    assert "tensors in bf16: the outputs of 1 of 3 bf16 kernel calls" in str(compiled.report)
+    with torch.no_grad():
+        expected = model(x)
+    for out, ref in zip(compiled(x.numpy()), expected):
+        assert out.dtype == np.float32
+        assert max_relative_error(np.asarray(out), ref.numpy()) < BF16_TOLERANCE
 
 
 @pytest.mark.parametrize("target", ["x86-avx512", "x86-znver3", "arm-neoverse-n1", "cuda-h100"])

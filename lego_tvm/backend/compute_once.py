@@ -260,14 +260,19 @@ def _maps_shape(spec: LegoConvSpec, batch) -> tuple:
 class _RewriteKernels(PyExprMutator):
     """``call_tir(fused, x, bank, index, coef, bias[, residual])`` ->
     Winograd: ``call_tir(fused_winograd, x, transformed bank, ...)``;
-    bf16: ``call_tir(fused_bf16, x, bf16 bank, ...)``;
+    bf16: ``call_tir(fused_bf16, x, bf16 bank, ...)``, its input, residual and output bf16
+    bits (uint16) where they are among ``bf16_tensors``;
     oneDNN: ``maps = call_dps_packed(onednn_conv2d, x, bank, params)`` then
     ``call_tir(gather_sum, maps, index, coef, bias[, residual])``."""
 
-    def __init__(self, mod: tvm.IRModule, chosen: dict):
+    def __init__(self, mod: tvm.IRModule, chosen: dict, bf16_tensors: list):
         super().__init__(mod)
         self.chosen = chosen
+        self.bf16_tensors = bf16_tensors
         self.call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def _stored_bf16(self, expr) -> bool:
+        return any(expr.same_as(var) for var in self.bf16_tensors)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         call = binding.value
@@ -277,16 +282,24 @@ class _RewriteKernels(PyExprMutator):
         if spec is None:
             super().visit_var_binding_(binding)
             return
-        x, bank, *rest = [self.visit_expr(a) for a in call.args[1].fields]
+        old_args = list(call.args[1].fields)
+        x, bank, *rest = [self.visit_expr(a) for a in old_args]
         packed = const_array(bank)
         bank = unpack_bank(packed, packed.shape[-1])   # the direct kernel's [m/B, b, kh, kw, B]
+        out_ty = binding.var.ty
+        if backend == "bf16":
+            spec = replace(spec, bf16_input=self._stored_bf16(old_args[0]),
+                           bf16_residual=spec.has_residual and self._stored_bf16(old_args[-1]),
+                           bf16_output=self._stored_bf16(binding.var))
+            if spec.bf16_output:
+                out_ty = relax.TensorType(out_ty.shape, bf16.STORAGE)
         if backend in ("winograd", "bf16"):
             suffix = f"winograd{spec.winograd}" if backend == "winograd" else "bf16"
             kernel = self.builder_.add_func(lego_conv2d_prim_func(spec),
                                             f"{call.args[0].name_hint}_{suffix}")
             bank = (winograd.transform_bank(bank, spec.winograd, spec.bank_block)
                     if backend == "winograd" else bf16.kernel_bank(bank, spec))
-            new = relax.call_tir(kernel, [x, relax.const(bank), *rest], out_ty=binding.var.ty)
+            new = relax.call_tir(kernel, [x, relax.const(bank), *rest], out_ty=out_ty)
         else:
             weights = onednn_bank(bank, weight_block(spec))
             batch = binding.var.ty.shape[0]
@@ -295,15 +308,23 @@ class _RewriteKernels(PyExprMutator):
                 out_ty=relax.TensorType(_maps_shape(spec, batch), spec.dtype)), "lego_maps")
             gather = self.builder_.add_func(lego_gather_prim_func(spec), "lego_gather_sum")
             new = relax.call_tir(gather, [maps, *rest], out_ty=binding.var.ty)
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
+        if out_ty.same_as(binding.var.ty):
+            self.builder_.emit_normalized(relax.VarBinding(binding.var,
+                                                           self.builder_.normalize(new)))
+            return
+        # A bf16 output: a new variable of its dtype, read in place of the old one.
+        emit = (self.builder_.emit if isinstance(binding.var, relax.DataflowVar)
+                else self.builder_.emit_output)
+        self.set_var_remap(binding.var, emit(new, binding.var.name))
 
 
-def rewrite_kernels(mod: tvm.IRModule, chosen: dict) -> tvm.IRModule:
+def rewrite_kernels(mod: tvm.IRModule, chosen: dict, bf16_tensors: list = ()) -> tvm.IRModule:
     """``mod`` with the kernels of ``chosen`` (``{global_var: (new spec, "winograd" |
-    "onednn" | "bf16")}``) rewritten (``_RewriteKernels``)."""
+    "onednn" | "bf16")}``) rewritten (``_RewriteKernels``); the tensors of ``bf16_tensors``
+    (bound vars of bf16 kernel calls, ``precision.bf16_tensors``) stored in bf16."""
     if not chosen:
         return mod
-    rewriter = _RewriteKernels(mod, chosen)
+    rewriter = _RewriteKernels(mod, chosen, list(bf16_tensors))
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))

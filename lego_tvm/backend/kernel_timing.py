@@ -22,7 +22,7 @@ from ..support.targets import codegen_target
 
 def random_inputs(spec: LegoConvSpec, rng) -> dict[str, np.ndarray]:
     """The fused kernel's arguments in order (bank unpacked ``[m, b, kh, kw]``), batch 1
-    when the batch is chosen at call time."""
+    when the batch is chosen at call time; bf16 tensors as their bits."""
     s = spec
     batch = s.batch or 1
     out = (batch, *s.output_shape[1:])
@@ -35,6 +35,10 @@ def random_inputs(spec: LegoConvSpec, rng) -> dict[str, np.ndarray]:
     if s.has_residual:
         arrays["residual"] = rng.standard_normal(out, np.float32)
     arrays["out"] = np.zeros(out, np.float32)
+    for name, bits in (("x", s.bf16_input), ("residual", s.bf16_residual),
+                       ("out", s.bf16_output)):
+        if bits and name in arrays:      # bf16 tensors (``LegoConvSpec.bf16_input``, ...)
+            arrays[name] = bf16.bf16_bits(arrays[name])
     return arrays
 
 

@@ -5,7 +5,9 @@ Every kernel that can runs in bf16; one that cannot (a Lego filter count that is
 multiple of 16) stays fp32, and so does a conv reading fewer than ``FP32_BELOW_CHANNELS``
 channels per split: the model's first conv, on the image. The report says which and why.
 On AMX, a 1x1 layer keeps its maps pixels innermost (``schedules/x86_amx_flat.py``).
-Tensors between kernels stay float32, and so do the model's inputs and outputs. bf16 is
+A tensor that a bf16 kernel writes and only bf16 kernels read (as their input or residual)
+is stored in bf16 (``bf16_tensors``); the others (into pooling, an fp32 kernel, the model's
+output) stay float32, and so do the model's inputs. bf16 is
 refused, never emulated: on a target without AVX512_BF16 (``BF16Unavailable``), and when a
 model built for one is loaded or called on a CPU without it
 (``support.targets.why_not_runnable_here``).
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import tvm
+from tvm import relax
 from tvm.target import Target, codegen
 
 from ..op.bf16 import flat_unsupported
@@ -47,6 +50,8 @@ class KernelPrecision:
     # What computes a bf16 kernel's Lego maps: "AMX" (tdpbf16ps tiles) or "AVX512_BF16"
     # (vdpbf16ps), with why not AMX when the target has it.
     unit: str = ""
+    calls: int = 0          # calls of a bf16 kernel in the model ...
+    bf16_outputs: int = 0   # ... and how many of them store their output in bf16
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,4 +130,65 @@ def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Kerne
         unit = "AMX" if amx and not no_amx else "AVX512_BF16" + (
             f" (not AMX: {no_amx})" if no_amx else "")
         kernels.append(KernelPrecision(f"{gvar.name_hint}_bf16", "bf16", unit=unit))
-    return rewrite_kernels(mod, chosen), kernels
+    stored_bf16 = bf16_tensors(mod, chosen)
+    for var, kernel in _kernel_calls(mod, chosen):
+        precision = next(k for k in kernels if k.kernel == f"{kernel.name_hint}_bf16")
+        precision.calls += 1
+        precision.bf16_outputs += _among(var, stored_bf16)
+    return rewrite_kernels(mod, chosen, stored_bf16), kernels
+
+
+def bf16_tensors(mod: tvm.IRModule, chosen: dict) -> list[relax.Var]:
+    """The tensors of ``mod`` to store in bf16: those a bf16 kernel of ``chosen`` (``{global
+    var: (spec, "bf16")}``) writes and that only bf16 kernels read, as input or residual."""
+    calls = _kernel_calls(mod, chosen)
+    read_as_bf16, read_otherwise = [], []
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function):
+            continue
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                value = binding.value
+                spec = _chosen_spec(value, chosen)
+                if spec is None:
+                    read_otherwise += _vars_in(value)
+                    continue
+                fields = list(value.args[1].fields)
+                as_bf16 = [0] + ([BF16_RESIDUAL_ARG] if spec.has_residual else [])
+                read_as_bf16 += [fields[i] for i in as_bf16]
+                read_otherwise += [v for i, f in enumerate(fields) if i not in as_bf16
+                                   for v in _vars_in(f)]
+                read_otherwise += [v for a in value.args[2:] for v in _vars_in(a)]
+        read_otherwise += _vars_in(func.body.body)
+    return [var for var, _ in calls
+            if _among(var, read_as_bf16) and not _among(var, read_otherwise)]
+
+
+# The arguments of a fused kernel call: x, bank, index, coef, bias[, residual].
+BF16_RESIDUAL_ARG = 5
+
+
+def _chosen_spec(value, chosen: dict):
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    if isinstance(value, relax.Call) and value.op.same_as(call_tir) and value.args[0] in chosen:
+        return chosen[value.args[0]][0]
+    return None
+
+
+def _kernel_calls(mod: tvm.IRModule, chosen: dict) -> list[tuple]:
+    """``(bound var, kernel)`` for each call of a kernel of ``chosen`` in ``mod``."""
+    return [(binding.var, binding.value.args[0])
+            for func in mod.functions.values() if isinstance(func, relax.Function)
+            for block in func.body.blocks for binding in block.bindings
+            if _chosen_spec(binding.value, chosen) is not None]
+
+
+def _vars_in(expr) -> list:
+    found = []
+    relax.analysis.post_order_visit(
+        expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
+    return found
+
+
+def _among(var, variables: list) -> bool:
+    return any(var.same_as(v) for v in variables)

@@ -7,8 +7,9 @@ keeps bf16 values as their bit patterns in ``uint16`` tensors and converts them 
 ``to_float32`` widens exactly (a shift), ``round_to_bf16`` rounds to nearest even and keeps
 NaN a NaN (adding the rounding bias to a NaN's bits could make it an infinity).
 
-A bf16 kernel (``LegoConvSpec.bf16``) takes and returns float32 tensors. It rounds its input
-to bf16 as it pads it, into ``[batch, o, channels/P, H, W, P]`` (``PACK_BLOCK``: each pair
+A bf16 kernel (``LegoConvSpec.bf16``) takes and returns float32 tensors, or bf16 bits where
+the spec says (``bf16_input``, ``bf16_residual``, ``bf16_output``: a tensor between two
+bf16 kernels). It rounds a float32 input to bf16 as it pads it, into ``[batch, o, channels/P, H, W, P]`` (``PACK_BLOCK``: each pair
 of channels adjacent, for the 2-channel dot product of ``vdpbf16ps``), convolves that with
 the bank ``[m/V, channels/2, kh, kw, V, 2]`` in bf16 with fp32 sums, and gather-sums the
 fp32 Lego maps with the fp32 epilogue. A split's channel count is padded to even with a zero
@@ -47,12 +48,26 @@ def to_float32(bits):
 
 
 def round_to_bf16(value):
-    """bf16 bits of a float32 value, rounded to nearest even; NaN stays NaN."""
+    """bf16 bits of a float32 value, rounded to nearest even; NaN stays NaN. NaN is found
+    from the bits: TVM's vectorizer leaves a loop with ``isnan`` scalar."""
     bits = tirx.reinterpret("uint32", value)
     sixteen = tirx.const(16, "uint32")
     odd = tirx.bitwise_and(tirx.shift_right(bits, sixteen), tirx.const(1, "uint32"))
     rounded = tirx.shift_right(bits + tirx.const(0x7FFF, "uint32") + odd, sixteen)
-    return tirx.Select(tirx.isnan(value), tirx.const(0x7FC0, STORAGE), rounded.astype(STORAGE))
+    nan = tirx.bitwise_and(bits, tirx.const(0x7FFFFFFF, "uint32")) > tirx.const(0x7F800000,
+                                                                               "uint32")
+    return tirx.Select(nan, tirx.const(0x7FC0, STORAGE), rounded.astype(STORAGE))
+
+
+def as_bits(value):
+    """bf16 bits of a kernel tensor's element: itself if it holds bf16 bits already
+    (``STORAGE``), else the float32 rounded."""
+    return value if value.dtype == STORAGE else round_to_bf16(value)
+
+
+def as_float32(value):
+    """The float32 value of a kernel tensor's element, float32 or bf16 bits."""
+    return to_float32(value) if value.dtype == STORAGE else value
 
 
 def bf16_bits(array: np.ndarray) -> np.ndarray:
@@ -100,7 +115,7 @@ def pack_input(x, spec, batch, padding: tuple[int, int, int, int]):
                 x[nb, channel // s.in_block, y - pt, xx - pl, channel % s.in_block])
         inside = tirx.all(c < s.split_channels, y >= pt, y < s.height + pt, xx >= pl,
                           xx < s.width + pl)
-        return tirx.if_then_else(inside, round_to_bf16(read), tirx.const(0, STORAGE))
+        return tirx.if_then_else(inside, as_bits(read), tirx.const(0, STORAGE))
     return te.compute(shape, value, name=PACK_BLOCK)
 
 
@@ -176,7 +191,7 @@ def pack_input_flat(x, spec, batch):
         def channel(pair):
             read = x[nb, i * s.split_channels + c2 * 2 + pair, p // width * s.stride[0],
                      p % width * s.stride[1]]
-            return round_to_bf16(read).astype(PAIR_STORAGE)
+            return as_bits(read).astype(PAIR_STORAGE)
         return tirx.bitwise_or(channel(0), tirx.shift_left(channel(1),
                                                            tirx.const(16, PAIR_STORAGE)))
     return te.compute((batch, s.splits, s.split_channels // 2, s.out_height * width), value,

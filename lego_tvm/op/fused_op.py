@@ -57,9 +57,15 @@ class LegoConvSpec:
     # Winograd F(r x r, 3x3) for the compute-once stage (``op/winograd.py``): r, the output
     # tile (2 or 4); 0 is the direct conv. The bank is then ``winograd.transform_bank``'s.
     winograd: int = 0
-    # bf16 storage, fp32 sums (``op/bf16.py``): the bank is ``bf16.pack_bank``'s; the input,
-    # output, residual and epilogue stay float32.
+    # bf16 storage, fp32 sums (``op/bf16.py``): the bank is ``bf16.pack_bank``'s; the
+    # epilogue runs in float32.
     bf16: bool = False
+    # Which of a bf16 kernel's tensors are bf16 bits (``bf16.STORAGE``) instead of float32:
+    # the input, the residual, the output (``precision.to_bf16`` sets each where the tensor
+    # runs between two bf16 kernels).
+    bf16_input: bool = False
+    bf16_residual: bool = False
+    bf16_output: bool = False
 
     @property
     def input_shape(self) -> tuple:
@@ -92,7 +98,8 @@ class LegoConvSpec:
         # NCHW kernels keep the attributes (and so the tuning-record hash) they had before
         # the blocked layouts existed.
         for key, plain in (("in_block", 1), ("out_block", 1), ("flat_pixels", False),
-                           ("winograd", 0), ("bf16", False)):
+                           ("winograd", 0), ("bf16", False), ("bf16_input", False),
+                           ("bf16_residual", False), ("bf16_output", False)):
             if fields[key] == plain:
                 del fields[key]
         return fields
@@ -183,8 +190,11 @@ def lego_conv2d_compute(spec: LegoConvSpec):
                          f"{s.split_channels} channels per split / {s.out_channels} outputs")
     if s.winograd and winograd_unsupported(s):
         raise ValueError(f"winograd: {winograd_unsupported(s)}")
+    if not s.bf16 and (s.bf16_input or s.bf16_residual or s.bf16_output):
+        raise ValueError("bf16 input, residual or output tensors need a bf16 kernel (bf16=True)")
     batch = s.batch if s.batch is not None else tirx.Var("batch", "int64")
-    x = te.placeholder(_with_batch(s.input_shape, batch), s.dtype, name="x")
+    x = te.placeholder(_with_batch(s.input_shape, batch), tensor_dtype(s, s.bf16_input),
+                       name="x")
     if s.winograd:
         alpha = s.winograd + 2
         bank_shape = (alpha, alpha, s.lego_filters // vb, s.split_channels, vb)
@@ -200,7 +210,8 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     index = te.placeholder((s.splits, s.out_channels), "int32", name="index")
     coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
     bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
-    residual = (te.placeholder(_with_batch(s.output_shape, batch), s.dtype, name="residual")
+    residual = (te.placeholder(_with_batch(s.output_shape, batch),
+                               tensor_dtype(s, s.bf16_residual), name="residual")
                 if s.has_residual else None)
 
     pt, pl, pb, pr = s.padding
@@ -256,6 +267,11 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     return args
 
 
+def tensor_dtype(spec: LegoConvSpec, bf16_bits: bool) -> str:
+    """The dtype of a kernel tensor of ``spec`` that holds bf16 bits when ``bf16_bits``."""
+    return bf16.STORAGE if bf16_bits else spec.dtype
+
+
 def _with_batch(shape: tuple, batch) -> tuple:
     return (batch,) + tuple(shape[1:])
 
@@ -275,11 +291,11 @@ def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
             acc = acc + coef[i, j] * (lego[nb, i, k, h * s.out_width + w] if s.flat_pixels
                                       else lego[nb, i, k // vb, h, w, k % vb])
         if residual is not None:
-            acc = acc + residual[out_index]
+            acc = acc + bf16.as_float32(residual[out_index])
         if s.relu:     # NaN stays NaN, as in PyTorch (TVM's max(acc, 0) would give 0)
             zero = tirx.const(0, s.dtype)
             acc = tirx.Select(acc < zero, zero, acc)
-        return acc
+        return bf16.round_to_bf16(acc) if s.bf16_output else acc
 
     return te.compute(_with_batch(s.output_shape, lego.shape[0]), gather_sum,
                       name=GATHER_BLOCK, attrs={"schedule_rule": SCHEDULE_RULE})

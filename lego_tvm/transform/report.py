@@ -212,7 +212,11 @@ def _precision_summary(kernels: list) -> str:
         line += "; not AMX: " + "; ".join(not_amx)
     if fp32:
         line += "; fp32: " + ", ".join(f"{k.kernel} ({k.reason})" for k in fp32)
-    return line + "; tensors between kernels, inputs and outputs: float32"
+    calls = sum(k.calls for k in kernels)
+    stored = sum(k.bf16_outputs for k in kernels)
+    return line + (f"; tensors in bf16: the outputs of {stored} of {calls} bf16 kernel calls "
+                   "(those only bf16 kernels read); the others and the model's inputs and "
+                   "outputs float32")
 
 
 def _ratio(a: int, b: int) -> float:
