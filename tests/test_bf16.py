@@ -257,6 +257,21 @@ def test_bf16_tensors_only_between_bf16_kernels():
         assert max_relative_error(np.asarray(out), ref.numpy()) < BF16_TOLERANCE
 
 
+@needs_bf16
+def test_bf16_classifier_reads_its_weights_in_bf16_and_sums_in_fp32():
+    torch.manual_seed(0)
+    model, x = nn.Linear(512, 100).eval(), torch.randn(3, 512)
+    compiled = lego_tvm.compile(model, (x,), target=BF16_TARGET, precision="bf16",
+                                tuning_logs=None)
+    assert [(p.kernel, p.unit) for p in compiled.report.precision] == [
+        ("matmul_bf16_weights", "weights only (bf16 weights, fp32 inputs and sums)")]
+    assert "matmuls with bf16 weights (fp32 inputs and sums): 1" in str(compiled.report)
+    weight = model.weight.detach().bfloat16().float()
+    expected = (x @ weight.T + model.bias).detach().numpy()
+    assert max_relative_error(compiled(x.numpy()), expected) < TOLERANCE
+    assert max_relative_error(compiled(x.numpy()), model(x).detach().numpy()) > 1e-4
+
+
 @pytest.mark.parametrize("target", ["x86-avx512", "x86-znver3", "arm-neoverse-n1", "cuda-h100"])
 def test_bf16_refused_for_a_target_without_avx512_bf16(target):
     model, x = _lego_block(16), torch.randn(1, 32, 8, 8)

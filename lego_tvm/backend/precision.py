@@ -1,7 +1,8 @@
 """``precision="bf16"``: each fused kernel rewritten to store its input and bank in bf16 and
 sum in fp32, its Lego maps fp32 (``op/bf16.py``), on CPUs with AVX512_BF16 (and AMX).
 
-Every kernel that can runs in bf16; one that cannot (a Lego filter count that is not a
+A matmul with constant weights (a classifier) reads them in bf16 (``bf16_weights.py``).
+Every fused kernel that can runs in bf16; one that cannot (a Lego filter count that is not a
 multiple of 16) stays fp32, and so does a conv reading fewer than ``FP32_BELOW_CHANNELS``
 channels per split: the model's first conv, on the image. The report says which and why.
 On AMX, a 1x1 layer keeps its maps pixels innermost (``schedules/x86_amx_flat.py``).
@@ -20,6 +21,7 @@ import tvm
 from tvm import relax
 from tvm.target import Target, codegen
 
+from .bf16_weights import MATMUL_NAME, with_bf16_weights
 from ..op.bf16 import flat_unsupported
 from ..op.fused_op import bf16_unsupported, lego_kernels
 from ..schedules.simd import simd_profile
@@ -36,6 +38,10 @@ PRECISIONS = ("fp32", "bf16")
 # 2.6e-2 and 2.5e-2; OpenVINO's bf16 on the same inputs 2.6e-2 and 3.5e-2), and it is a small
 # share of the work (1% of lego_vgg16's MACs, 5% of lego_resnet50's).
 FP32_BELOW_CHANNELS = 8
+
+
+# The unit of a matmul whose constant weights are stored in bf16 (``bf16_weights.py``).
+WEIGHTS_ONLY = "weights only (bf16 weights, fp32 inputs and sums)"
 
 
 class BF16Unavailable(ValueError):
@@ -135,7 +141,10 @@ def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Kerne
         precision = next(k for k in kernels if k.kernel == f"{kernel.name_hint}_bf16")
         precision.calls += 1
         precision.bf16_outputs += _among(var, stored_bf16)
-    return rewrite_kernels(mod, chosen, stored_bf16), kernels
+    mod, matmuls = with_bf16_weights(rewrite_kernels(mod, chosen, stored_bf16))
+    kernels += [KernelPrecision(MATMUL_NAME, "bf16", unit=WEIGHTS_ONLY, calls=matmuls)
+                ] if matmuls else []
+    return mod, kernels
 
 
 def bf16_tensors(mod: tvm.IRModule, chosen: dict) -> list[relax.Var]:

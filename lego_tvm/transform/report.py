@@ -201,11 +201,16 @@ def _compute_once_summary(choices: list) -> str:
     return line
 
 
-def _precision_summary(kernels: list) -> str:
+def _precision_summary(precisions: list) -> str:
+    # backend.precision.WEIGHTS_ONLY: a matmul whose constant weights only are bf16
+    matmuls = [k for k in precisions if k.unit.startswith("weights only")]
+    kernels = [k for k in precisions if k not in matmuls]
     fp32 = [k for k in kernels if k.precision != "bf16"]
     units = collections.Counter(k.unit.split(" (")[0] for k in kernels if k.precision == "bf16")
     line = (f"precision: bf16 in {len(kernels) - len(fp32)} of {len(kernels)} kernels ("
             + ", ".join(f"maps on {unit} in {n}" for unit, n in units.items()) + ")")
+    if matmuls:
+        line += f"; matmuls with bf16 weights (fp32 inputs and sums): {len(matmuls)}"
     not_amx = sorted({k.unit.split(" (not AMX: ")[1].rstrip(")") for k in kernels
                       if "(not AMX: " in k.unit})
     if not_amx:
