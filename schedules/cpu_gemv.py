@@ -16,6 +16,7 @@ from tvm.s_tir.dlight import ScheduleRule, normalize_prim_func
 from tvm.target import Target
 
 from .simd import simd_profile
+from ..support.tiling import power_of_two_lanes
 
 PARTS = 4               # stretches of the inputs summed apart (tasks)
 MAX_BATCH = 8           # rows of x: above this, the weights are reused enough to tile
@@ -49,7 +50,7 @@ class StreamingGemv(ScheduleRule):
         if sum(batch) > MAX_BATCH or inputs < MIN_INPUTS or inputs % PARTS or \
                 not _weights_by_rows(sch.get(block)):
             return None
-        lanes = _power_of_two_dividing(outputs, simd_profile(target).lanes)
+        lanes = power_of_two_lanes(outputs, simd_profile(target).lanes)
         part, _ = sch.split(sch.get_loops(block)[-1], [PARTS, None])
         partial = sch.rfactor(part, 0)
         *b, j, part, k = sch.get_loops(partial)
@@ -75,9 +76,3 @@ def _weights_by_rows(block) -> bool:
             return True
     return False
 
-
-def _power_of_two_dividing(extent: int, lanes: int) -> int:
-    width = 1
-    while width < lanes and extent % (width * 2) == 0:
-        width *= 2
-    return width

@@ -75,3 +75,33 @@ def test_an_inf_into_a_lego_layer_gives_what_the_lego_formula_gives():
     assert_same_as_torch(compiled, BatchFoldedLegoConv2d(layer).eval(), (x,))
     with torch.no_grad():
         assert np.isnan(layer(x).numpy()).sum() > np.isnan(compiled(x.numpy())).sum()
+
+
+class MaxPool(nn.Module):
+    def __init__(self, kernel, stride, padding, dilation, ceil_mode):
+        super().__init__()
+        self.args = (kernel, stride, padding, dilation, ceil_mode)
+
+    def forward(self, x):
+        return nn.functional.max_pool2d(x, *self.args)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, ceil_mode, size", [
+    (3, 2, 1, 1, False, (112, 112)),      # ResNet's: two passes, vector lanes along a row
+    (3, 2, 1, 1, True, (9, 10)),          # the last window reaches past the padding
+    (2, 2, 0, 1, False, (8, 7)),          # VGG's, an odd width
+    (3, 1, 1, 1, False, (5, 6)),
+    ((3, 2), (1, 2), (1, 0), 1, True, (7, 9)),
+    (3, 2, 1, 2, False, (11, 11)),        # dilated: the padded form, one reduction
+])
+def test_max_pool_is_exactly_pytorchs_with_nan_and_inf(kernel, stride, padding, dilation,
+                                                       ceil_mode, size):
+    model = MaxPool(kernel, stride, padding, dilation, ceil_mode).eval()
+    x = torch.randn(2, 5, *size)
+    x[0, 1, 0, 0] = x[1, 4, -1, -1] = float("nan")       # corners: windows over the padding
+    x[0, 2, 3, 4], x[1, 0, 2, 2] = float("nan"), float("inf")
+    x[0, 3] = float("-inf")                               # a whole channel of -inf
+    compiled = lego_tvm.compile(model, (x,), tuning_logs=None)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_array_equal(np.asarray(compiled(x.numpy())), expected)   # NaN == NaN

@@ -12,6 +12,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, tirx, topi
 
+from ..op.max_pool import SEPARABLE_MAX_POOL, separable_max_pool
+from ..support.tir_nan import is_nan
+
 
 def _relu(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     def compute(x):
@@ -34,7 +37,7 @@ def _clip(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
 def _nan_max(dtype: str):
     """max that returns NaN once either side is NaN (``b > a`` is false for a NaN ``a``)."""
     return te.comm_reducer(
-        lambda a, b: tirx.Select(tirx.Or(tirx.isnan(b), b > a), b, a),
+        lambda a, b: tirx.Select(tirx.Or(is_nan(b), b > a), b, a),
         lambda t: tirx.const(float("-inf"), t), name="nan_max")
 
 
@@ -47,6 +50,11 @@ def _max_pool2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     dh, dw = (int(v) for v in attrs.dilation)
     top, left, bottom, right = (int(v) for v in attrs.padding)
     out_h, out_w = int(call.ty.shape[2]), int(call.ty.shape[3])
+
+    if (dh, dw) == (1, 1):
+        return bb.call_te(separable_max_pool(kh, kw, sh, sw, top, left, out_h, out_w),
+                          call.args[0], primfunc_name_hint="max_pool2d",
+                          primfunc_attrs={SEPARABLE_MAX_POOL: True})
 
     def compute(x):
         height, width = int(x.shape[2]), int(x.shape[3])

@@ -16,6 +16,7 @@ from .nan_legalize import NAN_KEEPING
 from ..op.fused_op import GATHER_SPEC_ATTR, lego_kernels, spec_of
 from ..schedules.cpu_generic import ParallelInjective, TiledReduction
 from ..schedules.cpu_gemv import StreamingGemv
+from ..schedules.cpu_pool import SeparableMaxPool
 from ..schedules.cuda import BANK_BLOCK, FusedLegoCudaRule, narrow_indices
 from ..schedules.lego_cpu import FusedLegoRule
 from ..schedules.simd import simd_profile
@@ -131,8 +132,8 @@ def schedule(mod: tvm.IRModule, target: Target, database=None
         rules = (FusedLegoCudaRule(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
                  dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())
     else:
-        rules = (FusedLegoRule(), StreamingGemv(), dlight.cpu.GEMV(), TiledReduction(),
-                 ParallelInjective())
+        rules = (FusedLegoRule(), StreamingGemv(), SeparableMaxPool(), dlight.cpu.GEMV(),
+                 TiledReduction(), ParallelInjective())
     with target:
         mod = dlight.ApplyDefaultSchedule(*[_FallThrough(rule, errors) for rule in rules])(mod)
     if _is_gpu(target):

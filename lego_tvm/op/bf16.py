@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tvm import te, tirx
 
+from ..support.tir_nan import is_nan
+
 STORAGE = "uint16"
 PACK_BLOCK = "lego_pack_bf16"     # the padded bf16 input
 MAX_CHANNEL_BLOCK = 32            # P: channels innermost in the packed input
@@ -48,15 +50,12 @@ def to_float32(bits):
 
 
 def round_to_bf16(value):
-    """bf16 bits of a float32 value, rounded to nearest even; NaN stays NaN. NaN is found
-    from the bits: TVM's vectorizer leaves a loop with ``isnan`` scalar."""
+    """bf16 bits of a float32 value, rounded to nearest even; NaN stays NaN."""
     bits = tirx.reinterpret("uint32", value)
     sixteen = tirx.const(16, "uint32")
     odd = tirx.bitwise_and(tirx.shift_right(bits, sixteen), tirx.const(1, "uint32"))
     rounded = tirx.shift_right(bits + tirx.const(0x7FFF, "uint32") + odd, sixteen)
-    nan = tirx.bitwise_and(bits, tirx.const(0x7FFFFFFF, "uint32")) > tirx.const(0x7F800000,
-                                                                               "uint32")
-    return tirx.Select(nan, tirx.const(0x7FC0, STORAGE), rounded.astype(STORAGE))
+    return tirx.Select(is_nan(value), tirx.const(0x7FC0, STORAGE), rounded.astype(STORAGE))
 
 
 def as_bits(value):

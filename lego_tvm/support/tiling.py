@@ -17,6 +17,14 @@ def vector_block(extent: int, lanes: int, max_vectors: int = 2) -> int:
     return largest_divisor_at_most(extent, max_vectors * lanes)
 
 
+def power_of_two_lanes(extent: int, lanes: int) -> int:
+    """The widest vector of at most ``lanes`` lanes, a power of two, that divides ``extent``."""
+    width = 1
+    while width < lanes and extent % (width * 2) == 0:
+        width *= 2
+    return width
+
+
 def num_cores(target: Target) -> int:
     cores = target.attrs.get("num-cores")
     return int(cores) if cores else 1
