@@ -272,6 +272,26 @@ def test_bf16_classifier_reads_its_weights_in_bf16_and_sums_in_fp32():
     assert max_relative_error(compiled(x.numpy()), model(x).detach().numpy()) > 1e-4
 
 
+@needs_bf16
+def test_bf16_model_with_the_batch_chosen_at_call_time():
+    """bf16 kernels, a bf16 tensor between two of them and the classifier's bf16 weights, in
+    one module for any batch."""
+    from test_compiler_dynamic_batch import SmallLegoNet
+
+    torch.manual_seed(0)
+    model = SmallLegoNet().eval()
+    compiled = lego_tvm.compile(model, torch.randn(1, 3, 12, 12), dynamic_batch=True,
+                                tuning_logs=None, precision="bf16")
+    text = str(compiled.report)
+    assert "bf16 in 2 of 3 kernels" in text and "matmuls with bf16 weights" in text
+    assert "the outputs of 1 of 2 bf16 kernel calls" in text
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 12, 12)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert max_relative_error(compiled(x.numpy()), expected) < BF16_TOLERANCE
+
+
 @pytest.mark.parametrize("target", ["x86-avx512", "x86-znver3", "arm-neoverse-n1", "cuda-h100"])
 def test_bf16_refused_for_a_target_without_avx512_bf16(target):
     model, x = _lego_block(16), torch.randn(1, 32, 8, 8)
