@@ -42,6 +42,8 @@ FP32_BELOW_CHANNELS = 8
 
 # The unit of a matmul whose constant weights are stored in bf16 (``bf16_weights.py``).
 WEIGHTS_ONLY = "weights only (bf16 weights, fp32 inputs and sums)"
+# The arguments of a fused kernel call: x, bank, index, coef, bias[, residual].
+BF16_RESIDUAL_ARG = 5
 
 
 class BF16Unavailable(ValueError):
@@ -171,10 +173,6 @@ def bf16_tensors(mod: tvm.IRModule, chosen: dict) -> list[relax.Var]:
         read_otherwise += _vars_in(func.body.body)
     return [var for var, _ in calls
             if _among(var, read_as_bf16) and not _among(var, read_otherwise)]
-
-
-# The arguments of a fused kernel call: x, bank, index, coef, bias[, residual].
-BF16_RESIDUAL_ARG = 5
 
 
 def _chosen_spec(value, chosen: dict):
