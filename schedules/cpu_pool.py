@@ -1,4 +1,4 @@
-"""The CPU schedule of a max-pool in two passes (``backend.nan_legalize``: the max over each
+"""The CPU schedule of a max-pool in two passes (``op/max_pool.py``: the max over each
 window's rows, then over its columns): one task per image and channel, the rows' pass for
 the channel first (in the cache when the columns' pass reads it), both passes in vector
 lanes along a row."""

@@ -9,8 +9,9 @@ NaN a NaN (adding the rounding bias to a NaN's bits could make it an infinity).
 
 A bf16 kernel (``LegoConvSpec.bf16``) takes and returns float32 tensors, or bf16 bits where
 the spec says (``bf16_input``, ``bf16_residual``, ``bf16_output``: a tensor between two
-bf16 kernels). It rounds a float32 input to bf16 as it pads it, into ``[batch, o, channels/P, H, W, P]`` (``PACK_BLOCK``: each pair
-of channels adjacent, for the 2-channel dot product of ``vdpbf16ps``), convolves that with
+bf16 kernels). It rounds a float32 input to bf16 as it pads it, into ``[batch, o,
+channels/P, H, W, P]`` (``PACK_BLOCK``: each pair of channels adjacent, for the 2-channel
+dot product of ``vdpbf16ps``), convolves that with
 the bank ``[m/V, channels/2, kh, kw, V, 2]`` in bf16 with fp32 sums, and gather-sums the
 fp32 Lego maps with the fp32 epilogue. A split's channel count is padded to even with a zero
 channel.

@@ -193,7 +193,7 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     if not s.bf16 and (s.bf16_input or s.bf16_residual or s.bf16_output):
         raise ValueError("bf16 input, residual or output tensors need a bf16 kernel (bf16=True)")
     batch = s.batch if s.batch is not None else tirx.Var("batch", "int64")
-    x = te.placeholder(_with_batch(s.input_shape, batch), tensor_dtype(s, s.bf16_input),
+    x = te.placeholder(_with_batch(s.input_shape, batch), _tensor_dtype(s, s.bf16_input),
                        name="x")
     if s.winograd:
         alpha = s.winograd + 2
@@ -211,7 +211,7 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     coef = te.placeholder((s.splits, s.out_channels), s.dtype, name="coef")
     bias = te.placeholder((s.out_channels,), s.dtype, name="bias")
     residual = (te.placeholder(_with_batch(s.output_shape, batch),
-                               tensor_dtype(s, s.bf16_residual), name="residual")
+                               _tensor_dtype(s, s.bf16_residual), name="residual")
                 if s.has_residual else None)
 
     pt, pl, pb, pr = s.padding
@@ -267,7 +267,7 @@ def lego_conv2d_compute(spec: LegoConvSpec):
     return args
 
 
-def tensor_dtype(spec: LegoConvSpec, bf16_bits: bool) -> str:
+def _tensor_dtype(spec: LegoConvSpec, bf16_bits: bool) -> str:
     """The dtype of a kernel tensor of ``spec`` that holds bf16 bits when ``bf16_bits``."""
     return bf16.STORAGE if bf16_bits else spec.dtype
 
