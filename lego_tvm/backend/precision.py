@@ -36,7 +36,12 @@ PRECISIONS = ("fp32", "bf16")
 # bf16 cost the most accuracy of any layer (measured with 16 random inputs, max error / max
 # output against PyTorch fp32: lego_vgg16 3.1e-2 with it in bf16, 2.4e-2 without; lego_resnet50
 # 2.6e-2 and 2.5e-2; OpenVINO's bf16 on the same inputs 2.6e-2 and 3.5e-2), and it is a small
-# share of the work (1% of lego_vgg16's MACs, 5% of lego_resnet50's).
+# share of the work (1% of lego_vgg16's MACs, 5% of lego_resnet50's). Tried and dropped
+# (2026-12-01, 2-core Xeon with AMX): the stem as an AMX kernel on its im2col matrix, the image
+# exact in two bf16 parts (hi + lo), the weights rounded. Alone it ran 0.79 -> 0.63 ms, but the
+# whole lego_resnet50 only 9.24 -> 9.13 ms and lego_vgg16 1.45 -> 1.47 ms (side by side, default
+# schedules for it), while its rounded weights moved the error from 2.2e-2 to 2.3e-2 and from
+# 2.5e-2 to 2.9e-2, above OpenVINO's 2.6e-2.
 FP32_BELOW_CHANNELS = 8
 
 
