@@ -1,4 +1,4 @@
-"""The CPU schedule of fused Lego 1x1 layers whose maps are stored pixels innermost
+"""The CPU schedule of fused Lego layers whose maps are stored pixels innermost
 (``LegoConvSpec.flat_pixels``: ``[batch, o, m, H*W]``).
 
 With filter lanes innermost (``lego_cpu.py``), the gather-sum along an output row reads the
@@ -13,6 +13,9 @@ vectors:
 
 Tasks are row tiles (stages fused, the Lego tile in L2) or, for small maps, each stage on
 its own, parallel over its channels, as in ``lego_cpu.py``.
+
+In bf16 on AMX (``x86_amx_flat.py``) the maps are computed in tiles of 16 filters, and kxk
+stride-1 layers have flat maps too (``_amx_taps_schedule``).
 """
 from __future__ import annotations
 
@@ -20,12 +23,12 @@ from dataclasses import dataclass, replace
 
 from tvm import s_tir
 
-from ..op.bf16 import PACK_BLOCK
+from ..op.bf16 import PACK_BLOCK, flat_layout, flat_map_shape
 from ..op.fused_op import GATHER_BLOCK, LEGO_BLOCK, LegoConvSpec, spec_of
 from ..support.tiling import divisors, has_block, sample_choice, sample_divisor
 from .vector_unit import SimdProfile
 from .x86_amx import LANES as AMX_TILE
-from .x86_amx_flat import tensorize_tiles, tile_pixels
+from .x86_amx_flat import taps, tensorize_tiles, tile_pixels
 
 # Measured on the ResNet-50 1x1 layers (2-core Intel Xeon, AVX-512, 2026-11-30): fused
 # tasks of 4 rows of 56 (224 pixels) beat stage by stage by 10-30%; at 28x28 (tiles of 112
@@ -86,14 +89,25 @@ def default_amx_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> Fla
         raise ValueError(f"a bf16 kernel with flat maps computes them on AMX; {simd.name} "
                          "has no AMX")
     tile_limit = 2 * simd.lego_tile_bytes
-    pixels = s.out_height * s.out_width
     tile = tile_pixels(s)
-    rows = [t for t in divisors(s.out_height)
-            if amx_bank_fits_l2(s) and (t * s.out_width) % tile == 0
-            and t * s.out_width * s.splits * s.lego_filters * 4 <= tile_limit
-            and (s.batch or 1) * (s.out_height // t) >= AMX_TASKS_PER_CORE * cores]
-    tile_rows = max(rows or [s.out_height])
-    task_pixels = tile_rows * s.out_width if rows else pixels
+    if taps(s):       # kxk: the row tasks are the maps' layout (bf16.flat_layout)
+        pitch, layout_rows = flat_layout(s)
+        fits = [layout_rows]
+    else:
+        pitch = s.out_width
+        fits = [t for t in divisors(s.out_height) if (t * s.out_width) % tile == 0]
+    # kxk layouts have few row tasks (bf16.MIN_FLAT_TASKS): fused, they beat stage by stage
+    # from one a core (lego_resnet50's 3x3 layers alone, default schedules: 128->128 at
+    # 28x28 in 4 tasks 0.11 against 0.16 ms; 64->64 at 56x56 in 8 tasks 0.13 against 0.17).
+    tasks = cores if taps(s) else AMX_TASKS_PER_CORE * cores
+    rows = [t for t in fits
+            if amx_bank_fits_l2(s) and t * pitch * s.splits * s.lego_filters * 4 <= tile_limit
+            and (s.batch or 1) * (s.out_height // t) >= tasks]
+    if taps(s):
+        tile_rows, task_pixels = layout_rows, flat_map_shape(s, 1)[-1]
+    else:
+        tile_rows = max(rows or [s.out_height])
+        task_pixels = tile_rows * s.out_width if rows else s.out_height * s.out_width
     return FlatLegoConfig(
         tile_rows=tile_rows, reg_filters=AMX_TILE * (2 if s.lego_filters % (2 * AMX_TILE) == 0 else 1),
         reg_vectors=2 if task_pixels % (2 * tile) == 0 else 1, fuse_stages=bool(rows),
@@ -107,6 +121,10 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     pack = sch.get_sblock(PACK_BLOCK) if has_block(sch, PACK_BLOCK) else None   # bf16
     image, channel, row, col = sch.get_loops(gather)
     width = int(sch.get(col).extent)
+    spec = spec_of(sch.mod["main"])
+    if config.amx and spec is not None and taps(spec):
+        _amx_taps_schedule(sch, config, spec)
+        return
     if config.fuse_stages:
         row_tile, row_in = sch.split(row, [None, config.tile_rows])
         sch.reorder(image, row_tile, channel, row_in, col)
@@ -129,7 +147,7 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     else:
         sch.vectorize(sch.split(sch.fuse(*pixels), [None, config.lanes])[1])
     if pack is not None:     # a tile's pixels, a pair of channels in each
-        _vectorize_pack(sch, pack, config.tile_pixels, width)
+        _vectorize_pack(sch, pack, config.tile_pixels, width, spec)
     if config.amx:
         _amx_tiles(sch, lego, config)
         return
@@ -151,7 +169,31 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     sch.decompose_reduction(lego, reduction)
 
 
-def _vectorize_pack(sch: s_tir.Schedule, pack, tile_pixels: int, width: int) -> None:
+def _amx_taps_schedule(sch: s_tir.Schedule, config: FlatLegoConfig, spec: LegoConvSpec
+                       ) -> None:
+    """A kxk kernel on AMX (``bf16.flat_layout``): the padded input packed first,
+    in parallel; then tasks of ``tile_rows`` rows, each computing its maps and then their
+    gather-sum (fused stages), or each stage in parallel on its own. The tasks are made on
+    the output rows as for 1x1 layers; the maps of a task are whole tiles."""
+    gather, lego = sch.get_sblock(GATHER_BLOCK), sch.get_sblock(LEGO_BLOCK)
+    pack = sch.get_sblock(PACK_BLOCK)
+    sch.parallel(sch.fuse(*sch.get_loops(pack)[:3]))
+    _pack_padded_rows(sch, sch.get_loops(pack)[-1], spec)
+    image, channel, row, col = sch.get_loops(gather)
+    if config.fuse_stages:
+        row_tile, row_in = sch.split(row, [None, config.tile_rows])
+        sch.reorder(image, row_tile, channel, row_in, col)
+        task = sch.fuse(image, row_tile)
+        sch.parallel(task)
+        sch.compute_at(lego, task, preserve_unit_loops=True)
+    else:
+        sch.parallel(sch.fuse(image, channel))
+    sch.vectorize(col)     # along a row: the maps' rows are longer
+    _amx_tiles(sch, lego, config, kxk=True)
+
+
+def _vectorize_pack(sch: s_tir.Schedule, pack, tile_pixels: int, width: int,
+                    spec: LegoConvSpec | None) -> None:
     """The packing of the bf16 input of a strided layer in vectors of one output row
     (``width`` pixels) where its pixels are whole rows, else in vectors of a tile's pixels.
 
@@ -163,29 +205,48 @@ def _vectorize_pack(sch: s_tir.Schedule, pack, tile_pixels: int, width: int) -> 
     schedules)."""
     pixels = sch.get_loops(pack)[-1]
     extent = int(sch.get(pixels).extent)
-    spec = spec_of(sch.mod["main"])
     if spec is not None and spec.stride != (1, 1) and extent % width == 0:
         sch.vectorize(sch.split(pixels, [extent // width, width])[1])
     else:
         sch.vectorize(sch.split(pixels, [None, tile_pixels])[1])
 
 
-def _amx_tiles(sch: s_tir.Schedule, lego, config: FlatLegoConfig) -> None:
+def _pack_padded_rows(sch: s_tir.Schedule, pixels, spec: LegoConvSpec) -> None:
+    """The padded input of a kxk kernel in rows of ``pitch``, each partitioned into the
+    padding and the image, so that the image's pixels are copied in vectors without a
+    condition (with one, TVM loads them lane by lane)."""
+    pitch = flat_layout(spec)[0]
+    (pt, pl), height, width = spec.padding[:2], spec.height, spec.width
+    rows = int(sch.get(pixels).extent) // pitch
+    row, col = sch.split(pixels, [rows, pitch])
+    _, image_rows, _ = sch.loop_partition(row, [pt, height, None])
+    for part in sch.get_loops(sch.get_child_blocks(image_rows)[0])[-1:]:
+        _, image_cols, _ = sch.loop_partition(part, [pl, width, None])
+        sch.vectorize(image_cols)
+
+
+def _amx_tiles(sch: s_tir.Schedule, lego, config: FlatLegoConfig, kxk: bool = False
+               ) -> None:
     """The maps in AMX tiles: for each split, 16F filters and NQ pixels, one micro-kernel
-    call from zero tiles over the whole reduction (``x86_amx_flat.py``)."""
+    call from zero tiles over the whole reduction (``x86_amx_flat.py``). The maps' loops:
+    image, split[, row task], filter, pixel, then the reduction: blocks[, ry, rx], pairs."""
     loops = sch.get_loops(lego)
-    image, split, filt, pix, *reduce = loops[-6:]
+    reduce = loops[-4:] if kxk else loops[-2:]
+    spatial = loops[:len(loops) - len(reduce)]
+    image, split, *task, filt, pix = spatial[-5:] if kxk else spatial[-4:]
+    outer = spatial[:len(spatial) - (5 if kxk else 4)]
     filt_o, filt_i = sch.split(filt, [None, config.reg_filters])
     pix_o, pix_i = sch.split(pix, [None, config.tile_pixels * config.reg_vectors])
     # A reduction loop of extent 1 (32 channels a split) goes above the tile: the
     # intrinsic's description has none.
     unit = [r for r in reduce if int(sch.get(r).extent) == 1]
-    sch.reorder(split, filt_o, pix_o, *unit, filt_i, pix_i, *[r for r in reduce if r not in unit])
+    sch.reorder(split, *task, filt_o, pix_o, *unit, filt_i, pix_i,
+                *[r for r in reduce if r not in unit])
     if not config.fuse_stages:
-        sch.parallel(sch.fuse(*loops[:-6], image, split, filt_o))
+        sch.parallel(sch.fuse(*outer, image, split, *task, filt_o))
     blocks = int(sch.get(reduce[0]).extent)
     tensorize_tiles(sch, filt_i, pix_o, config.reg_filters // AMX_TILE, config.reg_vectors,
-                    config.tile_pixels, blocks)
+                    config.tile_pixels, blocks, taps(spec_of(sch.mod["main"])))
     # The micro-kernel starts from zero tiles, but the block keeps its zero init (tensorize
     # replaces the body only): stores before the pixel loop (LLVM makes them memsets).
     sch.decompose_reduction(sch.get_sblock(f"{LEGO_BLOCK}_o"), pix_o)

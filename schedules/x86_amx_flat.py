@@ -1,5 +1,5 @@
-"""bf16 1x1 Lego layers on AMX with the filters as the tile rows, so that the Lego maps come
-out pixels innermost (``[batch, o, m, H*W]``) and the gather-sum reads them as whole vectors.
+"""bf16 Lego layers on AMX with the filters as the tile rows, so that the Lego maps come out
+pixels innermost (``[batch, o, m, H*W]``) and the gather-sum reads them as whole vectors.
 
 ``x86_amx.py`` puts pixels on the tile rows: its maps ``[.., m/16, H, W, 16]`` have 16
 filters innermost, and the gather-sum of a 1x1 layer (large next to its short reduction)
@@ -16,6 +16,13 @@ maps (rows ``H * W * 4`` bytes apart). A micro-kernel call computes F x Q accumu
 (16F filters x NQ pixels; the 8 tile registers hold 2 x 2 tiles and their 2 + 2 operands)
 over the whole reduction, from zero tiles. A 1x1 stride-2 layer reads every other pixel as
 it packs its input, so it is a stride-1 layer here.
+
+A kxk stride-1 layer (``op/bf16.flat_layout``) packs its padded input in rows of a pitch, so
+that tap (ky, kx) is B's pointer moved by ``ky * pitch + kx`` pixels; the bank is ``[kh, kw,
+m, b/2]`` and a step of the micro-kernel is a (block, tap) pair. Its maps come in row tasks
+``[.., H/t, m, (t - 1) * pitch + W]``. Measured alone, default schedules (2026-12-01):
+lego_resnet50's 64->64 3x3 at 56x56 ran 0.20 -> 0.13 ms this way, 128->128 at 28x28 0.12 ->
+0.11; smaller maps ran slower (``precision.FLAT_TAPS_MIN_PIXELS``).
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import re
 import tvm
 from tvm import s_tir
 
-from ..op.bf16 import PAIR_STORAGE
+from ..op.bf16 import PAIR_STORAGE, flat_layout, flat_map_shape
 from .x86_amx import CHANNELS, LANES, REQUEST_AMX_CALL, REQUEST_AMX_IR, pixels_per_tile
 
 # Fewer leave too much of a tile idle: at 7x7 (tiles of 7) a 2048->512 layer ran 0.22 ms this
@@ -34,31 +41,45 @@ _SUMS = "float32"
 
 
 def tile_pixels(spec) -> int:
-    """N, the pixels (columns) of a tile: the largest divisor of the map's pixels up to 16,
-    so that tiles cover the map exactly (14 at 14x14)."""
-    return pixels_per_tile(spec.out_height * spec.out_width)
+    """N, the pixels (columns) of a tile: the largest divisor of the map's pixels (a row
+    task's, for a kxk layer) up to 16, so that tiles cover the map exactly (14 at 14x14)."""
+    return pixels_per_tile(flat_map_shape(spec, 1)[-1])
+
+
+def taps(spec) -> Taps | None:
+    """The taps of a kxk flat kernel (None for a 1x1 one)."""
+    return None if spec.kernel == (1, 1) else (*spec.kernel, flat_layout(spec)[0])
 
 
 def amx_flat_unsupported(spec) -> str | None:
     """Why the flat bf16 kernel of ``spec`` cannot run on AMX tiles (None if it can)."""
-    pixels = spec.out_height * spec.out_width
+    pixels = flat_map_shape(spec, 1)[-1]
     if tile_pixels(spec) < MIN_TILE_PIXELS:
         return f"{pixels} output pixels: no tile of {MIN_TILE_PIXELS} to 16 pixels divides them"
     return None
 
 
-def _function(filter_tiles: int, pixel_tiles: int, pixels: int) -> str:
-    return f"lego_tvm_amx_flat_{filter_tiles}x{pixel_tiles}_n{pixels}"
+# A kxk layer's taps (``Taps``): the map at pixel p reads the input at p + ky * pitch + kx
+# (``op/bf16.flat_layout``), and tap ky * kw + kx of the bank is ``a_tap`` bytes after tap 0.
+Taps = tuple  # (kh, kw, pitch); None for a 1x1 layer
 
 
-def llvm_ir(filter_tiles: int, pixel_tiles: int, pixels: int) -> str:
+def _function(filter_tiles: int, pixel_tiles: int, pixels: int, taps: Taps | None = None
+              ) -> str:
+    name = f"lego_tvm_amx_flat_{filter_tiles}x{pixel_tiles}_n{pixels}"
+    return name + (f"_k{taps[0]}x{taps[1]}_p{taps[2]}" if taps else "")
+
+
+def llvm_ir(filter_tiles: int, pixel_tiles: int, pixels: int, taps: Taps | None = None) -> str:
     """The micro-kernel: ``filter_tiles`` x ``pixel_tiles`` accumulator tiles of 16 filters x
     ``pixels`` zeroed, then ``steps`` blocks of 32 channels (each: load the A and B tiles,
-    one tdpbf16ps per accumulator), then stored. Strides in bytes."""
+    one tdpbf16ps per accumulator), then stored. Strides in bytes. With ``taps``, a step is
+    a (block, tap) pair, taps innermost."""
     f_tiles, p_tiles = range(filter_tiles), range(pixel_tiles)
     cols = pixels * 4      # bytes of a C or B row
-    lines = [f"define void @{_function(filter_tiles, pixel_tiles, pixels)}(ptr %c, ptr %a, ptr %b, "
-             "i32 %steps, i64 %c_row, i64 %a_row, i64 %b_row) {",
+    lines = [f"define void @{_function(filter_tiles, pixel_tiles, pixels, taps)}(ptr %c, "
+             "ptr %a, ptr %b, i32 %steps, i64 %c_row, i64 %a_row, i64 %b_row"
+             + (", i64 %a_tap" if taps else "") + ") {",
              "entry:", REQUEST_AMX_CALL,
              "  %a_tile = shl i64 %a_row, 4", "  %b_step = shl i64 %b_row, 4",
              "  %c_tile = shl i64 %c_row, 4"]
@@ -70,8 +91,20 @@ def llvm_ir(filter_tiles: int, pixel_tiles: int, pixels: int) -> str:
     for f in f_tiles:
         for q in p_tiles:
             lines.append(f"  %acc{f}{q} = phi x86_amx [%z{f}{q}, %start], [%new{f}{q}, %loop]")
-    lines += ["  %t64 = zext i32 %t to i64", "  %a_off = shl i64 %t64, 6",
-              "  %b_off = mul i64 %t64, %b_step"]
+    if taps:
+        kh, kw, pitch = taps
+        lines += [f"  %block = udiv i32 %t, {kh * kw}", f"  %tap = urem i32 %t, {kh * kw}",
+                  f"  %ky = udiv i32 %tap, {kw}", f"  %kx = urem i32 %tap, {kw}",
+                  f"  %shift = mul i32 %ky, {pitch}", "  %pixel = add i32 %shift, %kx",
+                  "  %block64 = zext i32 %block to i64", "  %tap64 = zext i32 %tap to i64",
+                  "  %pixel64 = zext i32 %pixel to i64",
+                  "  %a_block = shl i64 %block64, 6", "  %a_taps = mul i64 %tap64, %a_tap",
+                  "  %a_off = add i64 %a_block, %a_taps",
+                  "  %b_block = mul i64 %block64, %b_step", "  %b_pixel = shl i64 %pixel64, 2",
+                  "  %b_off = add i64 %b_block, %b_pixel"]
+    else:
+        lines += ["  %t64 = zext i32 %t to i64", "  %a_off = shl i64 %t64, 6",
+                  "  %b_off = mul i64 %t64, %b_step"]
     for f in f_tiles:
         lines += [f"  %a{f}_off = add i64 %a_off, {'%a_tile' if f else '0'}",
                   f"  %pa{f} = getelementptr i8, ptr %a, i64 %a{f}_off",
@@ -98,30 +131,45 @@ def llvm_ir(filter_tiles: int, pixel_tiles: int, pixels: int) -> str:
     return REQUEST_AMX_IR + "\n".join(lines) + "\n"
 
 
-def _description(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int):
+def _description(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
+                 taps: Taps | None = None):
     """The loop nest the micro-kernel stands for: 16F filters x NQ pixels from zero, over
-    ``blocks`` x 16 pairs of channels (a loop of extent 1 dropped, as TVM drops it). B, the
-    input, is read before A, the bank, as in the kernel (tensorize matches reads in order)."""
+    ``blocks`` x 16 pairs of channels (a loop of extent 1 dropped, as TVM drops it), and the
+    taps. B, the input, is read before A, the bank, as in the kernel (tensorize matches
+    reads in order)."""
     rows, cols, pairs = LANES * filter_tiles, pixels * pixel_tiles, blocks * CHANNELS // 2
+    kh, kw, pitch = taps or (1, 1, 0)
     pair = "vcb * T.int64(16) + vrci" if blocks > 1 else "vrci"
-    loops = ["k", "p"] + (["cb"] if blocks > 1 else []) + ["rci"]
-    extents = [rows, cols] + ([blocks] if blocks > 1 else []) + [CHANNELS // 2]
-    kinds = "SS" + ("R" if blocks > 1 else "") + "R"
+    tap_loops = [(n, e) for n, e in (("ry", kh), ("rx", kw)) if e > 1]
+    loops = ["k", "p"] + (["cb"] if blocks > 1 else []) + [n for n, _ in tap_loops] + ["rci"]
+    extents = [rows, cols] + ([blocks] if blocks > 1 else []) + [e for _, e in tap_loops] + \
+        [CHANNELS // 2]
+    kinds = "SS" + "R" * (len(loops) - 2)
 
     def low(v: str) -> str:
         return f'T.reinterpret("float32", T.shift_left({v}, T.uint32(16)))'
 
     def high(v: str) -> str:
         return f'T.reinterpret("float32", T.bitwise_and({v}, T.uint32(4294901760)))'
-    b, a = f"B[{pair}, vp]", f"A[vk, {pair}]"
+    if taps:
+        ry = "vry" if kh > 1 else "T.int64(0)"
+        rx = "vrx" if kw > 1 else "T.int64(0)"
+        span = cols + (kh - 1) * pitch + kw - 1     # the input pixels a call reads
+        b, a = f"B[{pair}, vp + {ry} * T.int64({pitch}) + {rx}]", f"A[{ry}, {rx}, vk, {pair}]"
+        a_shape = f"T.int64({kh}), T.int64({kw}), T.int64({rows}), T.int64({pairs})"
+        a_region = f"A[0:{kh}, 0:{kw}, 0:{rows}, 0:{pairs}]"
+    else:
+        span = cols
+        b, a = f"B[{pair}, vp]", f"A[vk, {pair}]"
+        a_shape, a_region = f"T.int64({rows}), T.int64({pairs})", f"A[0:{rows}, 0:{pairs}]"
     text = f"""
 @T.prim_func(s_tir=True)
 def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (T.int64({rows}), T.int64({pairs})), "{PAIR_STORAGE}", offset_factor=1)
-    B = T.match_buffer(b, (T.int64({pairs}), T.int64({cols})), "{PAIR_STORAGE}", offset_factor=1)
+    A = T.match_buffer(a, ({a_shape}), "{PAIR_STORAGE}", offset_factor=1)
+    B = T.match_buffer(b, (T.int64({pairs}), T.int64({span})), "{PAIR_STORAGE}", offset_factor=1)
     C = T.match_buffer(c, (T.int64({rows}), T.int64({cols})), "{_SUMS}", offset_factor=1)
     with T.sblock("root"):
-        T.reads(B[0:{pairs}, 0:{cols}], A[0:{rows}, 0:{pairs}])
+        T.reads(B[0:{pairs}, 0:{span}], {a_region})
         T.writes(C[0:{rows}, 0:{cols}])
         for {", ".join(loops)} in T.grid({", ".join(f"T.int64({e})" for e in extents)}):
             with T.sblock("update"):
@@ -160,28 +208,68 @@ def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
     return tvm.script.from_source(text)
 
 
-def intrinsic(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int) -> str:
+def _tap_implementation(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
+                        taps: Taps):
+    """The call of a kxk layer's micro-kernel: the bank's taps ``a_tap`` elements apart
+    (its rows ky are kw taps apart, as in ``bf16.flat_bank``)."""
+    rows, cols, pairs = LANES * filter_tiles, pixels * pixel_tiles, blocks * CHANNELS // 2
+    kh, kw, pitch = taps
+    span = cols + (kh - 1) * pitch + kw - 1
+    text = f"""
+@T.prim_func(s_tir=True)
+def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    a_ky = T.int64()
+    a_tap = T.int64()
+    a_row = T.int64()
+    b_row = T.int64()
+    c_row = T.int64()
+    A = T.match_buffer(a, (T.int64({kh}), T.int64({kw}), T.int64({rows}), T.int64({pairs})),
+                       "{PAIR_STORAGE}", offset_factor=1, strides=[a_ky, a_tap, a_row, T.int64(1)])
+    B = T.match_buffer(b, (T.int64({pairs}), T.int64({span})), "{PAIR_STORAGE}",
+                       offset_factor=1, strides=[b_row, T.int64(1)])
+    C = T.match_buffer(c, (T.int64({rows}), T.int64({cols})), "{_SUMS}", offset_factor=1,
+                       strides=[c_row, T.int64(1)])
+    with T.sblock("root"):
+        T.reads(B[0:{pairs}, 0:{span}], A[0:{kh}, 0:{kw}, 0:{rows}, 0:{pairs}])
+        T.writes(C[0:{rows}, 0:{cols}])
+        T.evaluate(T.call_extern("void", "{_function(filter_tiles, pixel_tiles, pixels, taps)}",
+                                 C.access_ptr("w"), A.access_ptr("r"), B.access_ptr("r"),
+                                 T.int32({blocks * kh * kw}), c_row * T.int64(4),
+                                 a_row * T.int64(4), b_row * T.int64(4), a_tap * T.int64(4)))
+"""
+    return tvm.script.from_source(text)
+
+
+def intrinsic(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
+              taps: Taps | None = None) -> str:
     """The tensor intrinsic (registered on first use) for ``filter_tiles`` x ``pixel_tiles``
-    accumulator tiles of 16 filters x ``pixels`` over ``blocks`` blocks of 32 channels."""
+    accumulator tiles of 16 filters x ``pixels`` over ``blocks`` blocks of 32 channels (and
+    a kxk layer's ``taps``)."""
     name = f"lego_tvm.amx_flat_{filter_tiles}x{pixel_tiles}_n{pixels}_{blocks}"
+    if taps:
+        name += f"_k{taps[0]}x{taps[1]}_p{taps[2]}"
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
         shape = (filter_tiles, pixel_tiles, pixels, blocks)
-        s_tir.TensorIntrin.register(name, _description(*shape), _implementation(*shape))
+        body = _tap_implementation(*shape, taps) if taps else _implementation(*shape)
+        s_tir.TensorIntrin.register(name, _description(*shape, taps), body)
     return name
 
 
-_INTRINSIC_NAME = re.compile(r"lego_tvm\.amx_flat_(\d+)x(\d+)_n(\d+)_(\d+)")
+_INTRINSIC_NAME = re.compile(r"lego_tvm\.amx_flat_(\d+)x(\d+)_n(\d+)_(\d+)"
+                            r"(?:_k(\d+)x(\d+)_p(\d+))?")
 
 
 def register_intrinsics_named_in(text: str) -> None:
     """Register the intrinsics a tuning log's traces name."""
-    for shape in set(_INTRINSIC_NAME.findall(text)):
-        intrinsic(*map(int, shape))
+    for *shape, kh, kw, pitch in set(_INTRINSIC_NAME.findall(text)):
+        intrinsic(*map(int, shape), (int(kh), int(kw), int(pitch)) if kh else None)
 
 
 def tensorize_tiles(sch: s_tir.Schedule, filter_loop, outer_loop, filter_tiles: int,
-                    pixel_tiles: int, pixels: int, blocks: int) -> None:
+                    pixel_tiles: int, pixels: int, blocks: int, taps: Taps | None = None
+                    ) -> None:
     """Run the loop nest at ``filter_loop`` (16F filters x NQ pixels x the whole reduction)
     as one micro-kernel call; ``outer_loop`` (any loop above it) carries the LLVM IR."""
-    sch.tensorize(filter_loop, intrinsic(filter_tiles, pixel_tiles, pixels, blocks))
-    sch.annotate(outer_loop, "pragma_import_llvm", llvm_ir(filter_tiles, pixel_tiles, pixels))
+    sch.tensorize(filter_loop, intrinsic(filter_tiles, pixel_tiles, pixels, blocks, taps))
+    sch.annotate(outer_loop, "pragma_import_llvm",
+                 llvm_ir(filter_tiles, pixel_tiles, pixels, taps))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import tvm
 from torch import nn
+from tvm import s_tir, te
 
 import lego_tvm
 from lego_tvm import LegoConv2d
@@ -25,10 +26,13 @@ from lego_tvm.nn.fold import fold_lego_to_dense
 from lego_tvm.nn.zoo import get_model
 from lego_tvm.op import bf16
 from lego_tvm.op.fused_op import LegoConvSpec, lego_conv2d_prim_func
+from lego_tvm.schedules.lego_cpu import apply_lego_schedule, default_config
+from lego_tvm.schedules.simd import simd_profile
 from lego_tvm.schedules.x86_amx_flat import amx_flat_unsupported
 from lego_tvm.support import targets
 from lego_tvm.support.accuracy import BF16_TOLERANCE, TOLERANCE, max_relative_error
-from lego_tvm.support.targets import host_has_amx_bf16, host_has_bf16, resolve_target
+from lego_tvm.support.targets import (codegen_target, host_has_amx_bf16, host_has_bf16,
+                                      resolve_target)
 from models import randomize_bn
 
 needs_bf16 = pytest.mark.skipif(not host_has_bf16(), reason="this CPU lacks AVX512_BF16")
@@ -75,16 +79,28 @@ def reference(spec: LegoConvSpec, arrays: dict) -> np.ndarray:
     return (torch.relu(out) if spec.relu else out).numpy()
 
 
-def run_kernel(spec: LegoConvSpec, target: str, seed: int) -> tuple:
-    """The kernel of ``spec`` built for ``target`` and run on random data: (its output in
-    NCHW, the arrays it ran on, the built module)."""
-    module = build_alone(lego_conv2d_prim_func(spec), resolve_target(target))[0]
+def run_kernel(spec: LegoConvSpec, target: str, seed: int, fuse_stages: bool | None = None
+               ) -> tuple:
+    """The kernel of ``spec`` built for ``target`` (its default schedule, or that with
+    ``fuse_stages`` set) and run on random data: (its output in NCHW, the arrays it ran on,
+    the built module)."""
+    if fuse_stages is None:
+        module = build_alone(lego_conv2d_prim_func(spec), resolve_target(target))[0]
+    else:
+        module = _built_with(spec, resolve_target(target), fuse_stages)
     arrays = random_inputs(spec if spec.batch else replace(spec, batch=3),
                            np.random.default_rng(seed))
     tensors = [tvm.runtime.tensor(a) for a in
                dict(arrays, bank=bf16.kernel_bank(arrays["bank"], spec)).values()]
     module["main"](*tensors)
     return nchw(tensors[-1].numpy()), arrays, module
+
+
+def _built_with(spec: LegoConvSpec, target, fuse_stages: bool):
+    sch = s_tir.Schedule(lego_conv2d_prim_func(spec).with_attr("global_symbol", "main"))
+    config = default_config(spec, 2, simd_profile(target))
+    apply_lego_schedule(sch, replace(config, fuse_stages=fuse_stages))
+    return tvm.compile(sch.mod, target=codegen_target(target)).mod
 
 
 def spec_of(c, n, o, m, size, kernel, stride, **extra) -> LegoConvSpec:
@@ -144,6 +160,8 @@ BF16_TENSOR_CASES = [
     (spec_of(64, 48, 2, 32, 9, 3, 2, has_residual=True), "AVX512_BF16"),
     (replace(spec_of(64, 48, 2, 32, 8, 1, 1, has_residual=True, relu=True), bank_block=1,
              flat_pixels=True), "AMX"),
+    (replace(spec_of(64, 48, 2, 32, 14, 3, 1, has_residual=True, relu=True), bank_block=1,
+             flat_pixels=True), "AMX"),
 ]
 
 
@@ -165,8 +183,54 @@ def test_bf16_kernel_on_bf16_tensors_rounds_once_to_nearest_even(case):
     assert (out == bf16.bf16_bits(expected)).mean() > 0.999
 
 
+# kxk stride-1 layers on AMX: the padded input and the maps in rows of a pitch
+# (bf16.flat_layout), a task's maps whole tiles.
+TAP_GRID = [  # c, n, o, m, size, kernel, extra
+    (64, 48, 2, 32, 14, 3, {"relu": True}),               # pitch 18, tasks of 2 rows, 2 x 2 tiles
+    (128, 64, 2, 64, 28, 3, {"has_residual": True}),      # pitch 30, tasks of 7, two blocks
+    (64, 40, 2, 32, 12, 3, {"has_residual": True, "relu": True}),   # 4 tasks of 3 rows
+    (64, 32, 1, 32, 12, 5, {"relu": True}),                # 5x5: pitch 20, one split
+]
+
+
+@pytest.mark.parametrize("fuse_stages", [True, False], ids=["fused", "stage-by-stage"])
+@pytest.mark.parametrize("case", TAP_GRID, ids=lambda c: "x".join(map(str, c[:6])))
+@pytest.mark.skipif(not host_has_amx_bf16(), reason="this CPU lacks AMX")
+def test_bf16_flat_kernel_with_taps_matches_torch_on_the_same_roundings(case, fuse_stages):
+    c, n, o, m, size, kernel, extra = case
+    spec = replace(spec_of(c, n, o, m, size, kernel, 1, **extra), bank_block=1,
+                   flat_pixels=True)
+    assert bf16.flat_unsupported(spec) is None
+    out, arrays, module = run_kernel(spec, BF16_TARGET, 9, fuse_stages)
+    assert max_relative_error(out, reference(spec, arrays)) < TOLERANCE
+    assert "tdpbf16ps" in module.inspect_source("asm")
+
+
+@pytest.mark.parametrize("size,kernel", [(s, k) for s in range(4, 64) for k in (3, 5)])
+def test_flat_layout_tasks_are_whole_tiles_reading_inside_the_padded_input(size, kernel):
+    spec = replace(spec_of(64, 32, 2, 32, size, kernel, 1), bank_block=1, flat_pixels=True)
+    layout = bf16.flat_layout(spec)
+    if layout is None:
+        assert "no row pitch" in bf16.flat_unsupported(spec)
+        return
+    pitch, rows = layout
+    assert size + kernel - 1 <= pitch <= size + kernel - 1 + bf16.MAX_PITCH_WASTE
+    assert size % rows == 0
+    tasks, _, pixels = bf16.flat_map_shape(spec, 1)[2:]
+    assert tasks * rows == size and pixels % bf16.FLAT_TILE == 0
+    # The last tap of the last pixel stays inside the packed input.
+    packed = _shape(bf16.pack_input_flat(te.placeholder((1, 64, size, size)), spec, 1))
+    last_read = (tasks - 1) * rows * pitch + pixels - 1 + (kernel - 1) * (pitch + 1)
+    assert last_read < packed[-1]
+
+
+def _shape(tensor) -> list[int]:
+    return [int(d) for d in tensor.shape]
+
+
 def test_bf16_flat_kernel_refused_where_its_tiles_do_not_fit():
-    assert "not a 1x1" in bf16.flat_unsupported(spec_of(64, 64, 2, 32, 8, 3, 1))
+    assert "neither a 1x1" in bf16.flat_unsupported(spec_of(64, 64, 2, 32, 8, 3, 2))
+    assert "no row pitch of 10 to 14" in bf16.flat_unsupported(spec_of(64, 64, 2, 32, 8, 3, 1))
     spec = replace(spec_of(96, 64, 2, 32, 8, 1, 1), bank_block=1, flat_pixels=True)
     assert "48 channels per split" in bf16.flat_unsupported(spec)
     with pytest.raises(ValueError, match="flat_pixels: 48 channels per split"):

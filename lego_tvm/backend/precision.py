@@ -45,6 +45,13 @@ PRECISIONS = ("fp32", "bf16")
 FP32_BELOW_CHANNELS = 8
 
 
+# A kxk layer's maps go pixels innermost on AMX (x86_amx_flat) from this many output pixels;
+# smaller maps keep pixels as the tile rows (x86_amx). Measured alone, default schedules
+# (2-core Xeon with AMX, 2026-12-01), flat against rows: 64->64 at 56x56 0.13 against 0.20 ms,
+# 128->128 at 28x28 0.11 against 0.12, 64->64 at 32x32 0.045 against 0.068; 256->256 at
+# 14x14 0.125 against 0.116, 128->128 at 16x16 0.068 against 0.047.
+FLAT_TAPS_MIN_PIXELS = 28 * 28
+
 # The unit of a matmul whose constant weights are stored in bf16 (``bf16_weights.py``).
 WEIGHTS_ONLY = "weights only (bf16 weights, fp32 inputs and sums)"
 # The arguments of a fused kernel call: x, bank, index, coef, bias[, residual].
@@ -135,9 +142,11 @@ def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Kerne
             kernels.append(KernelPrecision(gvar.name_hint, "fp32", why_not))
             continue
         new = replace(spec, bf16=True, bank_block=LANES, flat_pixels=False)
-        if amx and not (flat_unsupported(new) or amx_flat_unsupported(new)):
-            # maps pixels innermost (x86_amx_flat)
-            new = replace(new, bank_block=1, flat_pixels=True)
+        flat = replace(new, bank_block=1, flat_pixels=True)    # maps pixels innermost
+        if amx and not (flat_unsupported(flat) or amx_flat_unsupported(flat)) and (
+                spec.kernel == (1, 1)
+                or spec.out_height * spec.out_width >= FLAT_TAPS_MIN_PIXELS):
+            new = flat
         chosen[gvar] = (new, "bf16")
         no_amx = amx_unsupported(new) if amx and not new.flat_pixels else None
         unit = "AMX" if amx and not no_amx else "AVX512_BF16" + (

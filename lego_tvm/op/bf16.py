@@ -147,22 +147,100 @@ PAIR_STORAGE = "uint32"
 
 def flat_unsupported(spec) -> str | None:
     """Why the bf16 kernel of ``spec`` cannot keep its maps pixels innermost (None if it can):
-    1x1 unpadded layers on NCHW tensors (any stride: the packing reads every ``stride``-th
-    pixel), channels per split in whole blocks of 32."""
+    on NCHW tensors, with channels per split in whole blocks of 32, 1x1 unpadded layers (any
+    stride: the packing reads every ``stride``-th pixel) and stride-1 layers padded to keep
+    their size (``flat_layout``)."""
     s = spec
-    if s.kernel != (1, 1) or any(s.padding):
-        return "not a 1x1 unpadded convolution"
     if s.in_block != 1 or s.out_block != 1:
         return "blocked (NCHW[x]c) input or output"
     if s.split_channels % MAX_CHANNEL_BLOCK:
         return f"{s.split_channels} channels per split, not a multiple of {MAX_CHANNEL_BLOCK}"
+    if _one_by_one(s):
+        return None
+    if s.stride != (1, 1) or (s.out_height, s.out_width) != (s.height, s.width):
+        return "neither a 1x1 unpadded convolution nor a stride-1 one that keeps its size"
+    if flat_layout(s) is None:
+        return (f"no row pitch of {s.width + s.kernel[1] - 1} to "
+                f"{s.width + s.kernel[1] - 1 + MAX_PITCH_WASTE} pixels makes a row task's "
+                f"maps whole tiles of {FLAT_TILE}")
     return None
 
 
+def _one_by_one(spec) -> bool:
+    return spec.kernel == (1, 1) and not any(spec.padding)
+
+
+# A kxk flat kernel stores its padded input in rows of ``flat_layout``'s pitch (the width,
+# the padding, then unused pixels), so that a tap is an offset in the flattened pixels: the
+# map at p = y * pitch + x reads the input at p + ky * pitch + kx. Its maps come in tasks of
+# t rows, ``[batch, o, H/t, m, (t - 1) * pitch + W]`` (a task's last row ends at the
+# width), whole AMX tiles of 16 pixels: a task computes its maps, then their gather-sum.
+FLAT_TILE = 16
+MAX_PITCH_WASTE = 4     # unused pixels a row at most
+MIN_FLAT_TASKS = 4      # row tasks a map at least, where the pitch allows (else one)
+
+
+def flat_layout(spec) -> tuple[int, int] | None:
+    """(pitch, rows per task) of a kxk flat kernel: the pitch from ``W + kw - 1`` to
+    ``MAX_PITCH_WASTE`` more and the rows t dividing H that make a task's maps whole pairs
+    of tiles, else whole tiles; at least ``MIN_FLAT_TASKS`` tasks where some t gives them, the
+    most rows a task among those. None if no pitch makes whole tiles."""
+    s = spec
+    least = s.width + s.kernel[1] - 1
+    for tasks, tiles in ((MIN_FLAT_TASKS, 2), (MIN_FLAT_TASKS, 1), (1, 2), (1, 1)):
+        for pitch in range(least, least + MAX_PITCH_WASTE + 1):
+            rows = [t for t in range(1, s.out_height + 1) if s.out_height % t == 0
+                    and s.out_height // t >= tasks
+                    and ((t - 1) * pitch + s.out_width) % (tiles * FLAT_TILE) == 0]
+            if rows:
+                return pitch, max(rows)
+    return None
+
+
+def flat_map_shape(spec, batch) -> tuple:
+    """The shape of a flat kernel's maps: ``[batch, o, m, H*W]`` for a 1x1 layer, else
+    ``[batch, o, tasks, m, task pixels]`` (``flat_layout``; a tile's region in them is then
+    2-D after unit dimensions, as tensorize matches it)."""
+    s = spec
+    if _one_by_one(s):
+        return (batch, s.splits, s.lego_filters, s.out_height * s.out_width)
+    pitch, rows = flat_layout(s)
+    return (batch, s.splits, s.out_height // rows, s.lego_filters,
+            (rows - 1) * pitch + s.out_width)
+
+
+def flat_map_index(spec, nb, i, k, h, w) -> tuple:
+    """The index in a flat kernel's maps of map ``k`` of split ``i`` at output pixel (h, w)."""
+    if _one_by_one(spec):
+        return (nb, i, k, h * spec.out_width + w)
+    pitch, rows = flat_layout(spec)
+    return (nb, i, h // rows, k, h % rows * pitch + w)
+
+
+def _flat_input_rows(spec) -> int:
+    """The rows of a kxk flat kernel's packed input: all its maps' taps read."""
+    s = spec
+    pitch = flat_layout(s)[0]
+    last = (s.out_height - 1 + s.kernel[0] - 1) * pitch + s.out_width - 1 + s.kernel[1] - 1
+    return last // pitch + 1
+
+
 def flat_bank(bank: np.ndarray) -> np.ndarray:
-    """``[m, b, 1, 1]`` float32 -> ``[m, b/2]`` uint32, a pair of channels' bf16 bits each."""
-    m = bank.shape[0]
-    return np.ascontiguousarray(pack_bank(bank, 1).reshape(m, -1, 2)).view(np.uint32)[..., 0]
+    """``[m, b, kh, kw]`` float32 -> uint32 holding a pair of channels' bf16 bits: ``[m,
+    b/2]`` for a 1x1 bank, else ``[kh, kw, m, b/2]`` (a tap's filters in rows)."""
+    m, _, kh, kw = bank.shape
+    pairs = np.ascontiguousarray(pack_bank(bank, 1).reshape(m, -1, kh, kw, 2)).view(np.uint32)
+    pairs = pairs[..., 0]
+    if (kh, kw) == (1, 1):
+        return np.ascontiguousarray(pairs[..., 0, 0])
+    return np.ascontiguousarray(pairs.transpose(2, 3, 0, 1))
+
+
+def flat_bank_shape(spec) -> tuple:
+    """The shape of ``flat_bank``'s result for ``spec``."""
+    pairs = spec.split_channels // 2
+    return ((spec.lego_filters, pairs) if spec.kernel == (1, 1)
+            else (*spec.kernel, spec.lego_filters, pairs))
 
 
 def kernel_bank(bank: np.ndarray, spec) -> np.ndarray:
@@ -183,31 +261,53 @@ def high_half(pair):
 
 def pack_input_flat(x, spec, batch):
     """The input rounded to bf16, a pair of channels a uint32, pixels flattened: ``[batch,
-    o, b/2, H*W]`` (of the output: a strided layer reads every ``stride``-th pixel)."""
+    o, b/2, H*W]`` (of the output: a strided layer reads every ``stride``-th pixel) for a 1x1
+    layer; for a kxk one ``[batch, o, b/2, rows * pitch]``, padded (``flat_layout``)."""
     s = spec
-    width = s.out_width
+    one = _one_by_one(s)
+    width = s.out_width if one else flat_layout(s)[0]
+    pt, pl = s.padding[:2]
 
     def value(nb, i, c2, p):
+        y, xx = p // width, p % width
+        if one:
+            y, xx = y * s.stride[0], xx * s.stride[1]
+        else:
+            y, xx = y - pt, xx - pl
+
         def channel(pair):
-            read = x[nb, i * s.split_channels + c2 * 2 + pair, p // width * s.stride[0],
-                     p % width * s.stride[1]]
+            read = x[nb, i * s.split_channels + c2 * 2 + pair, y, xx]
             return as_bits(read).astype(PAIR_STORAGE)
-        return tirx.bitwise_or(channel(0), tirx.shift_left(channel(1),
-                                                           tirx.const(16, PAIR_STORAGE)))
-    return te.compute((batch, s.splits, s.split_channels // 2, s.out_height * width), value,
+        pairs = tirx.bitwise_or(channel(0), tirx.shift_left(channel(1),
+                                                            tirx.const(16, PAIR_STORAGE)))
+        if one:
+            return pairs
+        inside = tirx.all(y >= 0, y < s.height, xx >= 0, xx < s.width)
+        return tirx.if_then_else(inside, pairs, tirx.const(0, PAIR_STORAGE))
+    rows = s.out_height if one else _flat_input_rows(s)
+    return te.compute((batch, s.splits, s.split_channels // 2, rows * width), value,
                       name=PACK_BLOCK)
 
 
 def lego_maps_flat(packed, bank, spec, batch, lego_block: str):
-    """The Lego maps of a 1x1 layer, summed in fp32, pixels innermost: ``[batch, o, m,
-    H*W]``. The reduction is blocks of 16 pairs of channels (an AMX tile's 32 channels)."""
+    """The Lego maps, summed in fp32, pixels innermost (``flat_map_shape``). The reduction
+    is blocks of 16 pairs of channels (an AMX tile's 32 channels), then a kxk layer's taps."""
     s = spec
     rcb = te.reduce_axis((0, packed.shape[2] // 16), name="rcb")
     rci = te.reduce_axis((0, 16), name="rci")
+    if _one_by_one(s):
+        def lego_map(nb, i, k, p):
+            pair, weights = packed[nb, i, rcb * 16 + rci, p], bank[k, rcb * 16 + rci]
+            return te.sum(low_half(pair) * low_half(weights)
+                          + high_half(pair) * high_half(weights), axis=[rcb, rci])
+        return te.compute(flat_map_shape(s, batch), lego_map, name=lego_block)
+    pitch, rows = flat_layout(s)
+    ry = te.reduce_axis((0, s.kernel[0]), name="ry")
+    rx = te.reduce_axis((0, s.kernel[1]), name="rx")
 
-    def lego_map(nb, i, k, p):
-        pair, weights = packed[nb, i, rcb * 16 + rci, p], bank[k, rcb * 16 + rci]
+    def lego_tap_map(nb, i, task, k, p):
+        pair = packed[nb, i, rcb * 16 + rci, task * (rows * pitch) + p + ry * pitch + rx]
+        weights = bank[ry, rx, k, rcb * 16 + rci]
         return te.sum(low_half(pair) * low_half(weights) + high_half(pair) * high_half(weights),
-                      axis=[rcb, rci])
-    return te.compute((batch, s.splits, s.lego_filters, s.out_height * s.out_width), lego_map,
-                      name=lego_block)
+                      axis=[rcb, ry, rx, rci])
+    return te.compute(flat_map_shape(s, batch), lego_tap_map, name=lego_block)
