@@ -28,6 +28,7 @@ from lego_tvm.op import bf16
 from lego_tvm.op.fused_op import LegoConvSpec, lego_conv2d_prim_func
 from lego_tvm.schedules.lego_cpu import apply_lego_schedule, default_config
 from lego_tvm.schedules.simd import simd_profile
+from lego_tvm.schedules import x86_amx_flat
 from lego_tvm.schedules.x86_amx_flat import amx_flat_unsupported
 from lego_tvm.support import targets
 from lego_tvm.support.accuracy import BF16_TOLERANCE, TOLERANCE, max_relative_error
@@ -222,6 +223,14 @@ def test_flat_layout_tasks_are_whole_tiles_reading_inside_the_padded_input(size,
     packed = _shape(bf16.pack_input_flat(te.placeholder((1, 64, size, size)), spec, 1))
     last_read = (tasks - 1) * rows * pitch + pixels - 1 + (kernel - 1) * (pitch + 1)
     assert last_read < packed[-1]
+
+
+def test_tuning_log_names_register_the_flat_intrinsics_with_taps():
+    # A shape no other test builds, so that only this call can have registered it.
+    name = "lego_tvm.amx_flat_1x2_n16_3_k5x3_p61"
+    assert s_tir.TensorIntrin.get(name, allow_missing=True) is None
+    x86_amx_flat.register_intrinsics_named_in(f'["tensorize", "{name}"]')
+    assert s_tir.TensorIntrin.get(name, allow_missing=True) is not None
 
 
 def _shape(tensor) -> list[int]:
