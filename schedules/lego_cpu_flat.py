@@ -126,11 +126,7 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
         _amx_taps_schedule(sch, config, spec)
         return
     if config.fuse_stages:
-        row_tile, row_in = sch.split(row, [None, config.tile_rows])
-        sch.reorder(image, row_tile, channel, row_in, col)
-        task = sch.fuse(image, row_tile)
-        sch.parallel(task)
-        sch.compute_at(lego, task, preserve_unit_loops=True)
+        task, row_in = _fused_row_tasks(sch, gather, lego, config.tile_rows)
         if pack is not None:
             sch.compute_at(pack, task, preserve_unit_loops=True)
         pixels = (row_in, col)
@@ -179,17 +175,25 @@ def _amx_taps_schedule(sch: s_tir.Schedule, config: FlatLegoConfig, spec: LegoCo
     pack = sch.get_sblock(PACK_BLOCK)
     sch.parallel(sch.fuse(*sch.get_loops(pack)[:3]))
     _pack_padded_rows(sch, sch.get_loops(pack)[-1], spec)
-    image, channel, row, col = sch.get_loops(gather)
+    image, channel, _, col = sch.get_loops(gather)
     if config.fuse_stages:
-        row_tile, row_in = sch.split(row, [None, config.tile_rows])
-        sch.reorder(image, row_tile, channel, row_in, col)
-        task = sch.fuse(image, row_tile)
-        sch.parallel(task)
-        sch.compute_at(lego, task, preserve_unit_loops=True)
+        _fused_row_tasks(sch, gather, lego, config.tile_rows)
     else:
         sch.parallel(sch.fuse(image, channel))
     sch.vectorize(col)     # along a row: the maps' rows are longer
     _amx_tiles(sch, lego, config, kxk=True)
+
+
+def _fused_row_tasks(sch: s_tir.Schedule, gather, lego, tile_rows: int) -> tuple:
+    """Parallel tasks of ``tile_rows`` output rows, each computing its maps, then their
+    gather-sum: (the task loop, the gather's rows in it)."""
+    image, channel, row, col = sch.get_loops(gather)
+    row_tile, row_in = sch.split(row, [None, tile_rows])
+    sch.reorder(image, row_tile, channel, row_in, col)
+    task = sch.fuse(image, row_tile)
+    sch.parallel(task)
+    sch.compute_at(lego, task, preserve_unit_loops=True)
+    return task, row_in
 
 
 def _vectorize_pack(sch: s_tir.Schedule, pack, tile_pixels: int, width: int,
