@@ -39,6 +39,10 @@ from .x86_amx import CHANNELS, LANES, REQUEST_AMX_CALL, REQUEST_AMX_IR, pixels_p
 MIN_TILE_PIXELS = 8
 _SUMS = "float32"
 
+# A kxk layer's taps (``Taps``): the map at pixel p reads the input at p + ky * pitch + kx
+# (``op/bf16.flat_layout``), and tap ky * kw + kx of the bank is ``a_tap`` bytes after tap 0.
+Taps = tuple  # (kh, kw, pitch); None for a 1x1 layer
+
 
 def tile_pixels(spec) -> int:
     """N, the pixels (columns) of a tile: the largest divisor of the map's pixels (a row
@@ -57,11 +61,6 @@ def amx_flat_unsupported(spec) -> str | None:
     if tile_pixels(spec) < MIN_TILE_PIXELS:
         return f"{pixels} output pixels: no tile of {MIN_TILE_PIXELS} to 16 pixels divides them"
     return None
-
-
-# A kxk layer's taps (``Taps``): the map at pixel p reads the input at p + ky * pitch + kx
-# (``op/bf16.flat_layout``), and tap ky * kw + kx of the bank is ``a_tap`` bytes after tap 0.
-Taps = tuple  # (kh, kw, pitch); None for a 1x1 layer
 
 
 def _function(filter_tiles: int, pixel_tiles: int, pixels: int, taps: Taps | None = None
