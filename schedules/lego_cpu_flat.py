@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from tvm import s_tir
 
-from ..op.bf16 import PACK_BLOCK, flat_layout, flat_map_shape
+from ..op.bf16 import PACK_BLOCK, flat_layout
 from ..op.fused_op import GATHER_BLOCK, LEGO_BLOCK, LegoConvSpec, spec_of
 from ..support.tiling import divisors, has_block, sample_choice, sample_divisor
 from .vector_unit import SimdProfile
@@ -90,24 +90,23 @@ def default_amx_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> Fla
                          "has no AMX")
     tile_limit = 2 * simd.lego_tile_bytes
     tile = tile_pixels(s)
-    if taps(s):       # kxk: the row tasks are the maps' layout (bf16.flat_layout)
+    if taps(s):
+        # kxk: the row tasks are the maps' layout (bf16.flat_layout), and there are few of
+        # them (bf16.MIN_FLAT_TASKS): fused, they beat stage by stage from one a core
+        # (lego_resnet50's 3x3 layers alone, default schedules: 128->128 at 28x28 in 4 tasks
+        # 0.11 against 0.16 ms; 64->64 at 56x56 in 8 tasks 0.13 against 0.17).
         pitch, layout_rows = flat_layout(s)
-        fits = [layout_rows]
+        fits, tasks = [layout_rows], cores
     else:
         pitch = s.out_width
         fits = [t for t in divisors(s.out_height) if (t * s.out_width) % tile == 0]
-    # kxk layouts have few row tasks (bf16.MIN_FLAT_TASKS): fused, they beat stage by stage
-    # from one a core (lego_resnet50's 3x3 layers alone, default schedules: 128->128 at
-    # 28x28 in 4 tasks 0.11 against 0.16 ms; 64->64 at 56x56 in 8 tasks 0.13 against 0.17).
-    tasks = cores if taps(s) else AMX_TASKS_PER_CORE * cores
+        tasks = AMX_TASKS_PER_CORE * cores
     rows = [t for t in fits
             if amx_bank_fits_l2(s) and t * pitch * s.splits * s.lego_filters * 4 <= tile_limit
             and (s.batch or 1) * (s.out_height // t) >= tasks]
-    if taps(s):
-        tile_rows, task_pixels = layout_rows, flat_map_shape(s, 1)[-1]
-    else:
-        tile_rows = max(rows or [s.out_height])
-        task_pixels = tile_rows * s.out_width if rows else s.out_height * s.out_width
+    tile_rows = fits[0] if taps(s) else max(rows or [s.out_height])
+    # A task's maps: its rows, the last one ending at the width (whole rows for 1x1 layers).
+    task_pixels = (tile_rows - 1) * pitch + s.out_width
     return FlatLegoConfig(
         tile_rows=tile_rows, reg_filters=AMX_TILE * (2 if s.lego_filters % (2 * AMX_TILE) == 0 else 1),
         reg_vectors=2 if task_pixels % (2 * tile) == 0 else 1, fuse_stages=bool(rows),
@@ -120,7 +119,6 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     lego = sch.get_sblock(LEGO_BLOCK)
     pack = sch.get_sblock(PACK_BLOCK) if has_block(sch, PACK_BLOCK) else None   # bf16
     image, channel, row, col = sch.get_loops(gather)
-    width = int(sch.get(col).extent)
     spec = spec_of(sch.mod["main"])
     if config.amx and spec is not None and taps(spec):
         _amx_taps_schedule(sch, config, spec)
@@ -143,7 +141,7 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     else:
         sch.vectorize(sch.split(sch.fuse(*pixels), [None, config.lanes])[1])
     if pack is not None:     # a tile's pixels, a pair of channels in each
-        _vectorize_pack(sch, pack, config.tile_pixels, width, spec)
+        _vectorize_pack(sch, pack, config.tile_pixels, spec)
     if config.amx:
         _amx_tiles(sch, lego, config)
         return
@@ -181,7 +179,7 @@ def _amx_taps_schedule(sch: s_tir.Schedule, config: FlatLegoConfig, spec: LegoCo
     else:
         sch.parallel(sch.fuse(image, channel))
     sch.vectorize(col)     # along a row: the maps' rows are longer
-    _amx_tiles(sch, lego, config, kxk=True)
+    _amx_tiles(sch, lego, config)
 
 
 def _fused_row_tasks(sch: s_tir.Schedule, gather, lego, tile_rows: int) -> tuple:
@@ -196,10 +194,10 @@ def _fused_row_tasks(sch: s_tir.Schedule, gather, lego, tile_rows: int) -> tuple
     return task, row_in
 
 
-def _vectorize_pack(sch: s_tir.Schedule, pack, tile_pixels: int, width: int,
-                    spec: LegoConvSpec | None) -> None:
-    """The packing of the bf16 input of a strided layer in vectors of one output row
-    (``width`` pixels) where its pixels are whole rows, else in vectors of a tile's pixels.
+def _vectorize_pack(sch: s_tir.Schedule, pack, tile_pixels: int, spec: LegoConvSpec | None
+                    ) -> None:
+    """The packing of the bf16 input of a strided layer in vectors of one output row where
+    its pixels are whole rows, else in vectors of a tile's pixels.
 
     A strided layer reads every other input pixel, which TVM loads lane by lane: in vectors of
     a tile, each lane's address came from a vector division of the flat pixel by the width
@@ -209,8 +207,8 @@ def _vectorize_pack(sch: s_tir.Schedule, pack, tile_pixels: int, width: int,
     schedules)."""
     pixels = sch.get_loops(pack)[-1]
     extent = int(sch.get(pixels).extent)
-    if spec is not None and spec.stride != (1, 1) and extent % width == 0:
-        sch.vectorize(sch.split(pixels, [extent // width, width])[1])
+    if spec is not None and spec.stride != (1, 1) and extent % spec.out_width == 0:
+        sch.vectorize(sch.split(pixels, [extent // spec.out_width, spec.out_width])[1])
     else:
         sch.vectorize(sch.split(pixels, [None, tile_pixels])[1])
 
@@ -229,11 +227,12 @@ def _pack_padded_rows(sch: s_tir.Schedule, pixels, spec: LegoConvSpec) -> None:
         sch.vectorize(image_cols)
 
 
-def _amx_tiles(sch: s_tir.Schedule, lego, config: FlatLegoConfig, kxk: bool = False
-               ) -> None:
+def _amx_tiles(sch: s_tir.Schedule, lego, config: FlatLegoConfig) -> None:
     """The maps in AMX tiles: for each split, 16F filters and NQ pixels, one micro-kernel
     call from zero tiles over the whole reduction (``x86_amx_flat.py``). The maps' loops:
     image, split[, row task], filter, pixel, then the reduction: blocks[, ry, rx], pairs."""
+    kernel_taps = taps(spec_of(sch.mod["main"]))
+    kxk = kernel_taps is not None
     loops = sch.get_loops(lego)
     reduce = loops[-4:] if kxk else loops[-2:]
     spatial = loops[:len(loops) - len(reduce)]
@@ -250,7 +249,7 @@ def _amx_tiles(sch: s_tir.Schedule, lego, config: FlatLegoConfig, kxk: bool = Fa
         sch.parallel(sch.fuse(*outer, image, split, *task, filt_o))
     blocks = int(sch.get(reduce[0]).extent)
     tensorize_tiles(sch, filt_i, pix_o, config.reg_filters // AMX_TILE, config.reg_vectors,
-                    config.tile_pixels, blocks, taps(spec_of(sch.mod["main"])))
+                    config.tile_pixels, blocks, kernel_taps)
     # The micro-kernel starts from zero tiles, but the block keeps its zero init (tensorize
     # replaces the body only): stores before the pixel loop (LLVM makes them memsets).
     sch.decompose_reduction(sch.get_sblock(f"{LEGO_BLOCK}_o"), pix_o)

@@ -136,7 +136,8 @@ def _description(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
     ``blocks`` x 16 pairs of channels (a loop of extent 1 dropped, as TVM drops it), and the
     taps. B, the input, is read before A, the bank, as in the kernel (tensorize matches
     reads in order)."""
-    rows, cols, pairs = LANES * filter_tiles, pixels * pixel_tiles, blocks * CHANNELS // 2
+    rows, cols, pairs, span, a_shape, a_region = _operands(filter_tiles, pixel_tiles, pixels,
+                                                           blocks, taps)
     kh, kw, pitch = taps or (1, 1, 0)
     pair = "vcb * T.int64(16) + vrci" if blocks > 1 else "vrci"
     tap_loops = [(n, e) for n, e in (("ry", kh), ("rx", kw)) if e > 1]
@@ -153,14 +154,9 @@ def _description(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
     if taps:
         ry = "vry" if kh > 1 else "T.int64(0)"
         rx = "vrx" if kw > 1 else "T.int64(0)"
-        span = cols + (kh - 1) * pitch + kw - 1     # the input pixels a call reads
         b, a = f"B[{pair}, vp + {ry} * T.int64({pitch}) + {rx}]", f"A[{ry}, {rx}, vk, {pair}]"
-        a_shape = f"T.int64({kh}), T.int64({kw}), T.int64({rows}), T.int64({pairs})"
-        a_region = f"A[0:{kh}, 0:{kw}, 0:{rows}, 0:{pairs}]"
     else:
-        span = cols
         b, a = f"B[{pair}, vp]", f"A[vk, {pair}]"
-        a_shape, a_region = f"T.int64({rows}), T.int64({pairs})", f"A[0:{rows}, 0:{pairs}]"
     text = f"""
 @T.prim_func(s_tir=True)
 def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -182,59 +178,50 @@ def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
     return tvm.script.from_source(text)
 
 
-def _implementation(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int):
+def _operands(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
+              taps: Taps | None) -> tuple:
+    """The tiles' rows (filters), columns (pixels) and channel pairs; the input pixels a call
+    reads (a kxk layer's reach past its tile's pixels); the bank's shape and region as
+    TVMScript (``[m, b/2]``, or ``[kh, kw, m, b/2]`` with taps)."""
     rows, cols, pairs = LANES * filter_tiles, pixels * pixel_tiles, blocks * CHANNELS // 2
-    text = f"""
-@T.prim_func(s_tir=True)
-def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    a_row = T.int64()
-    b_row = T.int64()
-    c_row = T.int64()
-    A = T.match_buffer(a, (T.int64({rows}), T.int64({pairs})), "{PAIR_STORAGE}",
-                       offset_factor=1, strides=[a_row, T.int64(1)])
-    B = T.match_buffer(b, (T.int64({pairs}), T.int64({cols})), "{PAIR_STORAGE}",
-                       offset_factor=1, strides=[b_row, T.int64(1)])
-    C = T.match_buffer(c, (T.int64({rows}), T.int64({cols})), "{_SUMS}", offset_factor=1,
-                       strides=[c_row, T.int64(1)])
-    with T.sblock("root"):
-        T.reads(B[0:{pairs}, 0:{cols}], A[0:{rows}, 0:{pairs}])
-        T.writes(C[0:{rows}, 0:{cols}])
-        T.evaluate(T.call_extern("void", "{_function(filter_tiles, pixel_tiles, pixels)}",
-                                 C.access_ptr("w"), A.access_ptr("r"), B.access_ptr("r"),
-                                 T.int32({blocks}), c_row * T.int64(4), a_row * T.int64(4),
-                                 b_row * T.int64(4)))
-"""
-    return tvm.script.from_source(text)
-
-
-def _tap_implementation(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
-                        taps: Taps):
-    """The call of a kxk layer's micro-kernel: the bank's taps ``a_tap`` elements apart
-    (its rows ky are kw taps apart, as in ``bf16.flat_bank``)."""
-    rows, cols, pairs = LANES * filter_tiles, pixels * pixel_tiles, blocks * CHANNELS // 2
+    if not taps:
+        return (rows, cols, pairs, cols, f"T.int64({rows}), T.int64({pairs})",
+                f"A[0:{rows}, 0:{pairs}]")
     kh, kw, pitch = taps
-    span = cols + (kh - 1) * pitch + kw - 1
+    return (rows, cols, pairs, cols + (kh - 1) * pitch + kw - 1,
+            f"T.int64({kh}), T.int64({kw}), T.int64({rows}), T.int64({pairs})",
+            f"A[0:{kh}, 0:{kw}, 0:{rows}, 0:{pairs}]")
+
+
+def _implementation(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
+                    taps: Taps | None = None):
+    """The micro-kernel's call. With taps, the bank's taps are ``a_tap`` elements apart (its
+    rows ky are kw taps apart, as in ``bf16.flat_bank``) and a step is a (block, tap) pair."""
+    rows, cols, pairs, span, a_shape, a_region = _operands(filter_tiles, pixel_tiles, pixels,
+                                                           blocks, taps)
+    kh, kw, _ = taps or (1, 1, 0)
+    a_strides = "a_ky, a_tap, a_row, T.int64(1)" if taps else "a_row, T.int64(1)"
+    tap_vars = "    a_ky = T.int64()\n    a_tap = T.int64()\n" if taps else ""
+    tap_stride = ", a_tap * T.int64(4)" if taps else ""
     text = f"""
 @T.prim_func(s_tir=True)
 def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    a_ky = T.int64()
-    a_tap = T.int64()
-    a_row = T.int64()
+{tap_vars}    a_row = T.int64()
     b_row = T.int64()
     c_row = T.int64()
-    A = T.match_buffer(a, (T.int64({kh}), T.int64({kw}), T.int64({rows}), T.int64({pairs})),
-                       "{PAIR_STORAGE}", offset_factor=1, strides=[a_ky, a_tap, a_row, T.int64(1)])
+    A = T.match_buffer(a, ({a_shape}), "{PAIR_STORAGE}", offset_factor=1,
+                       strides=[{a_strides}])
     B = T.match_buffer(b, (T.int64({pairs}), T.int64({span})), "{PAIR_STORAGE}",
                        offset_factor=1, strides=[b_row, T.int64(1)])
     C = T.match_buffer(c, (T.int64({rows}), T.int64({cols})), "{_SUMS}", offset_factor=1,
                        strides=[c_row, T.int64(1)])
     with T.sblock("root"):
-        T.reads(B[0:{pairs}, 0:{span}], A[0:{kh}, 0:{kw}, 0:{rows}, 0:{pairs}])
+        T.reads(B[0:{pairs}, 0:{span}], {a_region})
         T.writes(C[0:{rows}, 0:{cols}])
         T.evaluate(T.call_extern("void", "{_function(filter_tiles, pixel_tiles, pixels, taps)}",
                                  C.access_ptr("w"), A.access_ptr("r"), B.access_ptr("r"),
                                  T.int32({blocks * kh * kw}), c_row * T.int64(4),
-                                 a_row * T.int64(4), b_row * T.int64(4), a_tap * T.int64(4)))
+                                 a_row * T.int64(4), b_row * T.int64(4){tap_stride}))
 """
     return tvm.script.from_source(text)
 
@@ -248,9 +235,8 @@ def intrinsic(filter_tiles: int, pixel_tiles: int, pixels: int, blocks: int,
     if taps:
         name += f"_k{taps[0]}x{taps[1]}_p{taps[2]}"
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        shape = (filter_tiles, pixel_tiles, pixels, blocks)
-        body = _tap_implementation(*shape, taps) if taps else _implementation(*shape)
-        s_tir.TensorIntrin.register(name, _description(*shape, taps), body)
+        shape = (filter_tiles, pixel_tiles, pixels, blocks, taps)
+        s_tir.TensorIntrin.register(name, _description(*shape), _implementation(*shape))
     return name
 
 
