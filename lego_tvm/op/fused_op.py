@@ -279,10 +279,6 @@ def _with_batch(shape: tuple, batch) -> tuple:
 def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
     vb, ob = s.bank_block, s.out_block
 
-    def map_index(nb, i, k, h, w):     # flat maps
-        return (bf16.flat_map_index(s, nb, i, k, h, w) if s.bf16
-                else (nb, i, k, h * s.out_width + w))
-
     def gather_sum(nb, j, h, w, *position):
         out_index = (nb, j, h, w) + position
         if ob > 1:             # NCHW[ob]c output: j is the channel block, position its lane
@@ -292,7 +288,8 @@ def _gather_sum(s: LegoConvSpec, lego, index, coef, bias, residual):
             k = index[i, j]
             if s.winograd:   # bounded, so that the maps can be computed at a row tile
                 k = tirx.max(tirx.min(k, s.lego_filters - 1), 0)
-            acc = acc + coef[i, j] * (lego[map_index(nb, i, k, h, w)] if s.flat_pixels
+            acc = acc + coef[i, j] * (lego[bf16.flat_map_index(s, nb, i, k, h, w)]
+                                      if s.flat_pixels
                                       else lego[nb, i, k // vb, h, w, k % vb])
         if residual is not None:
             acc = acc + bf16.as_float32(residual[out_index])
