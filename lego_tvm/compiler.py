@@ -126,10 +126,11 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         _name_layers(report, model, example_inputs)
     log.info("lego-tvm: fused %d Lego layers, skipped %d", len(report.layers), len(report.skipped))
     if tuning_logs == "auto":
-        database = open_database(shipped_logs(tvm_target), tvm_target, strict=False)
+        database = open_database(shipped_logs(tvm_target), tvm_target, strict=False,
+                                 precision=precision)
     elif tuning_logs:
         dirs = [tuning_logs] if isinstance(tuning_logs, (str, os.PathLike)) else list(tuning_logs)
-        database = open_database(dirs, tvm_target, strict=True)
+        database = open_database(dirs, tvm_target, strict=True, precision=precision)
     else:
         database = None
     say(f"fused {len(report.layers)} Lego layers; scheduling and building for "

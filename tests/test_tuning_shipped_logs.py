@@ -28,17 +28,19 @@ def test_logs_are_shipped_for_both_models():
 def test_every_lego_kernel_finds_its_record(log_dir):
     manifest = read_manifest(log_dir)
     target = Target(manifest["target"])
-    check_log(log_dir, target)
+    precision = manifest.get("precision", "fp32")
+    check_log(log_dir, target, precision)
     model, inputs = _tuned_model(manifest)
     mod, report = pipeline.import_and_fuse(model, inputs, target,
                                            lego=manifest.get("lego_pass", True))
-    if manifest.get("precision") == "bf16":      # the kernels compile(precision="bf16") builds
+    if precision == "bf16":      # the kernels compile(precision="bf16") builds
         mod = to_bf16(mod, target)[0]
     mod = pipeline.lower(mod, target)
     lego_kernels = {gv.name_hint for gv in mod.get_global_vars()
                     if gv.name_hint.startswith("fused_lego_conv2d")}
     assert len(lego_kernels) >= 1 or not manifest.get("lego_pass", True)
-    _, tuned, _ = pipeline.schedule(mod, target, open_database([log_dir], target, strict=True))
+    _, tuned, _ = pipeline.schedule(mod, target, open_database([log_dir], target, strict=True,
+                                                                   precision=precision))
     missing = sorted(lego_kernels - set(tuned))
     assert not missing, f"no tuned record in {log_dir} for {missing}"
 

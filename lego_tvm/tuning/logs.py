@@ -77,9 +77,10 @@ def write_manifest(log_dir: Path, manifest: dict) -> None:
     os.replace(tmp, log_dir / MANIFEST)
 
 
-def check_log(log_dir: str | Path, target: Target) -> dict:
-    """The manifest of ``log_dir`` if the log was made for this TVM, target and compute;
-    else ``TuningLogError`` saying what differs. The database files are checked too."""
+def check_log(log_dir: str | Path, target: Target, precision: str = "fp32") -> dict:
+    """The manifest of ``log_dir`` if the log was made for this TVM, target, compute and
+    precision; else ``TuningLogError`` saying what differs. The database files are checked
+    too."""
     manifest = read_manifest(log_dir)
     want = identity(target)
     for key, label in (("tvm_version", "TVM version"), ("target", "target"),
@@ -88,6 +89,13 @@ def check_log(log_dir: str | Path, target: Target) -> dict:
             raise TuningLogError(f"tuning log {log_dir} was made for {label} {manifest[key]!r}, "
                                  f"not {want[key]!r}; it is not applied (retune with "
                                  "`lego-tvm tune`)")
+    # On a CPU whose LLVM model has AVX512_BF16 (Zen 4) the bf16 and fp32 targets are the
+    # same, so the precision is checked on its own.
+    made_for = manifest.get("precision", "fp32")
+    if made_for != precision:
+        raise TuningLogError(f"tuning log {log_dir} was made for precision {made_for!r}, not "
+                             f"{precision!r}; it is not applied (tune with `lego-tvm tune "
+                             f"--precision {precision}`)")
     check_records(log_dir, complete=True)
     return manifest
 
@@ -111,8 +119,10 @@ def check_records(log_dir: str | Path, complete: bool) -> None:
                                              f"({err.msg}); delete the line or retune") from None
 
 
-def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
-    """A MetaSchedule database over the logs in ``log_dirs`` that match ``target``.
+def open_database(log_dirs: list[str | Path], target: Target, strict: bool,
+                  precision: str = "fp32"):
+    """A MetaSchedule database over the logs in ``log_dirs`` that match ``target`` and
+    ``precision``.
 
     ``strict``: a log that does not match raises; otherwise it is skipped with a log line.
     Returns None when no log applies.
@@ -122,7 +132,7 @@ def open_database(log_dirs: list[str | Path], target: Target, strict: bool):
     databases = []
     for log_dir in log_dirs:
         try:
-            check_log(log_dir, target)
+            check_log(log_dir, target, precision)
         except TuningLogError as err:
             if strict:
                 raise

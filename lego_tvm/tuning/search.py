@@ -97,7 +97,7 @@ def tune(model, example_inputs, log_dir: str | Path, target=None, trials: int = 
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     if (log_dir / MANIFEST).exists():
-        check_log(log_dir, tvm_target)          # never mix records of another target/TVM
+        check_log(log_dir, tvm_target, precision)   # never mix records of another target/TVM
     else:
         check_records(log_dir, complete=False)  # a first run stopped half-way, resumed
     tasks = kernel_tasks(model, example_inputs, tvm_target, lego, layout, all_kernels, winograd,
