@@ -66,7 +66,8 @@ def default_config(spec: LegoConvSpec, cores: int, simd: SimdProfile
     if spec.winograd:
         return default_winograd_config(spec, cores, simd)
     if spec.flat_pixels:
-        return (default_amx_config if spec.bf16 else default_flat_config)(spec, cores, simd)
+        on_amx = spec.bf16 and simd.amx_bf16
+        return (default_amx_config if on_amx else default_flat_config)(spec, cores, simd)
     s = spec
     row_bytes = s.splits * s.lego_filters * s.out_width * 4
     limit = max(1, simd.lego_tile_bytes // row_bytes)

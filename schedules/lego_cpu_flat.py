@@ -29,6 +29,7 @@ from ..support.tiling import divisors, has_block, sample_choice, sample_divisor
 from .vector_unit import SimdProfile
 from .x86_amx import LANES as AMX_TILE
 from .x86_amx_flat import taps, tensorize_tiles, tile_pixels
+from .x86_bf16 import INTRIN_PIXELS, LANES as DPBF16PS_LANES, tensorize_dot
 
 # Measured on the ResNet-50 1x1 layers (2-core Intel Xeon, AVX-512, 2026-11-30): fused
 # tasks of 4 rows of 56 (224 pixels) beat stage by stage by 10-30%; at 28x28 (tiles of 112
@@ -70,15 +71,36 @@ class FlatLegoConfig:
 
 def default_flat_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> FlatLegoConfig:
     s = spec
+    height, width = s.out_height, s.out_width
     tile_limit = 2 * simd.lego_tile_bytes     # maps of o*m filters, all fp32
-    rows = [t for t in divisors(s.height)
-            if (t * s.width) % simd.lanes == 0 and t * s.width >= MIN_TILE_PIXELS
-            and t * s.width * s.splits * s.lego_filters * 4 <= tile_limit
-            and (s.batch or 1) * (s.height // t) >= TASKS_PER_CORE * cores]
+    rows = [t for t in divisors(height)
+            if (t * width) % simd.lanes == 0 and t * width >= MIN_TILE_PIXELS
+            and t * width * s.splits * s.lego_filters * 4 <= tile_limit
+            and (s.batch or 1) * (height // t) >= TASKS_PER_CORE * cores]
+    tile_rows = max(rows or [height])
     filters, vectors = REGISTER_TILE
-    return FlatLegoConfig(tile_rows=max(rows or [s.height]),
+    if s.bf16 and dpbf16ps_flat_unsupported(s):
+        raise ValueError(f"a bf16 kernel with flat maps: {dpbf16ps_flat_unsupported(s)}")
+    if s.bf16:
+        # vdpbf16ps (x86_bf16.INTRIN_PIXELS) takes whole vectors: the tile's divide a task's.
+        vectors = max(divisors(tile_rows * width // simd.lanes, vectors))
+        filters = filters * REGISTER_TILE[1] // vectors
+    return FlatLegoConfig(tile_rows=tile_rows,
                           reg_filters=max(divisors(s.lego_filters, filters)),
                           reg_vectors=vectors, fuse_stages=bool(rows), lanes=simd.lanes)
+
+
+def dpbf16ps_flat_unsupported(spec: LegoConvSpec) -> str | None:
+    """Why the bf16 kernel of ``spec`` cannot keep its maps pixels innermost on
+    ``vdpbf16ps`` (without AMX); None if it can: a 1x1 unpadded layer whose output pixels are
+    whole vectors of 16 (``bf16.flat_unsupported`` has the rest)."""
+    s = spec
+    if s.kernel != (1, 1) or any(s.padding):
+        return "kxk layers keep their maps pixels innermost only on AMX"
+    if (s.out_height * s.out_width) % DPBF16PS_LANES:
+        return (f"{s.out_height * s.out_width} output pixels, not whole vectors of "
+                f"{DPBF16PS_LANES}")
+    return None
 
 
 def default_amx_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> FlatLegoConfig:
@@ -141,26 +163,36 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     else:
         sch.vectorize(sch.split(sch.fuse(*pixels), [None, config.lanes])[1])
     if pack is not None:     # a tile's pixels, a pair of channels in each
-        _vectorize_pack(sch, pack, config.tile_pixels, spec)
+        _vectorize_pack(sch, pack, config.tile_pixels or config.lanes, spec)
     if config.amx:
         _amx_tiles(sch, lego, config)
         return
 
     # Compute once: the register tile runs the whole reduction over a split's channels.
-    # A vector count that does not divide the pixels leaves a predicate on whole vectors.
-    lego_image, split, filt, pix, reduction = sch.get_loops(lego)[-5:]
+    # A vector count that does not divide the pixels leaves a predicate on whole vectors
+    # (fp32; bf16's tensorized vectors take none: ``dpbf16ps_tile_vectors``).
+    loops = sch.get_loops(lego)
+    reduction = loops[-2:] if pack is not None else loops[-1:]   # bf16: blocks, pairs
+    lego_image, split, filt, pix = loops[-4 - len(reduction):-len(reduction)]
     filt_o, filt_i = sch.split(filt, [None, config.reg_filters])
     pix_o, pix_v, pix_l = sch.split(pix, [None, config.reg_vectors, config.lanes])
-    sch.reorder(split, filt_o, pix_o, reduction, filt_i, pix_v, pix_l)
+    sch.reorder(split, filt_o, pix_o, *reduction, filt_i, pix_v, pix_l)
     if not config.fuse_stages:
         sch.parallel(sch.fuse(lego_image, split, filt_o))
     acc = sch.cache_write(lego, 0, "local")
     sch.reverse_compute_at(acc, pix_o, preserve_unit_loops=True)
     sch.unroll(filt_i)
     sch.unroll(pix_v)
-    sch.vectorize(pix_l)
+    if pack is None:
+        sch.vectorize(pix_l)
     sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, config.lanes])[1])
-    sch.decompose_reduction(lego, reduction)
+    init = sch.decompose_reduction(lego, reduction[0])
+    if pack is not None:     # bf16 without AMX: 16 pixels x a pair of channels a vdpbf16ps
+        init_filters, init_vectors, init_lanes = sch.get_loops(init)[-3:]
+        sch.unroll(init_filters)
+        sch.unroll(init_vectors)
+        sch.vectorize(init_lanes)
+        tensorize_dot(sch, pix_l, pix_o, INTRIN_PIXELS)
 
 
 def _amx_taps_schedule(sch: s_tir.Schedule, config: FlatLegoConfig, spec: LegoConvSpec
@@ -264,10 +296,15 @@ def tunable_flat_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, default: Fla
         space = sch.copy()
         config = replace(default, fuse_stages=fuse_stages)
         if not default.amx:     # on AMX the tiles are fixed: only the loop structure varies
+            vectors = [1, 2, 3, 4]
+            if spec.bf16:       # vdpbf16ps takes whole vectors: those dividing a task's
+                rows = default.tile_rows if fuse_stages else spec.out_height
+                vectors = [v for v in vectors if rows * spec.out_width // default.lanes % v == 0]
             config = replace(
                 config,
                 reg_filters=sample_divisor(space, spec.lego_filters, 16, default.reg_filters),
-                reg_vectors=sample_choice(space, [1, 2, 3, 4], default.reg_vectors))
+                reg_vectors=sample_choice(space, vectors, default.reg_vectors
+                                          if default.reg_vectors in vectors else 1))
         apply_flat_schedule(space, config)
         spaces.append(space)
     return spaces

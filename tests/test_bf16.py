@@ -27,6 +27,7 @@ from lego_tvm.nn.zoo import get_model
 from lego_tvm.op import bf16
 from lego_tvm.op.fused_op import LegoConvSpec, lego_conv2d_prim_func
 from lego_tvm.schedules.lego_cpu import apply_lego_schedule, default_config
+from lego_tvm.schedules.lego_cpu_flat import dpbf16ps_flat_unsupported
 from lego_tvm.schedules.simd import simd_profile
 from lego_tvm.schedules import x86_amx_flat
 from lego_tvm.schedules.x86_amx_flat import amx_flat_unsupported
@@ -132,35 +133,59 @@ def test_bf16_kernel_matches_torch_on_the_same_roundings(case, target):
     assert max_relative_error(out, reference(spec, arrays)) < TOLERANCE
 
 
-FLAT_GRID = [  # c, n, o, m, size, stride, extra: 1x1 layers, maps pixels innermost on AMX
-    (64, 48, 2, 32, 8, 1, {"relu": True}),              # 2 x 2 tiles of 16 filters x 16 pixels
-    (128, 64, 4, 16, 4, 1, {"has_residual": True}),     # 1 x 1 tile, four splits
+FLAT_GRID = [  # c, n, o, m, size, stride, extra: 1x1 layers, maps pixels innermost
+    (64, 48, 2, 32, 8, 1, {"relu": True}),              # AMX: 2 x 2 tiles of 16 x 16
+    (128, 64, 4, 16, 4, 1, {"has_residual": True}),     # AMX: 1 x 1 tile, four splits
     (128, 32, 1, 32, 8, 2, {"relu": True}),              # stride 2, four blocks of 32 channels
     (64, 40, 2, 32, 56, 1, {"has_residual": True}),     # stages fused in row tiles of 56x56
-    (64, 32, 2, 32, 14, 1, {"relu": True}),              # tiles of 14 pixels, 2 x 2
-    (64, 32, 1, 16, 10, 1, {"has_residual": True}),      # tiles of 10 pixels, 1 x 1
+    (128, 64, 2, 48, 28, 1, {"relu": True}),             # vdpbf16ps: 49 vectors, 1 a tile
+    (64, 32, 2, 32, 14, 1, {"relu": True}),              # AMX: tiles of 14 pixels, 2 x 2
+    (64, 32, 1, 16, 10, 1, {"has_residual": True}),      # AMX: tiles of 10 pixels, 1 x 1
 ]
 
 
-@pytest.mark.parametrize("case", FLAT_GRID, ids=lambda c: "x".join(map(str, c[:6])))
-@pytest.mark.skipif(not host_has_amx_bf16(), reason="this CPU lacks AMX")
-def test_bf16_flat_kernel_matches_torch_on_the_same_roundings(case):
-    c, n, o, m, size, stride, extra = case
-    spec = replace(spec_of(c, n, o, m, size, 1, stride, **extra), bank_block=1,
-                   flat_pixels=True)
+def flat_cases():
+    """FLAT_GRID on each unit that takes the case (vdpbf16ps: whole vectors of 16 pixels)."""
+    for case in FLAT_GRID:
+        c, n, o, m, size, stride, extra = case
+        spec = replace(spec_of(c, n, o, m, size, 1, stride, **extra), bank_block=1,
+                       flat_pixels=True)
+        for unit in UNITS:
+            if unit == "AMX" or dpbf16ps_flat_unsupported(spec) is None:
+                param = runnable(unit)
+                yield pytest.param(spec, param.values[0], marks=param.marks,
+                                   id="x".join(map(str, case[:6])) + "-" + unit)
+
+
+@pytest.mark.parametrize("spec,target", list(flat_cases()))
+def test_bf16_flat_kernel_matches_torch_on_the_same_roundings(spec, target):
     assert bf16.flat_unsupported(spec) is None
-    out, arrays, module = run_kernel(spec, BF16_TARGET, 7)
+    out, arrays, module = run_kernel(spec, target, 7)
     assert max_relative_error(out, reference(spec, arrays)) < TOLERANCE
-    assert "tdpbf16ps" in module.inspect_source("asm")      # not a fallback schedule
+    asm = module.inspect_source("asm")      # not a fallback schedule
+    if target == UNITS["AMX"]:
+        assert "tdpbf16ps" in asm
+    else:
+        assert "vdpbf16ps" in asm and "tdpbf16ps" not in asm
+
+
+def test_flat_maps_on_vdpbf16ps_take_1x1_layers_of_whole_vectors():
+    assert dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 28, 1, 1)) is None
+    assert dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 56, 1, 2)) is None   # to 28x28
+    assert "196 output pixels" in dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 14, 1, 1))
+    assert "only on AMX" in dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 56, 3, 1))
 
 
 # Kernels reading and writing bf16 tensors (between two bf16 kernels): the tiled kernel on
-# both units, the flat one on AMX, and one reading float32 (the output of a pooling op).
+# both units, the flat one (1x1 on both, kxk on AMX), and one reading float32 (the output
+# of a pooling op).
 BF16_TENSOR_CASES = [
     (spec_of(128, 64, 2, 32, 14, 3, 1, has_residual=True, relu=True), "AMX"),
     (spec_of(64, 48, 2, 32, 9, 3, 2, has_residual=True), "AVX512_BF16"),
     (replace(spec_of(64, 48, 2, 32, 8, 1, 1, has_residual=True, relu=True), bank_block=1,
              flat_pixels=True), "AMX"),
+    (replace(spec_of(64, 48, 2, 32, 8, 1, 1, has_residual=True, relu=True), bank_block=1,
+             flat_pixels=True), "AVX512_BF16"),
     (replace(spec_of(64, 48, 2, 32, 14, 3, 1, has_residual=True, relu=True), bank_block=1,
              flat_pixels=True), "AMX"),
 ]

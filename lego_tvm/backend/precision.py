@@ -5,7 +5,8 @@ A matmul with constant weights (a classifier) reads them in bf16 (``bf16_weights
 Every fused kernel that can runs in bf16; one that cannot (a Lego filter count that is not a
 multiple of 16) stays fp32, and so does a conv reading fewer than ``FP32_BELOW_CHANNELS``
 channels per split: the model's first conv, on the image. The report says which and why.
-On AMX, a 1x1 layer keeps its maps pixels innermost (``schedules/x86_amx_flat.py``).
+A 1x1 layer keeps its maps pixels innermost (``schedules/lego_cpu_flat.py``; on AMX
+``schedules/x86_amx_flat.py``), and so does a large kxk one on AMX.
 A tensor that a bf16 kernel writes and only bf16 kernels read (as their input or residual)
 is stored in bf16 (``bf16_tensors``); the others (into pooling, an fp32 kernel, the model's
 output) stay float32, and so do the model's inputs. bf16 is
@@ -26,6 +27,7 @@ from ..op.bf16 import flat_unsupported
 from ..op.fused_op import bf16_unsupported, lego_kernels
 from ..schedules.simd import simd_profile
 from ..schedules.x86_amx import amx_unsupported
+from ..schedules.lego_cpu_flat import dpbf16ps_flat_unsupported
 from ..schedules.x86_amx_flat import amx_flat_unsupported
 from ..schedules.x86_bf16 import LANES
 from ..support.targets import (AMX_FEATURES, BF16_FEATURE, host_has_amx_bf16, host_has_bf16,
@@ -143,9 +145,11 @@ def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Kerne
             continue
         new = replace(spec, bf16=True, bank_block=LANES, flat_pixels=False)
         flat = replace(new, bank_block=1, flat_pixels=True)    # maps pixels innermost
-        if amx and not (flat_unsupported(flat) or amx_flat_unsupported(flat)) and (
-                spec.kernel == (1, 1)
-                or spec.out_height * spec.out_width >= FLAT_TAPS_MIN_PIXELS):
+        if flat_unsupported(flat) is None and (
+                (amx and amx_flat_unsupported(flat) is None and (
+                    spec.kernel == (1, 1)
+                    or spec.out_height * spec.out_width >= FLAT_TAPS_MIN_PIXELS))
+                or (not amx and dpbf16ps_flat_unsupported(flat) is None)):
             new = flat
         chosen[gvar] = (new, "bf16")
         no_amx = amx_unsupported(new) if amx and not new.flat_pixels else None
