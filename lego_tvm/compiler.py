@@ -137,7 +137,7 @@ def compile(model, example_inputs=None, target=None, *, fuse_lego: bool = True, 
         f"{tvm_target.kind.name}")
     if precision == "bf16":
         mod, report.precision = precisions.to_bf16(mod, tvm_target)
-        report.mark_bf16(precisions.LANES)
+        report.mark_bf16(mod)
     tvm_only, copied_outputs = mod, pipeline.outputs_not_computed(mod)
     mod, report.compute_once = compute_once_backends.choose(mod, tvm_target, compute_once,
                                                             database, progress)

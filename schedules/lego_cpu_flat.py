@@ -14,14 +14,15 @@ vectors:
 Tasks are row tiles (stages fused, the Lego tile in L2) or, for small maps, each stage on
 its own, parallel over its channels, as in ``lego_cpu.py``.
 
-In bf16 on AMX (``x86_amx_flat.py``) the maps are computed in tiles of 16 filters, and kxk
-stride-1 layers have flat maps too (``_amx_taps_schedule``).
+In bf16 the maps are computed with ``vdpbf16ps`` on vectors of 16 pixels, each lane a pair of
+channels (``x86_bf16.INTRIN_PIXELS``), or on AMX (``x86_amx_flat.py``) in tiles of 16
+filters, and kxk stride-1 layers have flat maps too (``_taps_schedule``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 
 from ..op.bf16 import PACK_BLOCK, flat_layout
 from ..op.fused_op import GATHER_BLOCK, LEGO_BLOCK, LegoConvSpec, spec_of
@@ -71,32 +72,53 @@ class FlatLegoConfig:
 
 def default_flat_config(spec: LegoConvSpec, cores: int, simd: SimdProfile) -> FlatLegoConfig:
     s = spec
-    height, width = s.out_height, s.out_width
-    tile_limit = 2 * simd.lego_tile_bytes     # maps of o*m filters, all fp32
-    rows = [t for t in divisors(height)
-            if (t * width) % simd.lanes == 0 and t * width >= MIN_TILE_PIXELS
-            and t * width * s.splits * s.lego_filters * 4 <= tile_limit
-            and (s.batch or 1) * (height // t) >= TASKS_PER_CORE * cores]
-    tile_rows = max(rows or [height])
-    filters, vectors = REGISTER_TILE
     if s.bf16 and dpbf16ps_flat_unsupported(s):
         raise ValueError(f"a bf16 kernel with flat maps: {dpbf16ps_flat_unsupported(s)}")
+    height, width = s.out_height, s.out_width
+    tile_limit = 2 * simd.lego_tile_bytes     # maps of o*m filters, all fp32
+    if taps(s):
+        # kxk (bf16): the row tasks are the maps' layout (bf16.flat_layout); fused from one
+        # task a core, as on AMX.
+        rows = [flat_layout(s)[1]]
+        fuse_stages = (s.batch or 1) * (height // rows[0]) >= cores
+    else:
+        rows = [t for t in divisors(height)
+                if (t * width) % simd.lanes == 0 and t * width >= MIN_TILE_PIXELS
+                and t * width * s.splits * s.lego_filters * 4 <= tile_limit
+                and (s.batch or 1) * (height // t) >= TASKS_PER_CORE * cores]
+        fuse_stages = bool(rows)
+    config = FlatLegoConfig(tile_rows=max(rows or [height]), reg_filters=0, reg_vectors=0,
+                            fuse_stages=fuse_stages, lanes=simd.lanes)
+    filters, vectors = REGISTER_TILE
     if s.bf16:
-        # vdpbf16ps (x86_bf16.INTRIN_PIXELS) takes whole vectors: the tile's divide a task's.
-        vectors = max(divisors(tile_rows * width // simd.lanes, vectors))
+        # vdpbf16ps (x86_bf16.INTRIN_PIXELS) takes whole vectors: the tile's divide a task's,
+        # and as many accumulators as 4 x 2.
+        vectors = max(divisors(task_vectors(s, config, fuse_stages), vectors))
         filters = filters * REGISTER_TILE[1] // vectors
-    return FlatLegoConfig(tile_rows=tile_rows,
-                          reg_filters=max(divisors(s.lego_filters, filters)),
-                          reg_vectors=vectors, fuse_stages=bool(rows), lanes=simd.lanes)
+    return replace(config, reg_filters=max(divisors(s.lego_filters, filters)),
+                   reg_vectors=vectors)
+
+
+def task_vectors(spec: LegoConvSpec, config: FlatLegoConfig, fuse_stages: bool) -> int:
+    """The vectors of ``config.lanes`` pixels in the maps a task computes (a whole map's
+    when the stages run one after the other), rounded down."""
+    s = spec
+    if taps(s):
+        pitch, rows = flat_layout(s)
+        pixels = (rows - 1) * pitch + s.out_width
+    else:
+        pixels = (config.tile_rows if fuse_stages else s.out_height) * s.out_width
+    return pixels // config.lanes
 
 
 def dpbf16ps_flat_unsupported(spec: LegoConvSpec) -> str | None:
     """Why the bf16 kernel of ``spec`` cannot keep its maps pixels innermost on
     ``vdpbf16ps`` (without AMX); None if it can: a 1x1 unpadded layer whose output pixels are
-    whole vectors of 16 (``bf16.flat_unsupported`` has the rest)."""
+    whole vectors of 16, or a kxk one in ``bf16.flat_layout`` (whose tasks are whole
+    vectors; ``bf16.flat_unsupported`` has the rest)."""
     s = spec
     if s.kernel != (1, 1) or any(s.padding):
-        return "kxk layers keep their maps pixels innermost only on AMX"
+        return None
     if (s.out_height * s.out_width) % DPBF16PS_LANES:
         return (f"{s.out_height * s.out_width} output pixels, not whole vectors of "
                 f"{DPBF16PS_LANES}")
@@ -142,8 +164,8 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
     pack = sch.get_sblock(PACK_BLOCK) if has_block(sch, PACK_BLOCK) else None   # bf16
     image, channel, row, col = sch.get_loops(gather)
     spec = spec_of(sch.mod["main"])
-    if config.amx and spec is not None and taps(spec):
-        _amx_taps_schedule(sch, config, spec)
+    if spec is not None and taps(spec):
+        _taps_schedule(sch, config, spec)
         return
     if config.fuse_stages:
         task, row_in = _fused_row_tasks(sch, gather, lego, config.tile_rows)
@@ -166,28 +188,37 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
         _vectorize_pack(sch, pack, config.tile_pixels or config.lanes, spec)
     if config.amx:
         _amx_tiles(sch, lego, config)
-        return
+    else:
+        _register_tile(sch, lego, config, bf16=pack is not None)
 
-    # Compute once: the register tile runs the whole reduction over a split's channels.
-    # A vector count that does not divide the pixels leaves a predicate on whole vectors
-    # (fp32; bf16's tensorized vectors take none: ``dpbf16ps_tile_vectors``).
+
+def _register_tile(sch: s_tir.Schedule, lego, config: FlatLegoConfig, bf16: bool) -> None:
+    """Compute once: the register tile (filters x vectors of pixels) runs the whole
+    reduction over a split's channels (and a kxk layer's taps). fp32: an FMA of a filter's
+    weight (broadcast) and a vector; bf16: a vdpbf16ps of a filter's pair of channels and a
+    vector of pixels' pairs. A vector count that does not divide the pixels leaves a
+    predicate on whole vectors (fp32; bf16's tensorized vectors take none, so its tiles
+    divide them: ``default_flat_config``)."""
     loops = sch.get_loops(lego)
-    reduction = loops[-2:] if pack is not None else loops[-1:]   # bf16: blocks, pairs
-    lego_image, split, filt, pix = loops[-4 - len(reduction):-len(reduction)]
+    reduction = [loop for loop, iv in zip(loops[-len(sch.get(lego).iter_vars):],
+                                          sch.get(lego).iter_vars)
+                 if iv.iter_type == tirx.IterVar.CommReduce]
+    spatial = loops[:len(loops) - len(reduction)]
+    filt, pix = spatial[-2:]
     filt_o, filt_i = sch.split(filt, [None, config.reg_filters])
     pix_o, pix_v, pix_l = sch.split(pix, [None, config.reg_vectors, config.lanes])
-    sch.reorder(split, filt_o, pix_o, *reduction, filt_i, pix_v, pix_l)
-    if not config.fuse_stages:
-        sch.parallel(sch.fuse(lego_image, split, filt_o))
+    sch.reorder(filt_o, pix_o, *reduction, filt_i, pix_v, pix_l)
+    if not config.fuse_stages:   # the maps' own loops: image, split[, task], filters
+        sch.parallel(sch.fuse(*spatial[:-2], filt_o))
     acc = sch.cache_write(lego, 0, "local")
     sch.reverse_compute_at(acc, pix_o, preserve_unit_loops=True)
     sch.unroll(filt_i)
     sch.unroll(pix_v)
-    if pack is None:
+    if not bf16:
         sch.vectorize(pix_l)
     sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, config.lanes])[1])
     init = sch.decompose_reduction(lego, reduction[0])
-    if pack is not None:     # bf16 without AMX: 16 pixels x a pair of channels a vdpbf16ps
+    if bf16:
         init_filters, init_vectors, init_lanes = sch.get_loops(init)[-3:]
         sch.unroll(init_filters)
         sch.unroll(init_vectors)
@@ -195,9 +226,9 @@ def apply_flat_schedule(sch: s_tir.Schedule, config: FlatLegoConfig) -> None:
         tensorize_dot(sch, pix_l, pix_o, INTRIN_PIXELS)
 
 
-def _amx_taps_schedule(sch: s_tir.Schedule, config: FlatLegoConfig, spec: LegoConvSpec
-                       ) -> None:
-    """A kxk kernel on AMX (``bf16.flat_layout``): the padded input packed first,
+def _taps_schedule(sch: s_tir.Schedule, config: FlatLegoConfig, spec: LegoConvSpec
+                   ) -> None:
+    """A kxk bf16 kernel (``bf16.flat_layout``): the padded input packed first,
     in parallel; then tasks of ``tile_rows`` rows, each computing its maps and then their
     gather-sum (fused stages), or each stage in parallel on its own. The tasks are made on
     the output rows as for 1x1 layers; the maps of a task are whole tiles."""
@@ -211,7 +242,10 @@ def _amx_taps_schedule(sch: s_tir.Schedule, config: FlatLegoConfig, spec: LegoCo
     else:
         sch.parallel(sch.fuse(image, channel))
     sch.vectorize(col)     # along a row: the maps' rows are longer
-    _amx_tiles(sch, lego, config)
+    if config.amx:
+        _amx_tiles(sch, lego, config)
+    else:
+        _register_tile(sch, lego, config, bf16=True)
 
 
 def _fused_row_tasks(sch: s_tir.Schedule, gather, lego, tile_rows: int) -> tuple:
@@ -298,8 +332,8 @@ def tunable_flat_schedules(sch: s_tir.Schedule, spec: LegoConvSpec, default: Fla
         if not default.amx:     # on AMX the tiles are fixed: only the loop structure varies
             vectors = [1, 2, 3, 4]
             if spec.bf16:       # vdpbf16ps takes whole vectors: those dividing a task's
-                rows = default.tile_rows if fuse_stages else spec.out_height
-                vectors = [v for v in vectors if rows * spec.out_width // default.lanes % v == 0]
+                vectors = [v for v in vectors
+                           if task_vectors(spec, default, fuse_stages) % v == 0]
             config = replace(
                 config,
                 reg_filters=sample_divisor(space, spec.lego_filters, 16, default.reg_filters),

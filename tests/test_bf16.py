@@ -169,11 +169,11 @@ def test_bf16_flat_kernel_matches_torch_on_the_same_roundings(spec, target):
         assert "vdpbf16ps" in asm and "tdpbf16ps" not in asm
 
 
-def test_flat_maps_on_vdpbf16ps_take_1x1_layers_of_whole_vectors():
+def test_flat_maps_on_vdpbf16ps_take_whole_vectors():
     assert dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 28, 1, 1)) is None
     assert dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 56, 1, 2)) is None   # to 28x28
     assert "196 output pixels" in dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 14, 1, 1))
-    assert "only on AMX" in dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 56, 3, 1))
+    assert dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 56, 3, 1)) is None   # flat_layout
 
 
 # Kernels reading and writing bf16 tensors (between two bf16 kernels): the tiled kernel on
@@ -209,7 +209,7 @@ def test_bf16_kernel_on_bf16_tensors_rounds_once_to_nearest_even(case):
     assert (out == bf16.bf16_bits(expected)).mean() > 0.999
 
 
-# kxk stride-1 layers on AMX: the padded input and the maps in rows of a pitch
+# kxk stride-1 layers: the padded input and the maps in rows of a pitch
 # (bf16.flat_layout), a task's maps whole tiles.
 TAP_GRID = [  # c, n, o, m, size, kernel, extra
     (64, 48, 2, 32, 14, 3, {"relu": True}),               # pitch 18, tasks of 2 rows, 2 x 2 tiles
@@ -220,16 +220,17 @@ TAP_GRID = [  # c, n, o, m, size, kernel, extra
 
 
 @pytest.mark.parametrize("fuse_stages", [True, False], ids=["fused", "stage-by-stage"])
+@pytest.mark.parametrize("target", [runnable(unit) for unit in UNITS])
 @pytest.mark.parametrize("case", TAP_GRID, ids=lambda c: "x".join(map(str, c[:6])))
-@pytest.mark.skipif(not host_has_amx_bf16(), reason="this CPU lacks AMX")
-def test_bf16_flat_kernel_with_taps_matches_torch_on_the_same_roundings(case, fuse_stages):
+def test_bf16_flat_kernel_with_taps_matches_torch_on_the_same_roundings(case, target,
+                                                                         fuse_stages):
     c, n, o, m, size, kernel, extra = case
     spec = replace(spec_of(c, n, o, m, size, kernel, 1, **extra), bank_block=1,
                    flat_pixels=True)
     assert bf16.flat_unsupported(spec) is None
-    out, arrays, module = run_kernel(spec, BF16_TARGET, 9, fuse_stages)
+    out, arrays, module = run_kernel(spec, target, 9, fuse_stages)
     assert max_relative_error(out, reference(spec, arrays)) < TOLERANCE
-    assert "tdpbf16ps" in module.inspect_source("asm")
+    assert ("tdpbf16ps" if target == UNITS["AMX"] else "vdpbf16ps") in module.inspect_source("asm")
 
 
 @pytest.mark.parametrize("size,kernel", [(s, k) for s in range(4, 64) for k in (3, 5)])

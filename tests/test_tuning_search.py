@@ -175,6 +175,21 @@ def test_winograd_kernels_are_tuned_and_applied(tmp_path):
 
 
 @pytest.mark.skipif(not host_has_bf16(), reason="this CPU lacks AVX512_BF16")
+def test_bf16_kernels_with_flat_maps_are_tuned_and_applied(tmp_path):
+    """A 1x1 bf16 kernel keeps its maps pixels innermost (AMX tiles, or vdpbf16ps on vectors
+    of pixels, whose sampled register tiles must divide a task's vectors)."""
+    model = torch.nn.Sequential(lego_tvm.LegoConv2d(64, 64, 1, 2, 0.5), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 64, 8, 8)
+    manifest = lego_tvm.tune(model, (x,), tmp_path, trials=8, model_name="tiny", seed=0,
+                             precision="bf16", progress=None)
+    assert manifest["precision"] == "bf16"
+    compiled = lego_tvm.compile(model, (x,), tuning_logs=str(tmp_path), precision="bf16")
+    assert compiled.report.tuned_kernels == ["fused_lego_conv2d_bf16"]
+    assert compiled.report.layers[0].spec.flat_pixels
+    assert 0 < error_against_torch(compiled, model, (x,)) < BF16_TOLERANCE
+
+
+@pytest.mark.skipif(not host_has_bf16(), reason="this CPU lacks AVX512_BF16")
 def test_bf16_kernels_are_tuned_and_applied(tmp_path):
     """``precision="bf16"`` tunes the bf16 kernels (vdpbf16ps, tensorized in every sampled
     schedule); compile in bf16 applies their records, compile in fp32 does not."""

@@ -47,11 +47,14 @@ PRECISIONS = ("fp32", "bf16")
 FP32_BELOW_CHANNELS = 8
 
 
-# A kxk layer's maps go pixels innermost on AMX (x86_amx_flat) from this many output pixels;
-# smaller maps keep pixels as the tile rows (x86_amx). Measured alone, default schedules
-# (2-core Xeon with AMX, 2026-12-01), flat against rows: 64->64 at 56x56 0.13 against 0.20 ms,
-# 128->128 at 28x28 0.11 against 0.12, 64->64 at 32x32 0.045 against 0.068; 256->256 at
-# 14x14 0.125 against 0.116, 128->128 at 16x16 0.068 against 0.047.
+# A kxk layer's maps go pixels innermost (lego_cpu_flat) from this many output pixels;
+# smaller maps keep pixels as the tile rows (x86_amx) or filters as the lanes (vdpbf16ps).
+# Measured alone, default schedules, flat against not: on AMX (2-core Xeon, 2026-12-01)
+# 64->64 at 56x56 0.13 against 0.20 ms, 128->128 at 28x28 0.11 against 0.12, 64->64 at 32x32
+# 0.045 against 0.068; 256->256 at 14x14 0.125 against 0.116, 128->128 at 16x16 0.068
+# against 0.047. On vdpbf16ps (2-core AMD EPYC Zen 4, 2026-12-01, best of 5 alternating
+# rounds) 0.386 against 0.446, 0.327 against 0.350, 0.126 against 0.199; 0.384 against
+# 0.335, 0.097 against 0.097.
 FLAT_TAPS_MIN_PIXELS = 28 * 28
 
 # The unit of a matmul whose constant weights are stored in bf16 (``bf16_weights.py``).
@@ -145,11 +148,10 @@ def to_bf16(mod: tvm.IRModule, target: Target) -> tuple[tvm.IRModule, list[Kerne
             continue
         new = replace(spec, bf16=True, bank_block=LANES, flat_pixels=False)
         flat = replace(new, bank_block=1, flat_pixels=True)    # maps pixels innermost
-        if flat_unsupported(flat) is None and (
-                (amx and amx_flat_unsupported(flat) is None and (
-                    spec.kernel == (1, 1)
-                    or spec.out_height * spec.out_width >= FLAT_TAPS_MIN_PIXELS))
-                or (not amx and dpbf16ps_flat_unsupported(flat) is None)):
+        unit_unsupported = amx_flat_unsupported if amx else dpbf16ps_flat_unsupported
+        if flat_unsupported(flat) is None and unit_unsupported(flat) is None and (
+                spec.kernel == (1, 1)
+                or spec.out_height * spec.out_width >= FLAT_TAPS_MIN_PIXELS):
             new = flat
         chosen[gvar] = (new, "bf16")
         no_amx = amx_unsupported(new) if amx and not new.flat_pixels else None

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, field, asdict
 
-from ..op.fused_op import LegoConvSpec, layout_name
+from ..op.fused_op import LegoConvSpec, layout_name, spec_of
 
 
 @dataclass
@@ -65,15 +65,19 @@ class LegoReport:
     # precision="bf16": backend.precision.KernelPrecision per kernel (empty: all fp32)
     precision: list = field(default_factory=list)
 
-    def mark_bf16(self, lanes: int) -> None:
-        """After ``backend.precision.to_bf16``: each layer on a bf16 kernel names that
-        kernel and says bf16 in its spec (its bank packed in blocks of ``lanes``)."""
+    def mark_bf16(self, mod) -> None:
+        """After ``backend.precision.to_bf16`` made ``mod``: each layer on a bf16 kernel
+        names that kernel and has its spec (bf16, its bank's packing, whether its maps are
+        pixels innermost)."""
         bf16_kernels = {p.kernel for p in self.precision if p.precision == "bf16"}
+        # A kernel called on both kinds of tensor is built twice (the second named
+        # ``..._bf161``); both have the same maps.
+        funcs = sorted((gv.name_hint, f) for gv, f in mod.functions_items())
         for layer in self.layers + self.dense_convs:
             if f"{layer.kernel}_bf16" in bf16_kernels:
                 layer.kernel = f"{layer.kernel}_bf16"
-                layer.spec = replace(layer.spec, bf16=True, bank_block=lanes,
-                                     flat_pixels=False)
+                layer.spec = next(spec_of(f) for name, f in funcs
+                                  if name.startswith(layer.kernel))
 
     def _choice_of(self, layer: LegoLayerReport):
         return next((c for c in self.compute_once if c.kernel == layer.kernel), None)
