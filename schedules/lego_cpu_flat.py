@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
 
-from ..op.bf16 import PACK_BLOCK, flat_layout
+from ..op.bf16 import PACK_BLOCK, flat_layout, flat_pixels
 from ..op.fused_op import GATHER_BLOCK, LEGO_BLOCK, LegoConvSpec, spec_of
 from ..support.tiling import divisors, has_block, sample_choice, sample_divisor
 from .vector_unit import SimdProfile
@@ -107,7 +107,7 @@ def task_vectors(spec: LegoConvSpec, config: FlatLegoConfig, fuse_stages: bool) 
         pitch, rows = flat_layout(s)
         pixels = (rows - 1) * pitch + s.out_width
     else:
-        pixels = (config.tile_rows if fuse_stages else s.out_height) * s.out_width
+        pixels = config.tile_rows * s.out_width if fuse_stages else flat_pixels(s)
     return pixels // config.lanes
 
 
@@ -119,9 +119,9 @@ def dpbf16ps_flat_unsupported(spec: LegoConvSpec) -> str | None:
     s = spec
     if s.kernel != (1, 1) or any(s.padding):
         return None
-    if (s.out_height * s.out_width) % DPBF16PS_LANES:
-        return (f"{s.out_height * s.out_width} output pixels, not whole vectors of "
-                f"{DPBF16PS_LANES}")
+    if flat_pixels(s) % DPBF16PS_LANES:
+        return (f"{flat_pixels(s)} output pixels, not whole vectors of {DPBF16PS_LANES} "
+                "(flat_pad_to rounds them up)")
     return None
 
 
@@ -273,7 +273,14 @@ def _vectorize_pack(sch: s_tir.Schedule, pack, tile_pixels: int, spec: LegoConvS
     schedules)."""
     pixels = sch.get_loops(pack)[-1]
     extent = int(sch.get(pixels).extent)
-    if spec is not None and spec.stride != (1, 1) and extent % spec.out_width == 0:
+    if spec is not None and spec.flat_pad_to:
+        # The vectors before the padded one read no clamped pixel: partitioned from it, they
+        # load whole vectors (stride 1).
+        outer, inner = sch.split(pixels, [None, tile_pixels])
+        whole = spec.out_height * spec.out_width // tile_pixels
+        for part in sch.loop_partition(outer, [whole, None]):
+            sch.vectorize(sch.get_loops(sch.get_child_blocks(part)[0])[-1])
+    elif spec is not None and spec.stride != (1, 1) and extent % spec.out_width == 0:
         sch.vectorize(sch.split(pixels, [extent // spec.out_width, spec.out_width])[1])
     else:
         sch.vectorize(sch.split(pixels, [None, tile_pixels])[1])

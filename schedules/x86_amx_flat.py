@@ -58,6 +58,8 @@ def taps(spec) -> Taps | None:
 def amx_flat_unsupported(spec) -> str | None:
     """Why the flat bf16 kernel of ``spec`` cannot run on AMX tiles (None if it can)."""
     pixels = flat_map_shape(spec, 1)[-1]
+    if spec.flat_pad_to:
+        return "padded pixels (flat_pad_to) are for vdpbf16ps; AMX tiles divide the pixels"
     if tile_pixels(spec) < MIN_TILE_PIXELS:
         return f"{pixels} output pixels: no tile of {MIN_TILE_PIXELS} to 16 pixels divides them"
     return None

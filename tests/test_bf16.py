@@ -138,7 +138,9 @@ FLAT_GRID = [  # c, n, o, m, size, stride, extra: 1x1 layers, maps pixels innerm
     (128, 64, 4, 16, 4, 1, {"has_residual": True}),     # AMX: 1 x 1 tile, four splits
     (128, 32, 1, 32, 8, 2, {"relu": True}),              # stride 2, four blocks of 32 channels
     (64, 40, 2, 32, 56, 1, {"has_residual": True}),     # stages fused in row tiles of 56x56
-    (128, 64, 2, 48, 28, 1, {"relu": True}),             # vdpbf16ps: 49 vectors, 1 a tile
+    (128, 64, 2, 64, 28, 1, {"relu": True}),             # vdpbf16ps: 49 vectors, 1 a tile
+    (64, 48, 2, 32, 14, 1, {"flat_pad_to": 16}),         # vdpbf16ps: 196 pixels, 208 maps
+    (128, 32, 2, 32, 14, 2, {"flat_pad_to": 16, "relu": True}),    # the same at stride 2
     (64, 32, 2, 32, 14, 1, {"relu": True}),              # AMX: tiles of 14 pixels, 2 x 2
     (64, 32, 1, 16, 10, 1, {"has_residual": True}),      # AMX: tiles of 10 pixels, 1 x 1
 ]
@@ -151,7 +153,8 @@ def flat_cases():
         spec = replace(spec_of(c, n, o, m, size, 1, stride, **extra), bank_block=1,
                        flat_pixels=True)
         for unit in UNITS:
-            if unit == "AMX" or dpbf16ps_flat_unsupported(spec) is None:
+            takes = amx_flat_unsupported if unit == "AMX" else dpbf16ps_flat_unsupported
+            if takes(spec) is None:
                 param = runnable(unit)
                 yield pytest.param(spec, param.values[0], marks=param.marks,
                                    id="x".join(map(str, case[:6])) + "-" + unit)
@@ -169,10 +172,32 @@ def test_bf16_flat_kernel_matches_torch_on_the_same_roundings(spec, target):
         assert "vdpbf16ps" in asm and "tdpbf16ps" not in asm
 
 
+def test_flat_maps_pad_their_pixels_only_where_asked_and_in_1x1_bf16_kernels():
+    spec = replace(spec_of(64, 64, 2, 32, 14, 1, 1), bank_block=1, flat_pixels=True)
+    assert bf16.flat_map_shape(spec, 1)[-1] == 196
+    assert bf16.flat_map_shape(replace(spec, flat_pad_to=16), 1)[-1] == 208
+    assert "flat_pad_to" not in replace(spec, flat_pad_to=0).as_dict()    # old records match
+    for bad in (replace(spec, bf16=False, flat_pad_to=16),
+                replace(spec_of(64, 64, 2, 32, 56, 3, 1), bank_block=1, flat_pixels=True,
+                        flat_pad_to=16)):
+        with pytest.raises(ValueError, match="flat_pad_to: only a bf16 1x1"):
+            lego_conv2d_prim_func(bad)
+
+
+def test_bf16_picks_padded_flat_maps_on_vdpbf16ps_where_they_pay():
+    from lego_tvm.backend.precision import _pad_pays
+    assert _pad_pays(spec_of(64, 64, 2, 32, 14, 1, 1))          # 196 -> 208
+    assert not _pad_pays(spec_of(64, 64, 2, 32, 7, 1, 1))       # 49 -> 64
+    assert not _pad_pays(spec_of(64, 64, 2, 32, 8, 1, 1))       # 64: whole vectors
+
+
 def test_flat_maps_on_vdpbf16ps_take_whole_vectors():
     assert dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 28, 1, 1)) is None
     assert dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 56, 1, 2)) is None   # to 28x28
     assert "196 output pixels" in dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 14, 1, 1))
+    padded = spec_of(64, 64, 2, 32, 14, 1, 1, flat_pad_to=16)
+    assert dpbf16ps_flat_unsupported(padded) is None
+    assert "for vdpbf16ps" in amx_flat_unsupported(padded)
     assert dpbf16ps_flat_unsupported(spec_of(64, 64, 2, 32, 56, 3, 1)) is None   # flat_layout
 
 

@@ -197,13 +197,21 @@ def flat_layout(spec) -> tuple[int, int] | None:
     return None
 
 
+def flat_pixels(spec) -> int:
+    """The pixels of a 1x1 flat kernel's maps and packed input: the output's H*W, rounded up
+    to a multiple of ``spec.flat_pad_to`` (the maps past H*W are computed and never read)."""
+    pixels = spec.out_height * spec.out_width
+    return -(-pixels // spec.flat_pad_to) * spec.flat_pad_to if spec.flat_pad_to else pixels
+
+
 def flat_map_shape(spec, batch) -> tuple:
-    """The shape of a flat kernel's maps: ``[batch, o, m, H*W]`` for a 1x1 layer, else
+    """The shape of a flat kernel's maps: ``[batch, o, m, H*W]`` (``flat_pixels``) for a 1x1
+    layer, else
     ``[batch, o, tasks, m, task pixels]`` (``flat_layout``; a tile's region in them is then
     2-D after unit dimensions, as tensorize matches it)."""
     s = spec
     if _one_by_one(s):
-        return (batch, s.splits, s.lego_filters, s.out_height * s.out_width)
+        return (batch, s.splits, s.lego_filters, flat_pixels(s))
     pitch, rows = flat_layout(s)
     return (batch, s.splits, s.out_height // rows, s.lego_filters,
             (rows - 1) * pitch + s.out_width)
@@ -269,6 +277,8 @@ def pack_input_flat(x, spec, batch):
     pt, pl = s.padding[:2]
 
     def value(nb, i, c2, p):
+        if one and s.flat_pad_to:     # past the output's pixels: its last one again
+            p = tirx.min(p, s.out_height * s.out_width - 1)
         y, xx = p // width, p % width
         if one:
             y, xx = y * s.stride[0], xx * s.stride[1]
@@ -284,8 +294,8 @@ def pack_input_flat(x, spec, batch):
             return pairs
         inside = tirx.all(y >= 0, y < s.height, xx >= 0, xx < s.width)
         return tirx.if_then_else(inside, pairs, tirx.const(0, PAIR_STORAGE))
-    rows = s.out_height if one else _flat_input_rows(s)
-    return te.compute((batch, s.splits, s.split_channels // 2, rows * width), value,
+    pixels = flat_pixels(s) if one else _flat_input_rows(s) * width
+    return te.compute((batch, s.splits, s.split_channels // 2, pixels), value,
                       name=PACK_BLOCK)
 
 

@@ -54,6 +54,10 @@ class LegoConvSpec:
     # (``flat_pixels_unsupported``); in bf16 on AMX, 1x1 unpadded layers of any stride
     # (``bf16.flat_unsupported``). Else ``[batch, o, m/bank_block, H, W, bank_block]``.
     flat_pixels: bool = False
+    # A bf16 1x1 flat kernel on vdpbf16ps whose output pixels are not whole vectors: its maps
+    # (and packed input) hold the pixels rounded up to a multiple of this (``bf16.flat_pixels``);
+    # 0: exactly the output's pixels.
+    flat_pad_to: int = 0
     # Winograd F(r x r, 3x3) for the compute-once stage (``op/winograd.py``): r, the output
     # tile (2 or 4); 0 is the direct conv. The bank is then ``winograd.transform_bank``'s.
     winograd: int = 0
@@ -98,6 +102,7 @@ class LegoConvSpec:
         # NCHW kernels keep the attributes (and so the tuning-record hash) they had before
         # the blocked layouts existed.
         for key, plain in (("in_block", 1), ("out_block", 1), ("flat_pixels", False),
+                           ("flat_pad_to", 0),
                            ("winograd", 0), ("bf16", False), ("bf16_input", False),
                            ("bf16_residual", False), ("bf16_output", False)):
             if fields[key] == plain:
@@ -185,6 +190,8 @@ def lego_conv2d_compute(spec: LegoConvSpec):
             f"bank_block {vb}, not 1" if vb != 1 else None)
         if why_not:
             raise ValueError(f"flat_pixels: {why_not}")
+    if s.flat_pad_to and not (s.bf16 and s.flat_pixels and s.kernel == (1, 1)):
+        raise ValueError("flat_pad_to: only a bf16 1x1 kernel with flat maps pads its pixels")
     if s.split_channels % ib or s.out_channels % s.out_block:
         raise ValueError(f"channel blocks {ib} (in) / {s.out_block} (out) do not divide the "
                          f"{s.split_channels} channels per split / {s.out_channels} outputs")
