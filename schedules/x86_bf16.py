@@ -13,7 +13,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.script import tirx as T
 
-from ..op.bf16 import PAIR_STORAGE, STORAGE
+from ..op.bf16 import PAIR_STORAGE, STORAGE, high_half, low_half
 
 INTRIN = "lego_tvm.dpbf16ps_16x2"
 INTRIN_PIXELS = "lego_tvm.dpbf16ps_16_pixels"
@@ -65,16 +65,8 @@ def _impl(a: T.Buffer((2,), STORAGE, offset_factor=1),
 s_tir.TensorIntrin.register(INTRIN, _desc, _impl, override=True)
 
 
-def _low(pair):
-    return T.reinterpret("float32", T.shift_left(pair, T.uint32(16)))
-
-
-def _high(pair):
-    return T.reinterpret("float32", T.bitwise_and(pair, T.uint32(0xFFFF0000)))
-
-
-# The flat maps' update as ``op/bf16.lego_maps_flat`` writes it (the input, b, read first):
-# tensorize matches the expression as written.
+# The flat maps' update as ``op/bf16.lego_maps_flat`` writes it, with its helpers (the input,
+# b, read first): tensorize matches the expression as written.
 @T.prim_func(s_tir=True)
 def _pixels_desc(a: T.Buffer((1,), PAIR_STORAGE, offset_factor=1),
                  b: T.Buffer((LANES,), PAIR_STORAGE, offset_factor=1),
@@ -85,7 +77,8 @@ def _pixels_desc(a: T.Buffer((1,), PAIR_STORAGE, offset_factor=1),
         for i in T.serial(0, LANES):
             with T.sblock("update"):
                 vi = T.axis.remap("S", [i])
-                acc[vi] = acc[vi] + (_low(b[vi]) * _low(a[0]) + _high(b[vi]) * _high(a[0]))
+                acc[vi] = acc[vi] + (low_half(b[vi]) * low_half(a[0])
+                                      + high_half(b[vi]) * high_half(a[0]))
 
 
 @T.prim_func(s_tir=True)
